@@ -1,0 +1,138 @@
+"""DoRA: weight-decomposed low-rank adaptation (Liu et al., ICML 2024).
+
+    W' = m * (W0 + s B A) / ||W0 + s B A||_c                          (DoRA eq. 5)
+
+``||.||_c`` is the norm of each output feature (a row of PyTorch's (out, in) weight), ``m`` is a
+trainable (out,) vector initialised to ``||W0||_c`` and the norm is treated as a constant in the
+backward pass by default (paper §4.3, ``detach_norm=True``).
+
+Two choices make DoRA cost about what LoRA costs (see ``benchmarks/adapters.py``):
+
+* **No dense (out, in) update.**  The squared row norm expands into low-rank terms
+
+      ||W0_i + s (BA)_i||^2 = ||W0_i||^2 + 2 s <B_i, (W0 A^T)_i> + s^2 B_i (A A^T) B_i^T
+
+  ``||W0||^2`` is cached once (W0 is frozen); ``W0 A^T`` is (out, r) and ``A A^T`` is (r, r).
+  Everything after the (out, r) product is accumulated in fp32, also for bf16 weights. The result
+  is exact (same algebra), not an approximation.
+* **One pass over W0.**  ``y = (m / n) * (W0 x + s B A drop(x)) + b`` reuses the base product.
+  With adapter dropout this applies dropout to the low-rank branch only; PEFT instead runs a second
+  base GEMM on ``drop(x)`` for the magnitude term. With dropout 0 and in eval mode both are equal.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from vlmtune.adapters.lora import LoraLinear
+
+
+def row_norm_lowrank(
+    base_sq_norm: torch.Tensor,
+    base_weight: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scaling: float,
+) -> torch.Tensor:
+    """Row norms of ``W0 + s B A`` without forming it.
+
+    Args: base_sq_norm (out,) fp32 = ||W0_i||^2; base_weight W0 (out, in); lora_a A (r, in);
+    lora_b B (out, r). Returns (out,) fp32.
+    """
+    w0_at = F.linear(lora_a.to(base_weight.dtype), base_weight).float()  # (r, out) = (W0 A^T)^T
+    a32, b32 = lora_a.float(), lora_b.float()
+    cross = (b32 * w0_at.t()).sum(dim=1)  # <B_i, (W0 A^T)_i>
+    gram = a32 @ a32.t()  # (r, r)
+    quad = ((b32 @ gram) * b32).sum(dim=1)  # B_i G B_i^T
+    sq = base_sq_norm + (2.0 * scaling) * cross + (scaling * scaling) * quad
+    return sq.clamp_min(0.0).sqrt()
+
+
+class DoraLinear(LoraLinear):
+    """LoRA on the direction plus a learned magnitude per output feature (DoRA eq. 5).
+
+    Shapes: x (..., in) -> (..., out); A (r, in); B (out, r); m (out,).
+    """
+
+    method = "dora"
+
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        r: int,
+        alpha: float,
+        dropout: float = 0.0,
+        rslora: bool = False,
+        detach_norm: bool = True,
+    ) -> None:
+        super().__init__(base_layer, r, alpha, dropout, rslora)
+        self.detach_norm = detach_norm
+        self._base_sq_norm: torch.Tensor | None = None
+        self._merged_norm: torch.Tensor | None = None
+        w = base_layer.weight
+        self.lora_magnitude_vector = nn.Parameter(self.base_sq_norm().sqrt().to(w.dtype))
+
+    def base_sq_norm(self) -> torch.Tensor:
+        """||W0_i||^2 in fp32, cached: W0 is frozen while the adapter is unmerged."""
+        w = self.base_layer.weight
+        cached = self._base_sq_norm
+        if cached is None or cached.device != w.device:
+            with torch.no_grad():
+                cached = w.float().pow(2).sum(dim=1) if w.dtype != torch.float32 else w.pow(2).sum(1)
+            self._base_sq_norm = cached
+        return cached
+
+    def weight_norm(self) -> torch.Tensor:
+        """||W0 + s B A||_c, shape (out,), fp32; detached unless ``detach_norm=False``."""
+        args = (self.base_layer.weight, self.lora_A.weight, self.lora_B.weight, self.scaling)
+        if self.detach_norm:
+            with torch.no_grad():
+                return row_norm_lowrank(self.base_sq_norm(), *args)
+        return row_norm_lowrank(self.base_sq_norm(), *args)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return self.base_layer(x)
+        scale = (self.lora_magnitude_vector.float() / self.weight_norm()).to(x.dtype)  # m / ||W'||
+        base = F.linear(x, self.base_layer.weight)  # W0 x: the only pass over W0
+        lora = self.lora_B(self.lora_A(self.lora_dropout(x)))
+        y = scale * base.add_(lora, alpha=self.scaling)  # in place: neither operand is saved for backward
+        bias = self.base_layer.bias
+        return y if bias is None else y + bias
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W0 <- (m / ||W0 + sBA||_c) (W0 + s B A); the norm is kept for an exact ``unmerge``."""
+        if self.merged:
+            return
+        w = self.base_layer.weight
+        norm = row_norm_lowrank(self.base_sq_norm(), w, self.lora_A.weight, self.lora_B.weight, self.scaling)
+        scale = self.lora_magnitude_vector.float() / norm
+        w.copy_((scale[:, None] * (w.float() + self.delta_weight().float())).to(w.dtype))
+        self._merged_norm = norm
+        self._base_sq_norm = None
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        w = self.base_layer.weight
+        scale = self._merged_norm / self.lora_magnitude_vector.float()
+        w.copy_((scale[:, None] * w.float() - self.delta_weight().float()).to(w.dtype))
+        self._merged_norm = None
+        self._base_sq_norm = None
+        self.merged = False
+
+    def adapter_state(self, prefix: str) -> dict[str, torch.Tensor]:
+        state = super().adapter_state(prefix)
+        state[f"{prefix}.lora_magnitude_vector"] = self.lora_magnitude_vector.detach()
+        return state
+
+    def _adapter_tensors(self) -> dict[str, torch.Tensor]:
+        return {**super()._adapter_tensors(), "lora_magnitude_vector": self.lora_magnitude_vector}
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", detach_norm={self.detach_norm}"

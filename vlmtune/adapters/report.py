@@ -1,0 +1,75 @@
+"""Trainable-parameter report in the papers' "# Params (%)" form.
+
+Percentages are of the base model's parameters (adapter tensors excluded from the denominator),
+as in the LoRA, DoRA and VeRA tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from vlmtune.adapters.inject import tower_modules
+
+
+@dataclass
+class ParamCount:
+    name: str
+    trainable: int
+    total: int  # base parameters (adapter tensors not counted)
+    adapter: int  # parameters added by adapters
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / max(self.total, 1)
+
+
+def adapter_param_ids(model: nn.Module) -> set[int]:
+    """ids of parameters added by adapters: everything in a module flagged ``adapter_module``
+    except its wrapped ``base_layer``."""
+    ids: set[int] = set()
+    for module in model.modules():
+        if getattr(module, "adapter_module", False):
+            ids.update(id(p) for n, p in module.named_parameters() if not n.startswith("base_layer."))
+    return ids
+
+
+def _count(name: str, params: list[nn.Parameter], extra: set[int]) -> ParamCount:
+    return ParamCount(
+        name=name,
+        trainable=sum(p.numel() for p in params if p.requires_grad),
+        total=sum(p.numel() for p in params if id(p) not in extra),
+        adapter=sum(p.numel() for p in params if id(p) in extra),
+    )
+
+
+def param_report(model: nn.Module, towers: dict[str, list[str]]) -> list[ParamCount]:
+    """One row per tower, then ``other`` (embeddings, heads) and ``total``."""
+    extra = adapter_param_ids(model)
+    seen: set[int] = set()
+    rows = []
+    for tower, prefixes in towers.items():
+        params = []
+        for _, _, module in tower_modules(model, prefixes):
+            for p in module.parameters(recurse=False):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+        for p in prefixes:  # parameters owned directly by the tower root
+            for q in model.get_submodule(p).parameters(recurse=False):
+                if id(q) not in seen:
+                    seen.add(id(q))
+                    params.append(q)
+        rows.append(_count(tower, params, extra))
+    rest = [p for p in model.parameters() if id(p) not in seen]
+    rows.append(_count("other", rest, extra))
+    rows.append(_count("total", list(model.parameters()), extra))
+    return rows
+
+
+def format_report(rows: list[ParamCount]) -> str:
+    lines = [f"{'tower':<10} {'trainable':>14} {'base params':>14} {'% of base':>10}"]
+    for r in rows:
+        lines.append(f"{r.name:<10} {r.trainable:>14,} {r.total:>14,} {r.percent:>9.4f}%")
+    return "\n".join(lines)

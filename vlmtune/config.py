@@ -1,0 +1,314 @@
+"""Recipes: YAML files in ``configs/`` read into typed dataclasses, with ``key=value`` overrides.
+
+Unknown keys, wrong types and out-of-range values are rejected before any heavy work, with one line
+naming the key (and the closest valid keys for a typo).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlmtune.adapters.spec import AdapterSpec
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A problem with a recipe or an override; the message is one line for the user."""
+
+
+@dataclass
+class ModelConfig:
+    pipeline: str = "llava"  # llava | vlbart | vit
+    name_or_path: str = "shapes-tiny"  # hub id, local folder, or an embedded preset name
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    trust_remote_code: bool = False
+    vision_feature_layer: int = -2
+    visual_tokens: int = 36  # vlbart: pooled grid features per image
+    vision_encoder: str = "RN101"  # vlbart: open_clip architecture name
+    num_classes: int = 0  # vit: 0 = from the dataset
+    load_in_4bit: bool = False  # QLoRA (CUDA + bitsandbytes only)
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class AdaptersConfig:
+    language: AdapterSpec = field(default_factory=AdapterSpec)
+    vision: AdapterSpec = field(default_factory=AdapterSpec)
+    projector: AdapterSpec = field(default_factory=AdapterSpec)
+
+    def specs(self) -> dict[str, AdapterSpec]:
+        return {"language": self.language, "vision": self.vision, "projector": self.projector}
+
+
+@dataclass
+class DataConfig:
+    train: str = "shapes:vqa"  # JSONL path, or shapes:<task>[,<task>...]
+    eval: str = "shapes:vqa"
+    tasks: list[str] = field(default_factory=list)
+    image_root: str = ""  # images resolved relative to this (default: the JSONL file's folder)
+    max_length: int = 512
+    template_seed: int = 0
+    on_error: str = "raise"  # raise | skip
+    num_workers: int = 0
+    max_train_samples: int = 0  # 0 = all
+    max_eval_samples: int = 0
+    shapes_size: int = 2000  # number of synthetic training images for shapes:*
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/{recipe}"
+    seed: int = 0
+    epochs: float = 1.0
+    max_steps: int = 0  # > 0 overrides epochs
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 2e-4
+    projector_lr: float = 0.0  # 0 = same as lr
+    vision_lr: float = 0.0  # 0 = same as lr
+    lora_plus_ratio: float = 1.0  # LoRA+: lr of B = ratio * lr of A
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"  # adamw | sgd
+    schedule: str = "cosine"  # cosine | linear | constant
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
+    log_every: int = 10
+    save_every: int = 0  # steps; 0 = only at the end
+    keep_last: int = 2
+    nonfinite: str = "stop"  # stop | skip
+    eval_at_start: bool = True
+    eval_at_end: bool = True
+    num_processes: int = 1
+
+
+@dataclass
+class EvalConfig:
+    benchmark: str = "shapes-vqa"
+    batch_size: int = 16
+    max_new_tokens: int = 16
+    num_beams: int = 1
+    prompt: str = "Answer the question using a single word or phrase."
+
+
+@dataclass
+class RunConfig:
+    recipe: str = ""
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapters: AdaptersConfig = field(default_factory=AdaptersConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+POSITIVE = {"train.lr", "train.batch_size", "train.grad_accum", "eval.batch_size", "data.max_length"}
+
+
+# ---------------------------------------------------------------- dict <-> dataclass
+def _field_map(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _type_of(cls, name: str):
+    return typing.get_type_hints(cls)[name]
+
+
+def _unknown_key(key: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """Convert a YAML value (or a command-line string) to the annotated type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=key + ".")
+    if origin is list:
+        (item,) = typing.get_args(tp) or (str,)
+        if isinstance(value, str):
+            value = (
+                [v.strip() for v in value.split(",") if v.strip()] if value.strip() not in ("", "[]") else []
+            )
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        return [_coerce(v, item, key) for v in value]
+    if origin is dict or tp is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if tp in (int, float):
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            num = (
+                float(value)
+                if tp is float
+                else int(float(value))
+                if float(value) == int(float(value))
+                else None
+            )
+            if num is None:
+                raise ValueError
+            return num
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}' must be {tp.__name__}, got {value!r}") from None
+    if tp is str:
+        return str(value)
+    return value
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys."""
+    fields = _field_map(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown_key(prefix + key, list(fields))
+        kwargs[key] = _coerce(value, _type_of(cls, key), prefix + key)
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+# ---------------------------------------------------------------- recipes and overrides
+def recipe_dirs() -> list[Path]:
+    return [d for d in (CONFIG_DIR, PACKAGED_CONFIG_DIR) if d.is_dir()]
+
+
+def list_recipes() -> dict[str, Path]:
+    """Recipe name -> YAML path for every ``configs/*.yaml``."""
+    found: dict[str, Path] = {}
+    for d in recipe_dirs():
+        for p in sorted(d.glob("*.yaml")):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def recipe_description(path: Path) -> str:
+    data = yaml.safe_load(path.read_text()) or {}
+    return str(data.get("description", ""))
+
+
+def _deep_update(base: dict, new: dict) -> dict:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def read_recipe(name_or_path: str) -> dict:
+    """Raw dict of a recipe, following ``base: other-recipe`` inheritance."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        recipes = list_recipes()
+        if name_or_path not in recipes:
+            close = difflib.get_close_matches(name_or_path, list(recipes), n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else f"recipes: {', '.join(recipes)}"
+            raise ConfigError(f"unknown recipe '{name_or_path}'; {hint}")
+        path = recipes[name_or_path]
+    if not path.is_file():
+        raise ConfigError(f"recipe file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    parent = data.pop("base", None)
+    if parent:
+        data = _deep_update(read_recipe(parent), data)
+    data.setdefault("recipe", path.stem)
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value (e.g. train.lr=1e-4)")
+    key, _, raw = text.partition("=")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict, keys: list[str], value: Any) -> None:
+    """Set ``data[k1][k2]... = value``, checking each key against the schema."""
+    cls = RunConfig
+    node = data
+    for i, key in enumerate(keys):
+        fields = _field_map(cls)
+        if key not in fields:
+            raise _unknown_key(".".join(keys[: i + 1]), list(fields))
+        if i == len(keys) - 1:
+            node[key] = value
+            return
+        tp = _type_of(cls, key)
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"config key '{'.'.join(keys[: i + 1])}' is not a section")
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+        cls = tp
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Range checks that types alone cannot express."""
+    for dotted in POSITIVE:
+        section, key = dotted.split(".")
+        if getattr(getattr(cfg, section), key) <= 0:
+            raise ConfigError(f"config key '{dotted}' must be > 0, got {getattr(getattr(cfg, section), key)}")
+    for tower, spec in cfg.adapters.specs().items():
+        if spec.method not in ("frozen", "full") and spec.r <= 0:
+            raise ConfigError(f"config key 'adapters.{tower}.r' must be > 0, got {spec.r}")
+        if not 0.0 <= spec.dropout < 1.0:
+            raise ConfigError(f"config key 'adapters.{tower}.dropout' must be in [0, 1), got {spec.dropout}")
+    choices = {
+        "data.on_error": ("raise", "skip"),
+        "train.schedule": ("cosine", "linear", "constant"),
+        "train.nonfinite": ("stop", "skip"),
+        "train.optimizer": ("adamw", "sgd"),
+        "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
+        "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    }
+    for dotted, allowed in choices.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise ConfigError(f"config key '{dotted}' must be one of {', '.join(allowed)}, got '{value}'")
+    return cfg
+
+
+def load_config(recipe: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Recipe name or YAML path, plus ``key=value`` overrides -> validated :class:`RunConfig`."""
+    data = read_recipe(recipe)
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(data, keys, value)
+    return validate(from_dict(RunConfig, data))
