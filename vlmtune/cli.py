@@ -1,0 +1,97 @@
+"""``vlmtune`` command line: ``train``, ``eval``, ``merge``, ``info``, ``analyze``, ``bench``.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``main(args) -> int``;
+this file only routes. User errors (bad config, bad data, bad adapter) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from vlmtune import __version__
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("vlmtune.train.command", "train a recipe from configs/ (key=value overrides)"),
+    "eval": ("vlmtune.eval.command", "evaluate a model, run folder or predictions file on a benchmark"),
+    "merge": ("vlmtune.merge", "merge an adapter into its base model and write a plain model folder"),
+    "info": ("vlmtune.info", "show recipes, a resolved config, or an adapter folder"),
+    "analyze": ("vlmtune.analysis.command", "DoRA weight-decomposition analysis of run folders"),
+    "bench": ("vlmtune.bench", "built-in comparisons (e.g. `vlmtune bench vit`)"),
+}
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message is meant for the user as is (no traceback)."""
+    from vlmtune.adapters.inject import AdapterError
+    from vlmtune.config import ConfigError
+
+    types_: list[type[BaseException]] = [ConfigError, AdapterError, FileNotFoundError]
+    try:
+        from vlmtune.data.errors import DataError
+
+        types_.append(DataError)
+    except ImportError:
+        pass
+    return tuple(types_)
+
+
+def recipes_epilog() -> str:
+    from vlmtune.config import list_recipes, recipe_description
+
+    lines = ["recipes (configs/):"]
+    for name, path in list_recipes().items():
+        lines.append(f"  {name:<22} {recipe_description(path)}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlmtune",
+        description="Parameter-efficient fine-tuning of vision-language models.",
+        epilog=recipes_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"vlmtune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("vlmtune"):
+                continue  # subcommand not built yet
+            raise
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=recipes_epilog() if name == "train" else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_main", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args._main(args) or 0)
+    except user_error_types() as e:
+        print(f"vlmtune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vlmtune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
