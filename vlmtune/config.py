@@ -124,8 +124,27 @@ def _type_of(cls, name: str):
     return typing.get_type_hints(cls)[name]
 
 
+# Names users bring from PEFT / transformers / LLaVA scripts -> vlmtune's key.
+KEY_SYNONYMS = {
+    "rank": "r",
+    "lora_r": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "target_modules": "targets",
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "warmup": "warmup_ratio",
+    "use_dora": "method",
+}
+
+
 def _unknown_key(key: str, valid: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=3, cutoff=0.5)
+    leaf = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(leaf, valid, n=3, cutoff=0.5)
+    if KEY_SYNONYMS.get(leaf) in valid:
+        close = [KEY_SYNONYMS[leaf], *[c for c in close if c != KEY_SYNONYMS[leaf]]]
     hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(valid)}"
     return ConfigError(f"unknown config key '{key}'{hint}")
 

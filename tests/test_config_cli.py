@@ -1,0 +1,67 @@
+"""Recipes, overrides and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from vlmtune.config import ConfigError, list_recipes, load_config
+
+
+def test_overrides_are_typed() -> None:
+    cfg = load_config("llava-dora", ["train.lr=1e-3", "adapters.language.targets=q,v", "adapters.language.r=4"])
+    assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)
+    assert cfg.adapters.language.targets == ["q", "v"] and cfg.adapters.language.r == 4
+    assert cfg.adapters.language.method == "dora" and cfg.recipe == "llava-dora"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("foo=1", "unknown config key 'foo'"),
+        ("train.lrr=1", "unknown config key 'train.lrr'; did you mean lr?"),
+        ("adapters.language.rank=4", "unknown config key 'adapters.language.rank'; did you mean r?"),
+        ("train.lr=fast", "config key 'train.lr' must be float, got 'fast'"),
+        ("train.lr=0", "config key 'train.lr' must be > 0"),
+        ("adapters.language.r=0", "config key 'adapters.language.r' must be > 0"),
+        ("data.on_error=ignore", "config key 'data.on_error' must be one of raise, skip"),
+        ("train", "override 'train' must look like key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config("llava-dora", [override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_recipe_suggests_close_names() -> None:
+    with pytest.raises(ConfigError, match="unknown recipe 'llava-droa'; did you mean llava-dora"):
+        load_config("llava-droa")
+
+
+def test_recipes_parse() -> None:
+    recipes = list_recipes()
+    assert "llava-dora" in recipes
+    for name in recipes:
+        load_config(name)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vlmtune", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_train_rejects_unknown_key_with_one_line() -> None:
+    proc = run_cli("train", "llava-dora", "foo=1")
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "foo" in lines[0] and "unknown config key" in lines[0], proc.stderr
+
+
+def test_help_lists_recipes() -> None:
+    for args in (["--help"], ["train", "--help"]):
+        proc = run_cli(*args)
+        assert proc.returncode == 0
+        assert "llava-dora" in proc.stdout

@@ -1,0 +1,59 @@
+"""Per-tower targeting on a real transformers LLaVA (tiny config, random weights)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+from vlmtune.adapters import AdapterSpec, LoraLinear, adapter_layers, attach, param_report
+
+TOWERS = {
+    "language": ["model.language_model"],
+    "vision": ["model.vision_tower"],
+    "projector": ["model.multi_modal_projector"],
+}
+
+
+def tiny_llava() -> LlavaForConditionalGeneration:
+    torch.manual_seed(0)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
+    text = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
+    return LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_index=99))
+
+
+def test_language_q_v_only_touches_language_model() -> None:
+    model = tiny_llava()
+    vision_before = {n: type(m) for n, m in model.model.vision_tower.named_modules()}
+    attached = attach(model, TOWERS, {"language": AdapterSpec(method="lora", r=4, targets=["q_proj", "v_proj"])})
+    paths = [p for p, _ in adapter_layers(model)]
+    assert sorted(paths) == sorted(attached) and len(paths) == 4  # 2 layers x (q, v)
+    assert all(p.startswith("model.language_model.layers.") for p in paths)
+    assert {n: type(m) for n, m in model.model.vision_tower.named_modules()} == vision_before
+    assert not any(isinstance(m, LoraLinear) for m in model.model.vision_tower.modules())
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n and n.startswith("model.language_model.") for n in trainable)
+
+
+def test_report_counts_per_tower() -> None:
+    model = tiny_llava()
+    attach(
+        model,
+        TOWERS,
+        {
+            "language": AdapterSpec(method="dora", r=4, targets=["q", "v"]),
+            "vision": AdapterSpec(method="lora", r=2, targets=["q"]),
+            "projector": AdapterSpec(method="full"),
+        },
+    )
+    rows = {r.name: r for r in param_report(model, TOWERS)}
+    # language: 2 layers x 2 modules x (A 4x32 + B 32x4 + m 32); vision: 2 layers x (A 2x32 + B 32x2)
+    assert rows["language"].trainable == 2 * 2 * (4 * 32 + 32 * 4 + 32)
+    assert rows["vision"].trainable == 2 * (2 * 32 + 32 * 2)
+    projector = sum(p.numel() for p in model.model.multi_modal_projector.parameters())
+    assert rows["projector"].trainable == projector == rows["projector"].total
+    base_total = sum(p.numel() for n, p in model.named_parameters() if ".lora_" not in n)
+    assert rows["total"].total == base_total
+    assert rows["total"].trainable == rows["language"].trainable + rows["vision"].trainable + projector
+    assert abs(rows["total"].percent - 100 * rows["total"].trainable / base_total) < 1e-9
+    assert isinstance(model.model.vision_tower, nn.Module)
