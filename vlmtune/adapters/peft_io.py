@@ -184,7 +184,7 @@ def _load_lora_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], folde
                 f"{folder / WEIGHTS_NAME}: '{path}' has adapter weights but is not adapted in this model; "
                 "was the adapter trained with other targets?"
             )
-        layers[path].load_adapter_tensor("lora_" + leaf, value, where=f"{folder / WEIGHTS_NAME}")
+        layers[path].load_adapter_tensor("lora_" + leaf, value, where=f"{folder / WEIGHTS_NAME}: module {path!r}")
 
 
 def _load_extras(model: nn.Module, tensors: dict[str, torch.Tensor], folder: Path) -> None:
