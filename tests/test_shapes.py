@@ -1,0 +1,185 @@
+"""Synthetic shapes dataset: determinism, annotation correctness, cache, data specs."""
+
+import hashlib
+import json
+import threading
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlmtune.data.errors import DataError
+from vlmtune.data.shapes import (
+    CLASSES,
+    COLORS,
+    SHAPES,
+    generate_shapes,
+    parse_data_spec,
+    shapes_dataset,
+)
+
+
+def tree_hash(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> dict[str, Path]:
+    return generate_shapes(tmp_path_factory.mktemp("shapes"), 40, split="train", seed=0)
+
+
+def test_identical_bytes_for_identical_arguments(tmp_path):
+    a = generate_shapes(tmp_path / "a", 12, split="val", seed=3)
+    generate_shapes(tmp_path / "b", 12, split="val", seed=3)
+    assert set(a) == {"vqa", "caption", "vqg", "grounding", "classify"}
+    assert tree_hash(tmp_path / "a") == tree_hash(tmp_path / "b")
+    # pinned: if this changes on purpose, bump SHAPES_VERSION (cached datasets are keyed by it)
+    text = hashlib.sha256(b"".join(a[t].read_bytes() for t in sorted(a))).hexdigest()
+    assert text == "c6d2036021634dabd6d2c4f093d68cc82e0fc66868605b057113a512d02748d6"
+    c = generate_shapes(tmp_path / "c", 12, split="test", seed=3)
+    assert c["vqa"].read_bytes() != a["vqa"].read_bytes()  # splits differ
+    assert (tmp_path / "a/images/val-000000.png").read_bytes() != (
+        tmp_path / "c/images/test-000000.png"
+    ).read_bytes()
+
+
+def test_prefix_stable_when_n_grows(tmp_path):
+    a = read(generate_shapes(tmp_path / "a", 5, tasks=["vqa"])["vqa"])
+    b = read(generate_shapes(tmp_path / "b", 9, tasks=["vqa"])["vqa"])
+    assert b[: len(a)] == a
+
+
+def test_vqa_records(small):
+    recs = read(small["vqa"])
+    assert len(recs) == 40 * 5
+    assert len({r["id"] for r in recs}) == len(recs)
+    types = Counter(r["answer_type"] for r in recs)
+    assert set(types) == {"yes/no", "number", "other"}
+    for r in recs:
+        assert len(r["answers"]) == 10
+        assert sum(a == r["answer"] for a in r["answers"]) >= 7  # mostly the same answer
+        assert (
+            sum(
+                a.lower().strip(".").removeprefix("a ") in (r["answer"], "one", "two", "three")
+                for a in r["answers"]
+            )
+            >= 9
+        )
+        assert r["answer"] == r["answer"].lower() and " " not in r["answer"]  # single word
+        assert (Path(small["vqa"]).parent / r["image"]).is_file()
+
+
+def test_vqa_answers_match_the_scene(small):
+    captions = {r["image"]: r for r in read(small["caption"])}
+    for r in read(small["vqa"]):
+        objects = captions[r["image"]]["meta"]["objects"]  # "red circle", ...
+        q, a = r["question"], r["answer"]
+        if q == "How many shapes are there?":
+            assert a == str(len(objects))
+        elif q.startswith("What color is the ") and "shape on" not in q:
+            shape = q.removeprefix("What color is the ").rstrip("?")
+            assert f"{a} {shape}" in objects
+        elif q.startswith("Is there a "):
+            assert a == ("yes" if q.removeprefix("Is there a ").rstrip("?") in objects else "no")
+        elif q.startswith("What shape is ") and " on the " not in q:
+            color = q.removeprefix("What shape is ").rstrip("?")
+            assert f"{color} {a}" in objects
+
+
+def test_answer_variants_exist(tmp_path):
+    recs = read(generate_shapes(tmp_path, 200, tasks=["vqa"])["vqa"])
+    variants = {a for r in recs for a in r["answers"] if a != r["answer"]}
+    assert {"two", "three", "Yes", "no.", "red.", "Blue", "a triangle"} <= variants
+    wrong = [
+        r
+        for r in recs
+        if sum(
+            a.lower().strip(".").removeprefix("a ") not in (r["answer"], "one", "two", "three")
+            for a in r["answers"]
+        )
+    ]
+    assert 0.03 < len(wrong) / len(recs) < 0.2  # occasional disagreeing annotator
+
+
+def test_boxes_match_drawn_pixels(small):
+    root = Path(small["grounding"]).parent
+    for r in read(small["grounding"]):
+        image = np.asarray(Image.open(root / r["image"]).convert("RGB"))
+        (box,) = r["boxes"]
+        x1, y1, x2, y2 = box["bbox"]
+        assert 0 <= x1 < x2 <= r["meta"]["width"] and 0 <= y1 < y2 <= r["meta"]["height"]
+        color = COLORS[box["label"].split()[0]]
+        assert tuple(image[(y1 + y2) // 2, (x1 + x2) // 2]) == color  # centre pixel has the shape colour
+        ys, xs = np.nonzero((image == color).all(-1))
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x1, y1, x2, y2)  # tight box
+
+
+def test_caption_and_vqg_and_classify(small):
+    caps = read(small["caption"])
+    assert len(caps) == 40 and all(len(c["captions"]) == 5 for c in caps)
+    for c in caps:
+        assert c["captions"][0] == " and ".join(
+            ", ".join(f"a {o}" for o in [b["label"] for b in c["boxes"]]).rsplit(", ", 1)
+        )
+    assert all(r["answer_type"] != "yes/no" for r in read(small["vqg"]))
+    cls = read(small["classify"])
+    assert len(cls) == 40
+    root = Path(small["classify"]).parent
+    for r in cls[:10]:
+        assert CLASSES[r["label"]] == r["label_name"]
+        assert SHAPES[r["meta"]["shape_label"]] == r["meta"]["shape"]
+        x1, y1, x2, y2 = r["boxes"][0]["bbox"]
+        pixel = Image.open(root / r["image"]).getpixel(((x1 + x2) // 2, (y1 + y2) // 2))
+        assert pixel == COLORS[r["meta"]["color"]]
+
+
+def test_cache_generates_once_and_is_concurrency_safe(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path))
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(shapes_dataset("vqa", "val", 8))) for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(results)) == 1 and len(results) == 3
+    path = results[0]
+    assert path == tmp_path / "shapes" / "v1" / "val-8" / "vqa.jsonl"
+    assert len(read(path)) == 40
+    assert [p.name for p in path.parent.parent.iterdir()] == ["val-8"]  # no temp folders left
+    mtime = path.stat().st_mtime_ns
+    assert shapes_dataset("vqa", "val", 8) == path and path.stat().st_mtime_ns == mtime
+
+
+def test_parse_data_spec(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path))
+    paths = parse_data_spec("shapes:vqa,caption@test", n_images=4)
+    assert [p.name for p in paths] == ["vqa.jsonl", "caption.jsonl"]
+    assert paths[0].parent.name == "test-4"
+    with pytest.raises(DataError, match="unknown shapes task 'vq'; use one of vqa"):
+        parse_data_spec("shapes:vq", n_images=4)
+    with pytest.raises(DataError, match="unknown shapes split 'dev'"):
+        parse_data_spec("shapes:vqa@dev", n_images=4)
+    with pytest.raises(DataError, match="data file 'nope.jsonl' not found"):
+        parse_data_spec("nope.jsonl")
+    assert parse_data_spec(str(paths[0])) == [paths[0]]
+
+
+def test_two_thousand_images_fast(tmp_path):
+    import time
+
+    start = time.perf_counter()
+    generate_shapes(tmp_path, 2000, tasks=["vqa"])
+    assert time.perf_counter() - start < 10

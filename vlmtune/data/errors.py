@@ -1,0 +1,61 @@
+"""Data errors and the ``data.on_error`` policy.
+
+``on_error="raise"`` (default): the first bad record raises :class:`DataError` naming file and line.
+``on_error="skip"``: bad records are counted in an :class:`ErrorLog` (count + first reasons), reported
+at the end of loading and written to the run folder as JSON; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ON_ERROR = ("raise", "skip")
+
+
+class DataError(ValueError):
+    """A problem with a data file, record or image; the message is one line for the user."""
+
+
+class ErrorLog:
+    """Counts skipped records and keeps the first ``max_reasons`` reasons."""
+
+    def __init__(self, max_reasons: int = 10):
+        self.max_reasons = max_reasons
+        self.count = 0
+        self.reasons: list[str] = []
+
+    def add(self, reason: str | BaseException) -> None:
+        self.count += 1
+        if len(self.reasons) < self.max_reasons:
+            self.reasons.append(str(reason))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __bool__(self) -> bool:
+        return True  # an empty log is still a log (so `errors or ErrorLog()` keeps it)
+
+    def summary(self) -> str:
+        """One line: ``skipped N bad record(s); first: <reason>``, or ``no bad records``."""
+        if not self.count:
+            return "no bad records"
+        return f"skipped {self.count} bad record(s); first: {self.reasons[0]}"
+
+    def to_dict(self) -> dict:
+        return {"skipped": self.count, "first_reasons": list(self.reasons)}
+
+    def write(self, path: str | Path) -> Path:
+        """Write ``{"skipped": N, "first_reasons": [...]}`` atomically to ``path``."""
+        from vlmtune.utils.io import atomic_write_text
+
+        return atomic_write_text(json.dumps(self.to_dict(), indent=2) + "\n", path)
+
+
+def handle(error: DataError, on_error: str, errors: ErrorLog | None) -> None:
+    """Apply the policy to one bad record: raise it, or count it in ``errors``."""
+    if on_error not in ON_ERROR:
+        raise DataError(f"data.on_error must be one of {', '.join(ON_ERROR)}, got '{on_error}'")
+    if on_error == "raise" or errors is None:
+        raise error
+    errors.add(error)

@@ -1,0 +1,297 @@
+"""Read and validate records: vlmtune JSONL (one record per line) or LLaVA conversation JSON.
+
+Each record is checked for an ``id`` (unique), a known ``task`` and the fields that task needs
+(:data:`REQUIRED_FIELDS`); image paths are resolved to absolute paths (relative to ``image_root``,
+else the data file's folder). Errors name ``file:line`` and the key; see :mod:`vlmtune.data.errors`
+for the raise/skip policy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from vlmtune.data.errors import DataError, ErrorLog, handle
+
+log = logging.getLogger("vlmtune.data")
+
+# task -> groups of alternatives; each group needs at least one of its fields.
+REQUIRED_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "vqa": (("image",), ("question",), ("answers", "answer")),
+    "caption": (("image",), ("captions", "caption")),
+    "vqg": (("image",), ("question",), ("answer", "answers")),
+    "grounding": (("image",), ("boxes",)),
+    "conversation": (("conversations",),),
+    "nlvr": (("images", "image"), ("question",), ("answer",)),
+    "mcq": (("question",), ("choices",), ("answer",)),
+    "classify": (("image",), ("label",)),
+}
+TASKS = tuple(REQUIRED_FIELDS)
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and len(value) > 0 and all(isinstance(v, str) for v in value)
+
+
+def _is_box(box: Any) -> bool:
+    bbox = box.get("bbox") if isinstance(box, dict) else None
+    return (
+        isinstance(box, dict)
+        and isinstance(box.get("label"), str)
+        and isinstance(bbox, list)
+        and len(bbox) == 4
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
+    )
+
+
+def _is_turn(turn: Any) -> bool:
+    return (
+        isinstance(turn, dict)
+        and turn.get("from") in ("human", "gpt", "system")
+        and isinstance(turn.get("value"), str)
+    )
+
+
+# field -> (check, what it must be)
+FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "image": (lambda v: isinstance(v, str) and v != "", "a non-empty path string"),
+    "images": (_is_str_list, "a non-empty list of path strings"),
+    "question": (lambda v: isinstance(v, str), "a string"),
+    "answers": (_is_str_list, "a non-empty list of strings"),
+    "answer": (lambda v: isinstance(v, str | int | bool), "a string"),
+    "captions": (_is_str_list, "a non-empty list of strings"),
+    "caption": (lambda v: isinstance(v, str), "a string"),
+    "choices": (_is_str_list, "a non-empty list of strings"),
+    "boxes": (
+        lambda v: isinstance(v, list) and len(v) > 0 and all(map(_is_box, v)),
+        'a non-empty list of {"label": str, "bbox": [x1, y1, x2, y2]}',
+    ),
+    "conversations": (
+        lambda v: isinstance(v, list) and len(v) > 0 and all(map(_is_turn, v)),
+        'a non-empty list of {"from": "human"|"gpt", "value": str}',
+    ),
+    "label": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+}
+
+
+def validate_record(
+    record: Any,
+    where: str,
+    required_fields_by_task: dict[str, tuple[tuple[str, ...], ...]] | None = None,
+    default_task: str | None = None,
+) -> dict:
+    """Check one parsed record; returns it (``id`` as str, ``task`` filled) or raises DataError."""
+    required = REQUIRED_FIELDS if required_fields_by_task is None else required_fields_by_task
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if "id" not in record or record["id"] in (None, ""):
+        raise DataError(f"{where}: record lacks field 'id' (every record needs a unique id)")
+    if not isinstance(record["id"], str | int) or isinstance(record["id"], bool):
+        raise DataError(f"{where}: record id must be a string, got {record['id']!r}")
+    record["id"] = rid = str(record["id"])
+    task = record.setdefault("task", default_task)
+    if task is None:
+        raise DataError(f"{where}: record '{rid}' lacks field 'task' (one of {', '.join(required)})")
+    if task not in required:
+        raise DataError(
+            f"{where}: record '{rid}' has unknown task '{task}'; use one of {', '.join(required)}"
+        )
+    for group in required[task]:
+        if not any(f in record for f in group):
+            alt = f" (or {', '.join(repr(f) for f in group[1:])})" if len(group) > 1 else ""
+            raise DataError(f"{where}: record '{rid}' lacks field '{group[0]}'{alt} needed for task {task}")
+    for key, (check, what) in FIELD_CHECKS.items():
+        if key in record and not check(record[key]):
+            raise DataError(f"{where}: record '{rid}' field '{key}' must be {what}, got {record[key]!r:.80}")
+    return record
+
+
+def resolve_images(record: dict, base: Path, check: bool = False, where: str = "") -> dict:
+    """Make ``image``/``images`` absolute (relative paths are taken from ``base``)."""
+    for key in ("image", "images"):
+        if key not in record:
+            continue
+        paths = [record[key]] if key == "image" else record[key]
+        resolved = [str(p if (p := Path(x).expanduser()).is_absolute() else base / p) for x in paths]
+        if check:
+            for path in resolved:
+                if not Path(path).is_file():
+                    raise DataError(
+                        f"{where}: record '{record['id']}' image '{path}' not found; check data.image_root"
+                    )
+        record[key] = resolved[0] if key == "image" else resolved
+    return record
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise DataError(f"data file '{path}' not found")
+    if path.is_dir():
+        raise DataError(f"data file '{path}' is a folder; give a .jsonl or .json file")
+
+
+def _collect(
+    items: Iterable[tuple[str, Callable[[], Any]]],
+    path: Path,
+    on_error: str,
+    errors: ErrorLog | None,
+    required_fields_by_task: dict | None,
+    image_root: str | Path | None,
+    task: str | None,
+    check_images: bool,
+) -> list[dict]:
+    """Validate ``(where, parse)`` items in order, applying the on_error policy."""
+    errors = errors if errors is not None else ErrorLog()
+    skipped_before = errors.count
+    base = Path(image_root).expanduser() if image_root else path.parent
+    records: list[dict] = []
+    first_line: dict[str, str] = {}
+    total = 0
+    for where, parse in items:
+        total += 1
+        try:
+            record = validate_record(parse(), where, required_fields_by_task, task)
+            if record["id"] in first_line:
+                raise DataError(
+                    f"{where}: duplicate id '{record['id']}' (first at {first_line[record['id']]}); ids must be unique"
+                )
+            resolve_images(record, base, check_images, where)
+        except DataError as e:
+            handle(e, on_error, errors)
+            continue
+        first_line[record["id"]] = where
+        records.append(record)
+    skipped = errors.count - skipped_before
+    if total == 0:
+        raise DataError(f"{path}: empty file (no records); check the path or regenerate the data")
+    if not records:
+        raise DataError(
+            f"{path}: no valid records ({skipped} skipped; first: {errors.reasons[0] if errors.reasons else '?'})"
+        )
+    if skipped:
+        log.warning("%s: skipped %d bad record(s) of %d (data.on_error=skip)", path, skipped, total)
+    return records
+
+
+def _jsonl_items(path: Path) -> Iterable[tuple[str, Callable[[], Any]]]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            where = f"{path}:{lineno}"
+
+            def parse(raw: bytes = raw, where: str = where) -> Any:
+                try:
+                    return json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+            yield where, parse
+
+
+def read_jsonl(
+    path: str | Path,
+    on_error: str = "raise",
+    errors: ErrorLog | None = None,
+    required_fields_by_task: dict[str, tuple[tuple[str, ...], ...]] | None = None,
+    image_root: str | Path | None = None,
+    task: str | None = None,
+    check_images: bool = False,
+) -> list[dict]:
+    """Records of a vlmtune JSONL file (blank lines ignored); ``task`` fills records without one."""
+    path = Path(path)
+    _check_file(path)
+    items = _jsonl_items(path)
+    return _collect(items, path, on_error, errors, required_fields_by_task, image_root, task, check_images)
+
+
+def read_llava_json(
+    path: str | Path,
+    on_error: str = "raise",
+    errors: ErrorLog | None = None,
+    required_fields_by_task: dict[str, tuple[tuple[str, ...], ...]] | None = None,
+    image_root: str | Path | None = None,
+    task: str | None = "conversation",
+    check_images: bool = False,
+) -> list[dict]:
+    """LLaVA's format as is: a JSON list of ``{"id", "image"?, "conversations": [...]}`` (task conversation)."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of records (LLaVA format), got {type(data).__name__}")
+    items = ((f"{path}:item {i}", lambda r=r: r) for i, r in enumerate(data))
+    return _collect(items, path, on_error, errors, required_fields_by_task, image_root, task, check_images)
+
+
+def read_records(path: str | Path, **kwargs) -> list[dict]:
+    """Dispatch on the suffix: ``.json`` -> :func:`read_llava_json`, else :func:`read_jsonl`."""
+    reader = read_llava_json if Path(path).suffix.lower() == ".json" else read_jsonl
+    return reader(path, **kwargs)
+
+
+def load_records(
+    spec: str,
+    split: str = "train",
+    on_error: str = "raise",
+    errors: ErrorLog | None = None,
+    image_root: str | Path | None = None,
+    max_samples: int = 0,
+    n_images: int | None = None,
+    cache_dir: str | Path | None = None,
+    image_size: int = 64,
+    tasks: Iterable[str] = (),
+) -> list[dict]:
+    """Records of a data spec (``shapes:vqa[,caption][@split]`` or JSONL/JSON paths, comma-separated).
+
+    Ids must be unique across files. ``tasks`` (when given) keeps only those tasks; ``max_samples``
+    (> 0) keeps the first N records.
+    """
+    from vlmtune.data.shapes import parse_data_spec
+
+    records: list[dict] = []
+    seen: set[str] = set()
+    for path in parse_data_spec(spec, split, n_images, cache_dir, image_size):
+        for record in read_records(path, on_error=on_error, errors=errors, image_root=image_root):
+            if record["id"] in seen:
+                handle(
+                    DataError(f"{path}: id '{record['id']}' also appears in another data file"),
+                    on_error,
+                    errors,
+                )
+                continue
+            seen.add(record["id"])
+            records.append(record)
+    wanted = set(tasks)
+    if wanted:
+        records = [r for r in records if r["task"] in wanted]
+        if not records:
+            raise DataError(f"data '{spec}' has no records of task(s) {', '.join(sorted(wanted))}")
+    return records[:max_samples] if max_samples > 0 else records
+
+
+class RecordDataset(Dataset):
+    """A map-style dataset over validated records; ``transform(record)`` (optional) runs per item."""
+
+    def __init__(self, records: list[dict], transform: Callable[[dict], Any] | None = None):
+        if not records:
+            raise DataError("dataset is empty (no records)")
+        self.records = records
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Any:
+        record = self.records[index]
+        return self.transform(record) if self.transform else record
