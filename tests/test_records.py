@@ -161,6 +161,6 @@ def test_load_records_shapes_and_dataset(tmp_path, monkeypatch):
     assert len(load_records("shapes:vqa", split="val", n_images=6, max_samples=4)) == 4
     ds = RecordDataset(recs, transform=lambda r: r["id"])
     assert len(ds) == 36 and ds[0] == "shapes-val-000000-q0"
-    vqa = tmp_path / "shapes/v1/val-6/vqa.jsonl"
+    vqa = tmp_path / "shapes/v2/val-6/vqa.jsonl"
     with pytest.raises(DataError, match="also appears in another data file"):
         load_records(f"{vqa},{vqa}")

@@ -107,7 +107,7 @@ def test_record_to_turns_per_task():
         ("human", "Which?\nA. cat\nB. dog\nAnswer with the option's letter from the given choices directly."),
         ("gpt", "B"),
     ]
-    cls = {"id": "k", "task": "classify", "image": "/x.png", "label": 0, "label_name": "red circle"}
+    cls = {"id": "k", "task": "classify", "image": "/x.png", "label": 0, "meta": {"label_name": "red circle"}}
     assert record_to_turns(cls)[1] == ("gpt", "red circle")
 
 

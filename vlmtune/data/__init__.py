@@ -1,28 +1,34 @@
-"""Data: record schema and readers, safe image loading, instruction templates, synthetic shapes."""
+"""Data: record schema and readers, safe image loading, instruction templates, synthetic shapes.
 
-from vlmtune.data.errors import DataError, ErrorLog
-from vlmtune.data.records import (
-    REQUIRED_FIELDS,
-    RecordDataset,
-    load_records,
-    read_jsonl,
-    read_llava_json,
-    read_records,
-    validate_record,
-)
-from vlmtune.data.shapes import generate_shapes, parse_data_spec, shapes_dataset
+Names are imported lazily (PEP 562), so ``import vlmtune.data.templates`` does not pull in torch.
+"""
 
-__all__ = [
-    "REQUIRED_FIELDS",
-    "DataError",
-    "ErrorLog",
-    "RecordDataset",
-    "generate_shapes",
-    "load_records",
-    "parse_data_spec",
-    "read_jsonl",
-    "read_llava_json",
-    "read_records",
-    "shapes_dataset",
-    "validate_record",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "DataError": "errors",
+    "ErrorLog": "errors",
+    "load_image": "images",
+    "REQUIRED_FIELDS": "records",
+    "RecordDataset": "records",
+    "load_records": "records",
+    "read_jsonl": "records",
+    "read_llava_json": "records",
+    "read_records": "records",
+    "validate_record": "records",
+    "generate_shapes": "shapes",
+    "parse_data_spec": "shapes",
+    "shapes_dataset": "shapes",
+    "record_to_turns": "templates",
+    "render_instruction": "templates",
+    "render_vicuna": "templates",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"vlmtune.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'vlmtune.data' has no attribute '{name}'")

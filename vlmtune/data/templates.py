@@ -19,7 +19,7 @@ starts with ``"<image>\\n"`` (one per image) when the record has an image:
 - conversation: passed through (``from`` human/gpt).
 - mcq: ``"{question}\\nA. {c0}\\nB. {c1}\\nAnswer with the option's letter from the given choices directly."`` -> letter.
 - nlvr: ``"{question}\\nAnswer with true or false."`` -> ``"true"``/``"false"``.
-- classify: ``"What is shown in the image? Answer with the class name."`` -> ``label_name`` (else the label).
+- classify: ``"What is shown in the image? Answer with the class name."`` -> ``meta.label_name`` (else the label).
 
 ``render_vicuna(turns)`` -> segments ``[(text, is_assistant)]`` whose concatenation is exactly LLaVA's
 ``conv_vicuna_v1.get_prompt()`` (SeparatorStyle.TWO, sep " ", sep2 "</s>")::
@@ -220,7 +220,8 @@ def record_to_turns(record: dict, seed: int = 0, vqa_style: str = "llava") -> li
     elif task == "nlvr":
         prompt, answer = f"{record['question']}\n{NLVR_PROMPT}", str(record["answer"]).lower()
     elif task == "classify":
-        prompt, answer = CLASSIFY_PROMPT, str(record.get("label_name", record["label"]))
+        name = (record.get("meta") or {}).get("label_name", record.get("label_name", record["label"]))
+        prompt, answer = CLASSIFY_PROMPT, str(name)
     else:
         raise DataError(f"record '{record.get('id')}': no conversation format for task '{task}'")
     return [("human", _image_prefix(record) + prompt), ("gpt", answer)]
