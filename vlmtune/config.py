@@ -35,6 +35,7 @@ class ModelConfig:
     vision_feature_layer: int = -2
     visual_tokens: int = 36  # vlbart: pooled grid features per image
     vision_encoder: str = "RN101"  # vlbart: open_clip architecture name
+    feature_cache: str = ""  # vlbart: CLIP feature cache folder ("" = off, auto = $VLMTUNE_CACHE/features)
     num_classes: int = 0  # vit: 0 = from the dataset
     load_in_4bit: bool = False  # QLoRA (CUDA + bitsandbytes only)
     gradient_checkpointing: bool = False
@@ -63,6 +64,7 @@ class DataConfig:
     max_train_samples: int = 0  # 0 = all
     max_eval_samples: int = 0
     shapes_size: int = 2000  # number of synthetic training images for shapes:*
+    task_batch_sizes: dict = field(default_factory=dict)  # multi-task: task -> batch size (vlbart)
 
 
 @dataclass
