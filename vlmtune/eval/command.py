@@ -1,0 +1,237 @@
+"""``vlmtune eval BENCH``: evaluate a model / run folder, or score an existing predictions file.
+
+    vlmtune eval shapes-vqa --model runs/llava-dora           # adapter run folder (adapter on its base)
+    vlmtune eval vqav2 --model merged/ --data vqav2_val.jsonl  # merged or plain model folder, preset name
+    vlmtune eval vqav2 --predictions results.json --questions q.json --annotations a.json
+    vlmtune eval pope --predictions answers.jsonl --data pope.jsonl
+
+Writes ``metrics.json``, ``predictions.jsonl`` (and ``submission.json`` for vqav2) under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from vlmtune.eval.benchmarks import BENCHMARKS, get_benchmark
+from vlmtune.eval.errors import EvalError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("benchmark", metavar="BENCH", help=f"one of: {', '.join(BENCHMARKS)}")
+    parser.add_argument(
+        "--model", help="run folder (adapter on its base), merged/plain model folder or preset"
+    )
+    parser.add_argument(
+        "--data", help="vlmtune JSONL (from data_prep/) or shapes:<task> (default: the run's eval data)"
+    )
+    parser.add_argument("--predictions", help="score this predictions file instead of running a model")
+    parser.add_argument("--questions", help="vqav2: official questions JSON (instead of --data)")
+    parser.add_argument("--annotations", help="vqav2: official annotations JSON (omit for test-dev)")
+    parser.add_argument("--image-root", help="folder that record image paths are relative to")
+    parser.add_argument("--out", help="output folder (default: <run>/eval/<BENCH> or runs/eval/<BENCH>)")
+    parser.add_argument("--batch-size", type=int, help="generation batch size (default: the run's, else 16)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, help="default: the run's / benchmark's (16, captions 32)"
+    )
+    parser.add_argument("--num-beams", type=int, help="1 = greedy (default); > 1 = beam search")
+    parser.add_argument("--max-samples", type=int, default=0, help="evaluate the first N records only")
+    parser.add_argument("--caption-metrics", default="bleu,meteor,rouge,cider", help="coco-caption metrics")
+    parser.add_argument(
+        "--caption-tokenizer", default="ptb", choices=("ptb", "simple"), help="simple = no Java (approximate)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+# ---------------------------------------------------------------- model loading
+def read_run_config(run_dir: Path):
+    from vlmtune.config import RunConfig, from_dict, validate
+
+    try:
+        data = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except yaml.YAMLError as e:
+        raise EvalError(f"{run_dir / 'config.yaml'}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return validate(from_dict(RunConfig, data))
+
+
+def load_model(model: str):
+    """``(pipeline, run config or None, run folder or None)`` for ``--model``.
+
+    A run folder (``config.yaml`` + ``adapter/``) builds its base from the config and loads the adapter
+    onto it; an adapter folder (``vlmtune_adapter.json``) loads onto its recorded base; anything else
+    (a merged / plain model folder, a preset name like ``shapes-tiny``, a hub id) is loaded as the
+    base model of a default LLaVA config.
+    """
+    from vlmtune.adapters import load_adapter
+    from vlmtune.config import RunConfig
+    from vlmtune.models import build_pipeline
+
+    path = Path(model)
+    if (path / "config.yaml").is_file():
+        cfg = read_run_config(path)
+        adapter = path / "adapter"
+        if not (adapter / "adapter_model.safetensors").is_file():
+            raise EvalError(f"run folder {path} has no adapter/ (training unfinished?); pass a finished run")
+        pipeline = build_pipeline(cfg)
+        load_adapter(pipeline.model, adapter, pipeline.towers)
+        return pipeline, cfg, path
+    cfg = RunConfig()
+    if (path / "vlmtune_adapter.json").is_file():
+        meta = json.loads((path / "vlmtune_adapter.json").read_text())
+        base = meta.get("base_model_name_or_path")
+        if not base:
+            raise EvalError(f"{path}/vlmtune_adapter.json records no base model; pass the run folder instead")
+        cfg.model.name_or_path = base
+        pipeline = build_pipeline(cfg)
+        load_adapter(pipeline.model, path, pipeline.towers)
+        return pipeline, None, None
+    if path.exists() and not (path / "config.json").is_file():
+        raise EvalError(
+            f"--model {path}: not a run folder (config.yaml), adapter or model folder (config.json)"
+        )
+    cfg.model.name_or_path = model
+    return build_pipeline(cfg), None, None
+
+
+# ---------------------------------------------------------------- data
+def vqav2_official_records(questions: str, annotations: str | None, image_root: str | None) -> list[dict]:
+    """Records straight from the official VQAv2 files (no data_prep step)."""
+    from vlmtune.eval.vqa import load_official
+
+    root = Path(image_root) if image_root else Path(questions).resolve().parent
+    records = []
+    for qid, q in load_official(questions, annotations).items():
+        folder = "test2015" if q["data_subtype"].startswith("test") else q["data_subtype"]
+        record = {
+            "id": f"vqav2-{qid}",
+            "task": "vqa",
+            "image": str(root / folder / f"COCO_{folder}_{q['image_id']:012d}.jpg"),
+            "question": q["question"],
+            "meta": {
+                "question_id": qid,
+                "image_id": q["image_id"],
+                "question_type": q.get("question_type", ""),
+            },
+        }
+        if "answers" in q:
+            record["answers"] = q["answers"]
+            record["answer_type"] = q["answer_type"]
+        records.append(record)
+    return records
+
+
+def read_eval_data(spec: str, image_root: str | None) -> list[dict]:
+    """Records of ``--data``; references are optional here (VQAv2 test-dev has none), the scorer checks them."""
+    from vlmtune.data.records import REQUIRED_FIELDS, load_records, read_records
+
+    if spec.startswith("shapes:"):
+        return load_records(spec, split="test", image_root=image_root)
+    relaxed = {
+        task: tuple(
+            g for g in groups if "image" in g or "images" in g or "question" in g or "conversations" in g
+        )
+        for task, groups in REQUIRED_FIELDS.items()
+    }
+    records: list[dict] = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        records += read_records(part, required_fields_by_task=relaxed, image_root=image_root)
+    ids = [r["id"] for r in records]
+    if len(set(ids)) != len(ids):
+        raise EvalError(f"--data {spec}: record ids repeat across files")
+    return records
+
+
+def load_data(args, cfg) -> list[dict]:
+    from vlmtune.data.records import load_records
+
+    if args.questions:
+        if args.benchmark not in ("vqav2", "shapes-vqa"):
+            raise EvalError(
+                "--questions/--annotations are the official VQAv2 files; use --data for other benchmarks"
+            )
+        if args.data:
+            raise EvalError("give either --data or --questions/--annotations, not both")
+        records = vqav2_official_records(args.questions, args.annotations, args.image_root)
+    elif args.data:
+        records = read_eval_data(args.data, args.image_root)
+    elif cfg is not None and cfg.data.eval:
+        from vlmtune.data.errors import ErrorLog
+        from vlmtune.train.command import load_split
+
+        # exactly the records `vlmtune train` evaluated on
+        records = load_split(cfg, cfg.data.eval, "test", cfg.data.max_eval_samples, ErrorLog())
+    elif args.benchmark == "shapes-vqa":
+        records = load_records("shapes:vqa", split="test")
+    else:
+        raise EvalError(f"no data: give --data FILE (vlmtune JSONL from data_prep/) for {args.benchmark}")
+    if args.max_samples > 0:
+        records = records[: args.max_samples]
+    if not records:
+        raise EvalError("the evaluation data has no records")
+    return records
+
+
+# ---------------------------------------------------------------- output
+def format_metrics(metrics: dict) -> str:
+    """Headline numbers on the first line, each breakdown on its own line."""
+    name = metrics.get("benchmark", "")
+    flat = [f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)]
+    count = metrics.get("count")
+    lines = [f"{name}: " + ", ".join(flat) + (f"  ({count} examples)" if count is not None else "")]
+    for key, value in metrics.items():
+        if isinstance(value, dict) and value:
+            parts = []
+            for k, v in value.items():
+                if isinstance(v, dict):
+                    parts.append(
+                        f"{k} " + " ".join(f"{kk}={vv:.2f}" for kk, vv in v.items() if isinstance(vv, float))
+                    )
+                else:
+                    parts.append(f"{k} {v:.2f}")
+            lines.append(f"  {key.replace('_', ' ')}: " + " | ".join(parts))
+    if metrics.get("note"):
+        lines.append(f"  {metrics['note']}")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    from vlmtune.eval.runner import read_predictions, run_benchmark, score_predictions
+
+    benchmark = get_benchmark(args.benchmark)
+    if bool(args.model) == bool(args.predictions):
+        raise EvalError("give exactly one of --model (run a model) or --predictions (score a file)")
+    if args.annotations and not args.questions:
+        raise EvalError("--annotations needs --questions (the official VQAv2 questions JSON)")
+    options = {}
+    if benchmark.name == "coco-caption":
+        metrics = tuple(m.strip() for m in args.caption_metrics.split(",") if m.strip())
+        options = {"metrics": metrics, "tokenizer": args.caption_tokenizer}
+
+    if args.predictions:
+        records = load_data(args, None)
+        out = Path(args.out or Path("runs") / "eval" / benchmark.name)
+        metrics = score_predictions(
+            benchmark.name, read_predictions(args.predictions), records, out, options, source=args.predictions
+        )
+    else:
+        pipeline, cfg, run_dir = load_model(args.model)
+        records = load_data(args, cfg)
+        import torch
+
+        pipeline.model.to("cuda" if torch.cuda.is_available() else "cpu")
+        same_task = cfg is not None and BENCHMARKS.get(cfg.eval.benchmark, benchmark).task == benchmark.task
+        batch_size = args.batch_size or (cfg.eval.batch_size if cfg else 16)
+        num_beams = args.num_beams or (cfg.eval.num_beams if cfg else 1)
+        max_new = args.max_new_tokens or (cfg.eval.max_new_tokens if same_task else None)
+        default_out = run_dir / "eval" / benchmark.name if run_dir else Path("runs") / "eval" / benchmark.name
+        out = Path(args.out or default_out)
+        metrics = run_benchmark(
+            pipeline, benchmark.name, records, out, batch_size, max_new, num_beams, not args.quiet, options
+        )
+    print(format_metrics(metrics))
+    files = ["metrics.json", "predictions.jsonl"] + (["submission.json"] if benchmark.submission else [])
+    print(f"wrote {', '.join(str(out / f) for f in files)}")
+    return 0
