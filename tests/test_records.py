@@ -164,3 +164,24 @@ def test_load_records_shapes_and_dataset(tmp_path, monkeypatch):
     vqa = tmp_path / "shapes/v2/val-6/vqa.jsonl"
     with pytest.raises(DataError, match="also appears in another data file"):
         load_records(f"{vqa},{vqa}")
+
+
+def test_load_records_image_root_and_check_images(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path))
+    recs = load_records("shapes:vqa@val", n_images=2, image_root="/elsewhere")  # ignored for generated data
+    assert Path(recs[0]["image"]).is_file()
+    p = write_lines(tmp_path / "d.jsonl", [GOOD])
+    assert load_records(str(p), image_root="/data")[0]["image"] == "/data/img/a.png"
+    with pytest.raises(DataError) as e:
+        load_records(str(p), check_images=True)
+    assert (
+        str(e.value) == f"{p}:1: record 'a' image '{tmp_path / 'img/a.png'}' not found; check data.image_root"
+    )
+    errors = ErrorLog()
+    p2 = write_lines(tmp_path / "e.jsonl", [GOOD, {**GOOD, "id": "b", "image": "/abs.png"}])
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img/a.png").write_bytes(b"")
+    assert [r["id"] for r in load_records(str(p2), check_images=True, on_error="skip", errors=errors)] == [
+        "a"
+    ]
+    assert errors.count == 1 and "image '/abs.png' not found" in errors.reasons[0]

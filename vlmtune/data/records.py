@@ -251,18 +251,28 @@ def load_records(
     cache_dir: str | Path | None = None,
     image_size: int = 64,
     tasks: Iterable[str] = (),
+    check_images: bool = False,
 ) -> list[dict]:
     """Records of a data spec (``shapes:vqa[,caption][@split]`` or JSONL/JSON paths, comma-separated).
 
     Ids must be unique across files. ``tasks`` (when given) keeps only those tasks; ``max_samples``
-    (> 0) keeps the first N records.
+    (> 0) keeps the first N records. ``image_root`` applies to user files, not to generated
+    (``shapes:``, ``digits:``, ...) data, whose images sit next to their JSONL.
     """
     from vlmtune.data.shapes import parse_data_spec
 
+    generated = ":" in spec.split(",")[0] and spec.strip().split(":")[0] in (
+        "shapes",
+        "digits",
+        "imagefolder",
+        "hf",
+    )
+    root = None if generated else image_root
     records: list[dict] = []
     seen: set[str] = set()
     for path in parse_data_spec(spec, split, n_images, cache_dir, image_size):
-        for record in read_records(path, on_error=on_error, errors=errors, image_root=image_root):
+        kwargs = dict(on_error=on_error, errors=errors, image_root=root, check_images=check_images)
+        for record in read_records(path, **kwargs):
             if record["id"] in seen:
                 handle(
                     DataError(f"{path}: id '{record['id']}' also appears in another data file"),

@@ -369,11 +369,16 @@ def parse_data_spec(
     """Resolve a data spec to JSONL/JSON paths.
 
     ``shapes:<task>[,<task>...][@<split>]`` -> cached shapes files (split from the spec wins over
-    ``split``); otherwise a comma-separated list of ``.jsonl`` / ``.json`` paths that must exist.
+    ``split``); ``digits:`` / ``imagefolder:`` / ``hf:`` -> :mod:`vlmtune.data.classification`;
+    otherwise a comma-separated list of ``.jsonl`` / ``.json`` paths that must exist.
     """
     spec = spec.strip()
     if not spec:
         raise DataError("empty data spec; give a JSONL path or shapes:<task> (e.g. shapes:vqa)")
+    if spec.startswith(("digits:", "imagefolder:", "hf:")):
+        from vlmtune.data.classification import classification_paths
+
+        return classification_paths(spec, split)
     if spec.startswith("shapes:"):
         body = spec[len("shapes:") :]
         body, _, spec_split = body.partition("@")
