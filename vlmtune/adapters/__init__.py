@@ -1,6 +1,8 @@
 """Adapter methods on plain PyTorch, attachable per tower (language / vision / projector)."""
 
 from vlmtune.adapters.dora import DoraLinear
+from vlmtune.adapters.dylora import DyLoraLinear, set_dylora_rank
+from vlmtune.adapters.granularity import MagnitudeOnlyLinear
 from vlmtune.adapters.inject import (
     AdapterError,
     adapter_layers,
@@ -10,16 +12,24 @@ from vlmtune.adapters.inject import (
     register_tower_method,
 )
 from vlmtune.adapters.lora import LoraLinear
+from vlmtune.adapters.lora_plus import adapter_param_groups
 from vlmtune.adapters.peft_io import load_adapter, save_adapter
 from vlmtune.adapters.report import format_report, param_report
 from vlmtune.adapters.spec import AdapterSpec
+from vlmtune.adapters.vera import DVoraLinear, VeraLinear, VeraProjection
 
 __all__ = [
     "AdapterError",
     "AdapterSpec",
+    "DVoraLinear",
     "DoraLinear",
+    "DyLoraLinear",
     "LoraLinear",
+    "MagnitudeOnlyLinear",
+    "VeraLinear",
+    "VeraProjection",
     "adapter_layers",
+    "adapter_param_groups",
     "attach",
     "format_report",
     "load_adapter",
@@ -28,4 +38,5 @@ __all__ = [
     "register_layer_method",
     "register_tower_method",
     "save_adapter",
+    "set_dylora_rank",
 ]

@@ -1,0 +1,298 @@
+"""VeRA against peft 0.21 (outputs, gradients, merge, save/load both ways) and DVoRA math."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from vlmtune.adapters import (
+    AdapterError,
+    AdapterSpec,
+    DVoraLinear,
+    VeraLinear,
+    adapter_layers,
+    attach,
+    load_adapter,
+    merge,
+    param_report,
+    save_adapter,
+)
+from vlmtune.adapters.vera import VeraProjection
+
+peft = pytest.importorskip("peft")
+
+TOWERS = {"language": ["layers"]}
+TARGETS = ["q_proj", "v_proj", "up_proj", "down_proj"]
+R = 8
+
+
+class Block(nn.Module):
+    """Layers of different shapes, so the shared pair is sliced differently per layer."""
+
+    def __init__(self, d: int = 32, hidden: int = 48) -> None:
+        super().__init__()
+        self.q_proj = nn.Linear(d, d)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.up_proj = nn.Linear(d, hidden)
+        self.down_proj = nn.Linear(hidden, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.q_proj(x) + self.v_proj(x)
+        return self.down_proj(torch.tanh(self.up_proj(h)))
+
+
+class Toy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([Block(), Block()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = x + layer(x)
+        return x
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-5) -> None:
+    err = (a - b).abs().max() / b.abs().max().clamp_min(1e-12)
+    assert err <= rtol, f"max relative error {err:.3e} > {rtol}"
+
+
+def vera_spec(method: str = "vera", **options) -> AdapterSpec:
+    return AdapterSpec(method=method, r=R, targets=TARGETS, options=options)
+
+
+def make_pair(seed: int = 0, save_projection: bool = True):
+    """peft VeRA with random (non-identity) scaling vectors, and vlmtune VeRA with the same ones."""
+    torch.manual_seed(0)
+    base = Toy()
+    cfg = peft.VeraConfig(
+        r=R,
+        target_modules=TARGETS,
+        projection_prng_key=seed,
+        save_projection=save_projection,
+        init_weights=False,
+    )
+    ref = peft.get_peft_model(copy.deepcopy(base), cfg)
+    ours = copy.deepcopy(base)
+    attach(ours, TOWERS, {"language": vera_spec(projection_prng_key=seed, save_projection=save_projection)})
+    ref_layers = dict(ref.named_modules())
+    for path, layer in adapter_layers(ours):
+        src = ref_layers[f"base_model.model.{path}"]
+        with torch.no_grad():
+            src.vera_lambda_b["default"].normal_()  # peft's init_weights=False leaves b = 1
+            layer.vera_lambda_b.copy_(src.vera_lambda_b["default"])
+            layer.vera_lambda_d.copy_(src.vera_lambda_d["default"])
+    return base, ours, ref
+
+
+@pytest.mark.parametrize("seed", [0, 1234])
+def test_shared_projection_is_peft_bit_for_bit(seed: int) -> None:
+    _, ours, ref = make_pair(seed)
+    proj = next(layer for _, layer in adapter_layers(ours)).vera_projection
+    assert proj.vera_A.shape == (R, 48) and proj.vera_B.shape == (48, R)  # largest in / out over targets
+    assert torch.equal(proj.vera_A, ref.base_model.vera_A["default"])
+    assert torch.equal(proj.vera_B, ref.base_model.vera_B["default"])
+    layers = [layer for _, layer in adapter_layers(ours)]
+    assert len(layers) == 8 and all(layer.vera_projection is proj for layer in layers)
+
+
+def test_init_is_identity_and_only_vectors_train() -> None:
+    torch.manual_seed(0)
+    base = Toy()
+    model = copy.deepcopy(base)
+    attach(model, TOWERS, {"language": vera_spec()})
+    x = torch.randn(2, 5, 32)
+    torch.testing.assert_close(model(x), base(x), rtol=0, atol=0)  # b = 0
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith(("vera_lambda_b", "vera_lambda_d")) for n in trainable)
+    layer = model.layers[0].up_proj
+    assert torch.all(layer.vera_lambda_d == 0.1) and layer.vera_lambda_b.shape == (48,)
+    rows = {r.name: r for r in param_report(model, TOWERS)}
+    assert rows["language"].trainable == 2 * (4 * R + 32 + 32 + 48 + 32)  # 4 layers per block
+
+
+def test_forward_and_gradients_match_peft() -> None:
+    _, ours, ref = make_pair()
+    x = torch.randn(3, 5, 32)
+    y_ours, y_ref = ours(x), ref(x)
+    assert_close(y_ours, y_ref)
+    w = torch.randn_like(y_ref)
+    (y_ours * w).sum().backward()
+    (y_ref * w).sum().backward()
+    ref_layers = dict(ref.named_modules())
+    for path, layer in adapter_layers(ours):
+        src = ref_layers[f"base_model.model.{path}"]
+        assert_close(layer.vera_lambda_b.grad, src.vera_lambda_b["default"].grad)
+        assert_close(layer.vera_lambda_d.grad, src.vera_lambda_d["default"].grad)
+
+
+def test_output_differs_from_base_after_training_vectors() -> None:
+    base, ours, _ = make_pair()
+    x = torch.randn(2, 32)
+    assert (ours(x) - base(x)).abs().max() > 1e-3
+
+
+def test_merge_matches_peft_and_forward() -> None:
+    _, ours, ref = make_pair()
+    x = torch.randn(4, 32)
+    expected = ours(x)
+    merged_ref = ref.merge_and_unload()
+    merge(ours)
+    assert not list(adapter_layers(ours))
+    assert_close(ours(x), expected)
+    for (n1, p1), (n2, p2) in zip(ours.named_parameters(), merged_ref.named_parameters(), strict=True):
+        assert n1 == n2
+        assert_close(p1, p2)
+
+
+@pytest.mark.parametrize("save_projection", [True, False])
+def test_vlmtune_folder_loads_in_peft(tmp_path, save_projection: bool) -> None:
+    _, ours, _ = make_pair(seed=7, save_projection=save_projection)
+    x = torch.randn(2, 7, 32)
+    expected = ours(x)
+    save_adapter(ours, tmp_path / "a", base_name_or_path="toy")
+    cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "VERA" and cfg["projection_prng_key"] == 7 and cfg["r"] == R
+    torch.manual_seed(0)
+    loaded = peft.PeftModel.from_pretrained(Toy(), tmp_path / "a")
+    assert_close(loaded(x), expected)
+
+
+@pytest.mark.parametrize("save_projection", [True, False])
+def test_peft_folder_loads_in_vlmtune(tmp_path, save_projection: bool) -> None:
+    _, _, ref = make_pair(seed=3, save_projection=save_projection)
+    x = torch.randn(2, 7, 32)
+    expected = ref(x)
+    ref.save_pretrained(tmp_path / "p")
+    torch.manual_seed(0)
+    fresh = Toy()
+    load_adapter(fresh, tmp_path / "p")
+    layers = dict(adapter_layers(fresh))
+    assert len(layers) == 8 and all(type(m) is VeraLinear for m in layers.values())
+    assert_close(fresh(x), expected)
+
+
+def test_roundtrip_with_meta_and_saved_projection_wins(tmp_path) -> None:
+    """A saved projection is used as is, even if the seed would regenerate another one."""
+    _, ours, _ = make_pair()
+    proj = next(layer for _, layer in adapter_layers(ours)).vera_projection
+    with torch.no_grad():
+        proj.vera_A.mul_(2.0)
+    x = torch.randn(3, 32)
+    expected = ours(x)
+    save_adapter(ours, tmp_path / "a", specs={"language": vera_spec()})
+    torch.manual_seed(0)
+    fresh = load_adapter(Toy(), tmp_path / "a", towers=TOWERS)
+    assert_close(fresh(x), expected)
+
+
+def test_projection_shape_mismatch_is_one_line_error(tmp_path) -> None:
+    _, ours, _ = make_pair()
+    save_adapter(ours, tmp_path / "a")
+    proj = VeraProjection(R, 16, 16)
+    with pytest.raises(AdapterError, match="vera_A"):
+        proj.load(torch.zeros(R + 1, 48), torch.zeros(48, R), where="x")
+
+
+def test_towers_must_share_rank() -> None:
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = Block(), Block()
+
+    with pytest.raises(AdapterError, match="share one projection"):
+        attach(
+            Two(),
+            {"language": ["a"], "vision": ["b"]},
+            {"language": vera_spec(), "vision": AdapterSpec(method="vera", r=4, targets=["q_proj"])},
+        )
+
+
+# ---- DVoRA: DoRA eq. 5 with the VeRA update as ΔV -------------------------------------------------
+
+
+def random_dvora() -> DVoraLinear:
+    torch.manual_seed(2)
+    base = nn.Linear(16, 24)
+    proj = VeraProjection(R, 16, 24, seed=0)
+    layer = DVoraLinear(base, proj)
+    with torch.no_grad():
+        layer.vera_lambda_b.normal_()
+        layer.vera_lambda_d.normal_()
+        layer.lora_magnitude_vector.mul_(torch.rand(24) + 0.5)
+    return layer
+
+
+def dense_dvora_weight(layer: DVoraLinear) -> torch.Tensor:
+    a = layer.vera_projection.vera_A[:, :16]
+    b = layer.vera_projection.vera_B[:24]
+    v = layer.base_layer.weight + torch.diag(layer.vera_lambda_b) @ b @ torch.diag(layer.vera_lambda_d) @ a
+    return layer.lora_magnitude_vector[:, None] * v / v.norm(dim=1, keepdim=True)
+
+
+def test_dvora_starts_as_base_layer() -> None:
+    base = nn.Linear(16, 24)
+    layer = DVoraLinear(base, VeraProjection(R, 16, 24))
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(layer(x), base(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layer.lora_magnitude_vector.detach(), base.weight.norm(dim=1))
+
+
+def test_dvora_forward_merge_unmerge() -> None:
+    layer = random_dvora()
+    x = torch.randn(3, 16)
+    expected = x @ dense_dvora_weight(layer).T + layer.base_layer.bias
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    w0 = layer.base_layer.weight.detach().clone()
+    w_merged = dense_dvora_weight(layer).detach()
+    layer.merge()
+    torch.testing.assert_close(layer.base_layer.weight, w_merged, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    layer.unmerge()
+    torch.testing.assert_close(layer.base_layer.weight, w0, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("detach_norm", [True, False])
+def test_dvora_gradients_follow_detach_norm(detach_norm: bool) -> None:
+    """detach_norm=False: gradients of the dense equation; True: the norm is a constant (DoRA §4.3)."""
+    layer = random_dvora()
+    layer.detach_norm = detach_norm
+    x = torch.randn(4, 16)
+    layer(x).square().sum().backward()
+    got = (layer.vera_lambda_b.grad.clone(), layer.vera_lambda_d.grad.clone())
+    for p in (layer.vera_lambda_b, layer.vera_lambda_d):
+        p.grad = None
+    a = layer.vera_projection.vera_A[:, :16]
+    b = layer.vera_projection.vera_B[:24]
+    v = layer.base_layer.weight + (layer.vera_lambda_b[:, None] * b) @ (layer.vera_lambda_d[:, None] * a)
+    norm = v.norm(dim=1, keepdim=True)
+    w = layer.lora_magnitude_vector[:, None] * v / (norm.detach() if detach_norm else norm)
+    (x @ w.T + layer.base_layer.bias).square().sum().backward()
+    torch.testing.assert_close(got[0], layer.vera_lambda_b.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[1], layer.vera_lambda_d.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_dvora_attach_save_load(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = Toy()
+    spec = vera_spec("dvora")
+    attach(model, TOWERS, {"language": spec})
+    assert all(isinstance(m, DVoraLinear) for _, m in adapter_layers(model))
+    with torch.no_grad():
+        for _, m in adapter_layers(model):
+            m.vera_lambda_b.normal_()
+            m.lora_magnitude_vector.mul_(1.5)
+    x = torch.randn(2, 32)
+    expected = model(x)
+    save_adapter(model, tmp_path / "a", specs={"language": spec})
+    for folder_towers in (TOWERS, None):  # with vlmtune's meta, and PEFT-style from the tensors
+        torch.manual_seed(0)
+        fresh = load_adapter(Toy(), tmp_path / "a", towers=folder_towers)
+        assert all(isinstance(m, DVoraLinear) for _, m in adapter_layers(fresh))
+        assert_close(fresh(x), expected)
+    merge(model)
+    assert_close(model(x), expected)
