@@ -1,0 +1,1 @@
+"""Scripts that turn public dataset files (in their published formats) into vlmtune JSONL."""
