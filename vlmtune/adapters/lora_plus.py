@@ -68,7 +68,8 @@ def _tower_of_params(
     for tower, spec in specs.items():
         if spec is None or tower not in towers or (spec.lr is None and spec.lora_plus_ratio == 1.0):
             continue
-        for _, _, module in tower_modules(model, towers[tower]):
+        roots = [model.get_submodule(prefix) for prefix in towers[tower]]
+        for module in [*roots, *(m for _, _, m in tower_modules(model, towers[tower]))]:
             for p in module.parameters(recurse=False):
                 owner.setdefault(id(p), (tower, spec))
     return owner
