@@ -1,0 +1,178 @@
+"""Weight decomposition analysis (DoRA eqs. 2-4) on synthetic weights and synthetic run folders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+from torch import nn
+
+from vlmtune.adapters import AdapterSpec, adapter_layers, attach, save_adapter
+from vlmtune.analysis import decomposition_change, finetuned_weights, fit_line
+from vlmtune.analysis import runs as runs_mod
+from vlmtune.analysis.command import main as analyze_main
+
+
+def test_row_scaling_is_pure_magnitude_change() -> None:
+    """Rows of nn.Linear.weight are the paper's columns: scaling rows leaves every direction intact."""
+    torch.manual_seed(0)
+    w0 = torch.randn(6, 4)
+    s = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0, 1.0])
+    d_m, d_d = decomposition_change(w0, s[:, None] * w0)
+    assert d_d == pytest.approx(0.0, abs=1e-7)
+    assert d_m == pytest.approx(float(((s - 1).abs() * w0.norm(dim=1)).mean()), rel=1e-6)
+    # scaling input columns instead changes directions
+    _, d_d_cols = decomposition_change(w0, w0 * torch.tensor([1.0, 3.0, 1.0, 1.0]))
+    assert d_d_cols > 1e-3
+
+
+def test_rotation_is_pure_direction_change() -> None:
+    w0 = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    c, s = np.cos(0.3), np.sin(0.3)
+    rot = torch.tensor([[c, -s], [s, c]], dtype=torch.float32)
+    d_m, d_d = decomposition_change(w0, w0 @ rot.T)
+    assert d_m == pytest.approx(0.0, abs=1e-6)
+    assert d_d == pytest.approx(1 - c, rel=1e-5)
+
+
+def test_fit_line_matches_numpy() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=20)
+    y = -0.7 * x + rng.normal(scale=0.5, size=20)
+    fit = fit_line(x.tolist(), y.tolist())
+    slope, intercept = np.polyfit(x, y, 1)
+    assert fit.slope == pytest.approx(slope) and fit.intercept == pytest.approx(intercept)
+    assert fit.correlation == pytest.approx(np.corrcoef(x, y)[0, 1])
+    assert fit.n == 20 and fit.correlation < 0
+    assert np.isnan(fit_line([1.0], [2.0]).correlation)
+    assert np.isnan(fit_line([1.0, 1.0], [2.0, 3.0]).slope)
+
+
+class Attn(nn.Module):
+    def __init__(self, d: int = 12) -> None:
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+
+
+class Toy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.ModuleList([Attn() for _ in range(3)])
+
+
+TOWERS = {"language": ["layers"]}
+
+
+def tuned(method: str, scale: float) -> Toy:
+    model = Toy()
+    if method == "full":
+        attach(model, TOWERS, {"language": AdapterSpec(method="full")})
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(scale * torch.randn_like(p))
+        return model
+    attach(model, TOWERS, {"language": AdapterSpec(method=method, r=2, alpha=4, targets=["q", "k", "v"])})
+    with torch.no_grad():
+        for _, layer in adapter_layers(model):
+            layer.lora_B.weight.normal_(std=scale)
+            if method == "dora":
+                layer.lora_magnitude_vector.mul_(1 + scale * torch.rand_like(layer.lora_magnitude_vector))
+    return model
+
+
+def base_w0() -> dict[str, torch.Tensor]:
+    return runs_mod.base_weights(Toy(), ("q", "v"))
+
+
+def test_finetuned_weights_lora_dora_ft(tmp_path) -> None:
+    w0 = base_w0()
+    assert sorted(w0) == [f"layers.{i}.{n}" for i in range(3) for n in ("q_proj", "v_proj")]
+    for method in ("lora", "dora", "full"):
+        model = tuned(method, 0.3)
+        save_adapter(model, tmp_path / method)
+        wt = finetuned_weights(tmp_path / method, w0)
+        assert sorted(wt) == sorted(w0)  # k_proj is not requested
+        layer = model.get_submodule("layers.1.v_proj")
+        if method == "full":
+            expected = layer.weight
+        else:
+            a, b = layer.lora_A.weight, layer.lora_B.weight
+            expected = w0["layers.1.v_proj"] + 2.0 * b @ a
+            if method == "dora":
+                expected = (
+                    layer.lora_magnitude_vector[:, None] * expected / expected.norm(dim=1, keepdim=True)
+                )
+                torch.testing.assert_close(
+                    wt["layers.1.v_proj"].norm(dim=1), layer.lora_magnitude_vector.detach()
+                )
+        torch.testing.assert_close(wt["layers.1.v_proj"], expected.detach(), rtol=1e-5, atol=1e-6)
+
+
+def write_run(root, name: str, method: str, scales=(0.05, 0.1, 0.2, 0.4)):
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(
+        yaml.safe_dump({"model": {"name": "toy"}, "adapters": {"language": {"method": method}}})
+    )
+    for i, scale in enumerate(scales):
+        ckpt = run / "checkpoints" / f"step-{(i + 1) * 10:06d}"
+        save_adapter(tuned(method, scale), ckpt / "adapter")
+        (ckpt / "done").write_text("1\n")
+    return run
+
+
+def test_analyze_runs_and_command(tmp_path, monkeypatch, capsys) -> None:
+    runs = [
+        write_run(tmp_path / "runs", n, m) for n, m in (("ft", "full"), ("lora", "lora"), ("dora", "dora"))
+    ]
+    # an incomplete checkpoint (no done file) is ignored
+    (runs[1] / "checkpoints" / "step-000099" / "adapter").mkdir(parents=True)
+    monkeypatch.setattr(runs_mod, "build_base_model", lambda run, config: Toy())
+    points, rows = runs_mod.analyze_runs(runs)
+    assert len(points) == 3 * 4 * 6  # runs x checkpoints x (3 layers x q,v)
+    assert {(r["run"], r["method"], r["module"]) for r in rows} == {
+        (n, m, k) for n, m in (("ft", "FT"), ("lora", "LoRA"), ("dora", "DoRA")) for k in ("q", "v")
+    }
+    for r in rows:
+        assert r["n"] == 12 and r["checkpoints"] == [10, 20, 30, 40] and -1 <= r["correlation"] <= 1
+    lora_q = next(r for r in rows if r["run"] == "lora" and r["module"] == "q")
+    assert lora_q["paper_correlation"] == 0.83
+    # bigger updates move both magnitude and direction: LoRA's (ΔD, ΔM) here rise together
+    assert lora_q["correlation"] > 0.5 and lora_q["slope"] > 0
+
+    out = tmp_path / "out"
+    args = argparse.Namespace(run_dirs=[str(r) for r in runs], out=str(out), modules="q,v")
+    assert analyze_main(args) == 0
+    png = out / "weight_decomposition.png"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "weight_decomposition.json").read_text())
+    assert summary["paper"]["correlation_q"] == {"FT": -0.62, "LoRA": 0.83, "DoRA": -0.31}
+    assert len(summary["points"]) == len(points) and len(summary["fits"]) == 6
+    assert "LoRA" in capsys.readouterr().out
+
+
+def test_run_without_checkpoints_is_a_clear_error(tmp_path) -> None:
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text("model: {}\n")
+    with pytest.raises(FileNotFoundError, match="save_every"):
+        runs_mod.analyze_runs([run], load_base=lambda r, c: Toy())
+
+
+def test_extras_only_folder(tmp_path) -> None:
+    w0 = base_w0()
+    folder = tmp_path / "ft"
+    folder.mkdir()
+    save_file(
+        {"layers.0.q_proj.weight": 2 * w0["layers.0.q_proj"]}, str(folder / "trainable_extras.safetensors")
+    )
+    wt = finetuned_weights(folder, w0)
+    assert list(wt) == ["layers.0.q_proj"]
+    d_m, d_d = decomposition_change(w0["layers.0.q_proj"], wt["layers.0.q_proj"])
+    assert d_d == pytest.approx(0, abs=1e-9) and d_m > 0
