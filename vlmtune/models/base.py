@@ -1,0 +1,81 @@
+"""The Pipeline interface shared by trainer and evaluator, and the pipeline registry.
+
+A pipeline owns one model family's specifics (model loading, towers, collation, loss,
+generation, merged export). The trainer only ever calls ``collate`` and ``loss``; the evaluator
+calls ``collate(records, train=False)`` and ``generate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from vlmtune.config import RunConfig
+
+
+@runtime_checkable
+class Pipeline(Protocol):
+    """What every model family provides.
+
+    ``towers``: tower name -> module path prefixes (``adapters.attach`` targets resolve inside them).
+    ``collate(records, train)``: list of JSONL records -> batch dict of tensors (train: with labels;
+    eval: prompts only, left-padded, plus whatever ``generate`` needs).
+    ``loss(batch)``: scalar mean loss over supervised tokens.
+    ``generate(batch, max_new_tokens, num_beams)``: one decoded string per example.
+    ``save_merged(out_dir)``: merge adapters and write a plain model folder.
+    """
+
+    name: str
+    model: nn.Module
+    towers: dict[str, list[str]]
+    name_or_path: str
+
+    def collate(self, records: list[dict], train: bool = True) -> dict[str, Any]: ...
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor: ...
+
+    def generate(self, batch: dict[str, Any], max_new_tokens: int = 16, num_beams: int = 1) -> list[str]: ...
+
+    def save_merged(self, out_dir: str | Path) -> Path: ...
+
+
+PipelineFactory = Callable[["RunConfig"], Pipeline]
+PIPELINES: dict[str, PipelineFactory] = {}
+
+
+def register_pipeline(name: str, factory: PipelineFactory) -> None:
+    PIPELINES[name] = factory
+
+
+def _load_builtin() -> None:
+    import importlib
+
+    for module in ("vlmtune.models.llava", "vlmtune.models.vlbart", "vlmtune.models.vit"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if not (e.name or "").startswith("vlmtune"):
+                raise
+
+
+def build_pipeline(cfg: RunConfig) -> Pipeline:
+    """Instantiate ``cfg.model.pipeline`` (``llava`` | ``vlbart`` | ``vit``) from ``cfg``."""
+    from vlmtune.config import ConfigError
+
+    _load_builtin()
+    name = cfg.model.pipeline
+    if name not in PIPELINES:
+        raise ConfigError(
+            f"config key 'model.pipeline' is '{name}'; available pipelines: {', '.join(sorted(PIPELINES))}"
+        )
+    return PIPELINES[name](cfg)
+
+
+def move_batch(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """Tensors to ``device``; everything else (ids, strings) passes through."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -1,0 +1,192 @@
+"""LLaVA (Liu et al., 2023; LLaVA-1.5) on transformers' ``LlavaForConditionalGeneration``.
+
+CLIP vision tower -> 2-layer MLP projector -> Llama-family LM. Each ``<image>`` in the rendered
+conversation becomes ``num_image_tokens`` copies of the image token, one per vision patch kept
+(``(image_size / patch_size)^2``, +1 with ``vision_feature_select_strategy="full"``); the model
+scatters the projected patch features into those positions.
+
+Towers (transformers 5 module paths): ``language`` = ``model.language_model`` + ``lm_head``,
+``vision`` = ``model.vision_tower``, ``projector`` = ``model.multi_modal_projector``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlmtune.adapters.inject import merge as merge_adapters
+from vlmtune.config import ConfigError, RunConfig
+from vlmtune.data.collate import (
+    IMAGE_PLACEHOLDER,
+    encode_segments,
+    pad_batch,
+    prompt_segments,
+    truncate,
+)
+from vlmtune.generation import generate_text
+from vlmtune.models.base import register_pipeline
+
+TOWERS = {
+    "language": ["model.language_model", "lm_head"],
+    "vision": ["model.vision_tower"],
+    "projector": ["model.multi_modal_projector"],
+}
+
+
+def num_image_tokens(config) -> int:
+    """Image tokens per image: patches of the vision tower (+ CLS for the ``full`` strategy)."""
+    v = config.vision_config
+    n = (v.image_size // v.patch_size) ** 2
+    return n + 1 if config.vision_feature_select_strategy == "full" else n
+
+
+def resolve_dtype(choice: str) -> torch.dtype:
+    """``auto``: bf16 on CUDA devices that support it, else fp32."""
+    if choice == "auto":
+        return (
+            torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        )
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[choice]
+
+
+def model_path(name_or_path: str) -> str:
+    """An embedded preset name (``shapes-tiny``) -> its folder; anything else as is."""
+    from vlmtune.models.tiny import PRESETS, preset_path
+
+    return str(preset_path(name_or_path)) if name_or_path in PRESETS else name_or_path
+
+
+def load_image(path: str):
+    from vlmtune.data.images import load_image as _load
+
+    return _load(path)
+
+
+def record_segments(record: dict, template_seed: int = 0) -> list[tuple[str, bool]]:
+    """A record rendered with the vicuna_v1 template: ``[(text, is_assistant), ...]``."""
+    from vlmtune.data.templates import record_to_turns, render_vicuna
+
+    return render_vicuna(record_to_turns(record, template_seed))
+
+
+def record_images(record: dict) -> list[str]:
+    if "images" in record:
+        return list(record["images"])
+    return [record["image"]] if record.get("image") else []
+
+
+class LlavaPipeline:
+    """LLaVA model + tokenizer + image processor behind the :class:`~vlmtune.models.base.Pipeline` API."""
+
+    name = "llava"
+
+    def __init__(self, cfg: RunConfig) -> None:
+        from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
+
+        self.cfg = cfg
+        self.name_or_path = cfg.model.name_or_path
+        path = model_path(cfg.model.name_or_path)
+        kwargs = {"trust_remote_code": cfg.model.trust_remote_code}
+        try:
+            self.model = LlavaForConditionalGeneration.from_pretrained(
+                path, dtype=resolve_dtype(cfg.model.dtype), **kwargs
+            )
+            self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+            self.image_processor = AutoImageProcessor.from_pretrained(path, **kwargs)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(
+                f"model.name_or_path='{cfg.model.name_or_path}' could not be loaded as a LLaVA model "
+                f"(a local folder with config.json, tokenizer and image processor, or a cached hub id): {first}"
+            ) from None
+        self.model.eval()
+        self.towers = {k: list(v) for k, v in TOWERS.items()}
+        self.image_token_id = int(self.model.config.image_token_id)
+        self.num_image_tokens = num_image_tokens(self.model.config)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+
+    # ------------------------------------------------------------------ data
+    def segments(self, record: dict, train: bool = True) -> list[tuple[str, bool]]:
+        """Rendered turns; at eval time a benchmark's ``prompt`` (if given) is the user turn."""
+        if not train and record.get("prompt"):
+            images = "".join(f"{IMAGE_PLACEHOLDER}\n" for _ in record_images(record))
+            record = {
+                "id": record["id"],
+                "task": "conversation",
+                "conversations": [
+                    {"from": "human", "value": images + record["prompt"]},
+                    {"from": "gpt", "value": ""},
+                ],
+            }
+        segs = record_segments(record, self.cfg.data.template_seed)
+        return segs if train else prompt_segments(segs)
+
+    def encode(self, record: dict, train: bool = True):
+        """Token ids and labels of one record (prompt only when ``train=False``)."""
+        segs = self.segments(record, train)
+        n_placeholders = sum(text.count(IMAGE_PLACEHOLDER) for text, _ in segs)
+        if n_placeholders != len(record_images(record)):
+            from vlmtune.data.errors import DataError
+
+            raise DataError(
+                f"record '{record.get('id')}': {len(record_images(record))} image(s) but "
+                f"{n_placeholders} '{IMAGE_PLACEHOLDER}' placeholder(s) in its text; they must match"
+            )
+        enc = encode_segments(segs, self.tokenizer, self.image_token_id, self.num_image_tokens)
+        return truncate(enc, self.cfg.data.max_length)
+
+    def pixel_values(self, records: list[dict]) -> torch.Tensor | None:
+        images = [load_image(p) for r in records for p in record_images(r)]
+        if not images:
+            return None
+        pixels = self.image_processor(images, return_tensors="pt")["pixel_values"]
+        return pixels.to(self.model.dtype)
+
+    def collate(self, records: list[dict], train: bool = True) -> dict[str, Any]:
+        """Train: right-padded ids/mask/labels (B, T) + pixel_values (N_img, 3, H, W).
+        Eval: left-padded prompts, no labels, plus ``ids`` (record ids)."""
+        encoded = [self.encode(r, train) for r in records]
+        batch: dict[str, Any] = pad_batch(
+            encoded, self.pad_id, side="right" if train else "left", with_labels=train
+        )
+        pixels = self.pixel_values(records)
+        if pixels is not None:
+            batch["pixel_values"] = pixels
+        if not train:
+            batch["ids"] = [r["id"] for r in records]
+        return batch
+
+    # ------------------------------------------------------------------ model
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Mean next-token cross-entropy over tokens whose label is not -100."""
+        return self.model(**{k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}).loss
+
+    def generate(self, batch: dict[str, Any], max_new_tokens: int = 16, num_beams: int = 1) -> list[str]:
+        inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
+        return generate_text(self.model, self.tokenizer, inputs, max_new_tokens, num_beams)
+
+    def save_merged(self, out_dir: str | Path) -> Path:
+        """Fold adapters into the weights and write a plain LLaVA folder (model, tokenizer, processor)."""
+        from transformers import LlavaProcessor
+
+        out = Path(out_dir)
+        merge_adapters(self.model)
+        self.model.requires_grad_(False)
+        self.model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        self.image_processor.save_pretrained(out)
+        strategy = self.model.config.vision_feature_select_strategy
+        LlavaProcessor(
+            image_processor=self.image_processor,
+            tokenizer=self.tokenizer,
+            patch_size=self.model.config.vision_config.patch_size,
+            vision_feature_select_strategy=strategy,
+            num_additional_image_tokens=1,
+        ).save_pretrained(out)
+        return out
+
+
+register_pipeline("llava", LlavaPipeline)

@@ -1,0 +1,242 @@
+"""The embedded tiny LLaVA ("shapes-tiny"): built offline from configs, pretrained on shapes captions.
+
+    tokenizer   byte-level BPE trained with ``tokenizers`` on the rendered shapes conversations,
+                saved as a ``PreTrainedTokenizerFast`` (<s> </s> <pad> <unk> <image>)
+    vision      CLIP vision tower, 64 px images, 16 px patches, 2 layers, hidden 64
+    projector   LLaVA-1.5 MLP (Linear-GELU-Linear)
+    language    Llama, 2 layers, hidden 128
+    pretraining every tower trained on shapes *captions* only (no VQA), so the base model knows
+                the images but answers VQA questions with captions (low VQA accuracy)
+
+Everything is a pure function of the seed: :func:`build_shapes_tiny` run twice writes the same
+weights. The preset is looked up in ``vlmtune/assets/shapes-tiny`` (shipped) and then in
+``$VLMTUNE_CACHE/models`` (default ``~/.cache/vlmtune/models``), where it is built on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+PRESET_VERSION = "v1"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+
+
+@dataclass
+class TinySize:
+    vocab_size: int = 1024
+    image_size: int = 64
+    patch_size: int = 16
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 4
+    text_hidden: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    text_intermediate: int = 384
+    max_positions: int = 512
+
+
+# Sizes for unit tests: a model that builds and runs in well under a second.
+TEST_SIZE = TinySize(
+    vocab_size=400,
+    image_size=32,
+    patch_size=8,
+    vision_hidden=32,
+    vision_layers=1,
+    vision_heads=2,
+    text_hidden=32,
+    text_layers=1,
+    text_heads=2,
+    text_intermediate=64,
+    max_positions=256,
+)
+
+
+# ---------------------------------------------------------------- tokenizer
+def corpus(n_images: int = 300, seeds: int = 3, cache_dir: str | Path | None = None) -> list[str]:
+    """Texts the tiny LM will see: every shapes task rendered with several template seeds."""
+    from vlmtune.data.records import load_records
+    from vlmtune.models.llava import record_segments
+
+    texts = []
+    spec = "shapes:caption,vqa,vqg,grounding"
+    records = load_records(spec, split="train", n_images=n_images, cache_dir=cache_dir)
+    for seed in range(seeds):
+        for r in records:
+            texts.append("".join(t for t, _ in record_segments(r, seed)))
+    return texts
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 1024):
+    """Byte-level BPE (every string encodable) -> ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+        padding_side="right",
+        model_max_length=512,
+    )
+
+
+# ---------------------------------------------------------------- model
+def tiny_config(tokenizer, size: TinySize):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(
+        hidden_size=size.vision_hidden,
+        intermediate_size=4 * size.vision_hidden,
+        num_hidden_layers=size.vision_layers,
+        num_attention_heads=size.vision_heads,
+        image_size=size.image_size,
+        patch_size=size.patch_size,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=size.text_hidden,
+        intermediate_size=size.text_intermediate,
+        num_hidden_layers=size.text_layers,
+        num_attention_heads=size.text_heads,
+        num_key_value_heads=size.text_heads,
+        max_position_embeddings=size.max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    n_patches = (size.image_size // size.patch_size) ** 2
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=n_patches,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def image_processor(size: int):
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        do_center_crop=True,
+        do_convert_rgb=True,
+    )
+
+
+def write_random_llava(out_dir: str | Path, size: TinySize | None = None, seed: int = 0, texts=None) -> Path:
+    """A randomly initialised tiny LLaVA folder (model + tokenizer + image processor) at ``out_dir``."""
+    from transformers import LlavaForConditionalGeneration
+
+    size = size or TinySize()
+    out = Path(out_dir)
+    tokenizer = train_tokenizer(texts if texts is not None else corpus(), size.vocab_size)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(tiny_config(tokenizer, size))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    image_processor(size.image_size).save_pretrained(out)
+    return out
+
+
+def pretrain_config(model_dir: Path, steps: int, seed: int = 0):
+    """Stage 0 for the tiny model: every tower trained on shapes captions."""
+    from vlmtune.adapters.spec import AdapterSpec
+    from vlmtune.config import RunConfig
+
+    cfg = RunConfig(recipe="shapes-tiny-pretrain")
+    cfg.model.name_or_path = str(model_dir)
+    cfg.adapters.language = AdapterSpec(method="full")
+    cfg.adapters.vision = AdapterSpec(method="full")
+    cfg.adapters.projector = AdapterSpec(method="full")
+    cfg.data.train = "shapes:caption"
+    cfg.data.max_length = 128
+    t = cfg.train
+    t.seed, t.max_steps, t.batch_size, t.lr = seed, steps, 32, 2e-3
+    t.warmup_ratio, t.schedule, t.log_every, t.weight_decay = 0.05, "cosine", 50, 0.0
+    return cfg
+
+
+def build_shapes_tiny(out_dir: str | Path, steps: int = 1500, seed: int = 0, quiet: bool = True) -> Path:
+    """Write the pretrained ``shapes-tiny`` folder to ``out_dir`` (deterministic in ``seed``)."""
+    from vlmtune.adapters.inject import attach
+    from vlmtune.data.records import load_records
+    from vlmtune.models.llava import LlavaPipeline
+    from vlmtune.train.trainer import Trainer, seed_everything
+
+    out = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="shapes-tiny-") as work:
+        init = write_random_llava(Path(work) / "init", seed=seed)
+        cfg = pretrain_config(init, steps, seed)
+        seed_everything(seed)
+        pipe = LlavaPipeline(cfg)
+        attach(pipe.model, pipe.towers, cfg.adapters.specs())
+        records = load_records(cfg.data.train, split="train", n_images=cfg.data.shapes_size)
+        Trainer(pipe, cfg, records, Path(work) / "run", quiet=quiet).fit()
+        pipe.save_merged(out)
+    return out
+
+
+# ---------------------------------------------------------------- preset lookup
+def cache_root() -> Path:
+    return Path(os.environ.get("VLMTUNE_CACHE") or "~/.cache/vlmtune").expanduser() / "models"
+
+
+def preset_path(name: str) -> Path:
+    """Folder of an embedded preset: shipped asset, else cache (built there on first use)."""
+    if name not in PRESETS:
+        raise KeyError(name)
+    shipped = ASSETS / name
+    if (shipped / "config.json").is_file():
+        return shipped
+    final = cache_root() / f"{name}-{PRESET_VERSION}"
+    if not (final / "config.json").is_file():
+        print(f"building the {name} base model into {final} (first use; about a minute)...", flush=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        try:
+            PRESETS[name](tmp)
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "config.json").is_file():
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+PRESETS = {"shapes-tiny": build_shapes_tiny}
+
+
+if __name__ == "__main__":  # python -m vlmtune.models.tiny OUT_DIR [STEPS]
+    import sys
+
+    build_shapes_tiny(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1500, quiet=False)
