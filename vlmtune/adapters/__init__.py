@@ -1,5 +1,6 @@
 """Adapter methods on plain PyTorch, attachable per tower (language / vision / projector)."""
 
+from vlmtune.adapters.bottleneck import BottleneckAdapter
 from vlmtune.adapters.dora import DoraLinear
 from vlmtune.adapters.dylora import DyLoraLinear, set_dylora_rank
 from vlmtune.adapters.granularity import MagnitudeOnlyLinear
@@ -21,6 +22,7 @@ from vlmtune.adapters.vera import DVoraLinear, VeraLinear, VeraProjection
 __all__ = [
     "AdapterError",
     "AdapterSpec",
+    "BottleneckAdapter",
     "DVoraLinear",
     "DoraLinear",
     "DyLoraLinear",

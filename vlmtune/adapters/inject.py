@@ -47,6 +47,9 @@ MAGNITUDE_METHODS = ("dora", "dvora")
 # Methods that change a whole tower (prompts, bottleneck adapters, positional inserts):
 # ``hook(model, tower_module, spec, tower_name)`` attaches and marks its own parameters trainable.
 TOWER_METHODS: dict[str, TowerHook] = {}
+# Optional ``check(model, prefixes, spec, tower_name)`` run after a tower method's hooks (e.g. to
+# raise when its targets matched nothing under any prefix).
+TOWER_CHECKS: dict[str, Callable[[nn.Module, list[str], AdapterSpec, str], None]] = {}
 
 
 class AdapterError(ValueError):
@@ -171,6 +174,8 @@ def attach(
             for p in prefixes:
                 TOWER_METHODS[spec.method](model, model.get_submodule(p), spec, tower)
                 attached[p] = spec.method
+            if spec.method in TOWER_CHECKS:
+                TOWER_CHECKS[spec.method](model, prefixes, spec, tower)
         else:
             raise AdapterError(
                 f"adapters.{tower}.method='{spec.method}' is unknown; choose one of: {', '.join(known_methods())}"
