@@ -185,3 +185,12 @@ def test_load_records_image_root_and_check_images(tmp_path, monkeypatch):
         "a"
     ]
     assert errors.count == 1 and "image '/abs.png' not found" in errors.reasons[0]
+
+
+def test_utf8_bom_and_bad_bytes(tmp_path):
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n")
+    assert read_jsonl(p)[0]["id"] == "a"
+    p.write_bytes(json.dumps(GOOD).encode() + b"\n" + b'{"id": "\xff"}\n')
+    with pytest.raises(DataError, match=r"bom.jsonl:2: not UTF-8 text \(invalid start byte at byte 8\)"):
+        read_jsonl(p)

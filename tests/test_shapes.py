@@ -200,3 +200,14 @@ def test_make_shapes_script(tmp_path, capsys):
     assert read(tmp_path / "s" / "vqa.jsonl")[0]["id"] == "shapes-test-000000-q0"
     assert main(["--out", str(tmp_path / "t"), "--n", "3", "--tasks", "vqa,foo"]) == 2
     assert "unknown shapes task 'foo'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [32, 160])
+def test_other_image_sizes(tmp_path, size):
+    paths = generate_shapes(tmp_path, 6, image_size=size, tasks=["grounding"])
+    for r in read(paths["grounding"]):
+        image = np.asarray(Image.open(tmp_path / r["image"]).convert("RGB"))
+        assert image.shape == (size, size, 3) and r["meta"]["width"] == size
+        x1, y1, x2, y2 = r["boxes"][0]["bbox"]
+        ys, xs = np.nonzero((image == COLORS[r["boxes"][0]["label"].split()[0]]).all(-1))
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x1, y1, x2, y2)

@@ -36,8 +36,14 @@ def _where(path: Path, record_id: str | None) -> str:
     return f"image '{path}'" + (f" (record '{record_id}')" if record_id is not None else "")
 
 
-def _open_unchecked(path: Path) -> Image.Image:
-    """Open lazily with PIL's own bomb check off (we apply ours, which may be higher or lower)."""
+def _open(path: Path) -> Image.Image:
+    """Open lazily (header only); our limit, not PIL's global one, decides what is too large."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(path)
+        except Image.DecompressionBombError:
+            pass  # above 2x PIL's limit: reopen with PIL's check off, then apply ours
     with _PIL_LIMIT_LOCK:
         saved = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None
@@ -88,7 +94,7 @@ def load_image(
         what = "is a folder, not an image file" if path.is_dir() else "not found"
         raise DataError(f"{where}: {what}; check the record's 'image' field and data.image_root")
     try:
-        image = _open_unchecked(path)
+        image = _open(path)
     except UnidentifiedImageError:
         raise DataError(
             f"{where}: not a readable image (corrupt, or not an image format PIL knows)"

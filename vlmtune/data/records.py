@@ -185,9 +185,11 @@ def _jsonl_items(path: Path) -> Iterable[tuple[str, Callable[[], Any]]]:
                 continue
             where = f"{path}:{lineno}"
 
-            def parse(raw: bytes = raw, where: str = where) -> Any:
+            encoding = "utf-8-sig" if lineno == 1 else "utf-8"  # tolerate a BOM
+
+            def parse(raw: bytes = raw, where: str = where, encoding: str = encoding) -> Any:
                 try:
-                    return json.loads(raw.decode("utf-8"))
+                    return json.loads(raw.decode(encoding))
                 except UnicodeDecodeError as e:
                     raise DataError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
                 except json.JSONDecodeError as e:
