@@ -16,7 +16,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from vlmtune.data.errors import DataError, ErrorLog, handle
+from vlmtune.data.errors import ON_ERROR, DataError, ErrorLog, handle
 
 log = logging.getLogger("vlmtune.data")
 
@@ -146,8 +146,10 @@ def _collect(
     check_images: bool,
 ) -> list[dict]:
     """Validate ``(where, parse)`` items in order, applying the on_error policy."""
+    if on_error not in ON_ERROR:
+        raise DataError(f"data.on_error must be one of {', '.join(ON_ERROR)}, got '{on_error}'")
     errors = errors if errors is not None else ErrorLog()
-    skipped_before = errors.count
+    skipped_before, reasons_before = errors.count, len(errors.reasons)
     base = Path(image_root).expanduser() if image_root else path.parent
     records: list[dict] = []
     first_line: dict[str, str] = {}
@@ -170,9 +172,8 @@ def _collect(
     if total == 0:
         raise DataError(f"{path}: empty file (no records); check the path or regenerate the data")
     if not records:
-        raise DataError(
-            f"{path}: no valid records ({skipped} skipped; first: {errors.reasons[0] if errors.reasons else '?'})"
-        )
+        first = errors.reasons[reasons_before] if len(errors.reasons) > reasons_before else "?"
+        raise DataError(f"{path}: no valid records ({skipped} skipped; first: {first})")
     if skipped:
         log.warning("%s: skipped %d bad record(s) of %d (data.on_error=skip)", path, skipped, total)
     return records
