@@ -246,6 +246,7 @@ def build_vlbart_pipeline(cfg) -> VLBartPipeline:
     checkpoint (``facebook/bart-base``) combined with ``model.vision_encoder`` (``RN101``)."""
     import os
 
+    import vlmtune.eval.nlvr2  # noqa: F401  (registers the nlvr2 and shapes-vl benchmarks)
     from vlmtune.config import ConfigError
     from vlmtune.models.vlbart_presets import PRESETS, ensure_preset
 
