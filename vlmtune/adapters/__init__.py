@@ -15,6 +15,7 @@ from vlmtune.adapters.inject import (
 from vlmtune.adapters.lora import LoraLinear
 from vlmtune.adapters.lora_plus import adapter_param_groups
 from vlmtune.adapters.peft_io import load_adapter, save_adapter
+from vlmtune.adapters.prompt_tuning import SoftPrompt
 from vlmtune.adapters.report import format_report, param_report
 from vlmtune.adapters.spec import AdapterSpec
 from vlmtune.adapters.vera import DVoraLinear, VeraLinear, VeraProjection
@@ -28,6 +29,7 @@ __all__ = [
     "DyLoraLinear",
     "LoraLinear",
     "MagnitudeOnlyLinear",
+    "SoftPrompt",
     "VeraLinear",
     "VeraProjection",
     "adapter_layers",
