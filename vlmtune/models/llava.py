@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn import functional as F
 
 from vlmtune.adapters.inject import merge as merge_adapters
 from vlmtune.config import ConfigError, RunConfig
 from vlmtune.data.collate import (
+    IGNORE_INDEX,
     IMAGE_PLACEHOLDER,
     encode_segments,
     pad_batch,
@@ -116,10 +118,7 @@ class LlavaPipeline:
             record = {
                 "id": record["id"],
                 "task": "conversation",
-                "conversations": [
-                    {"from": "human", "value": images + record["prompt"]},
-                    {"from": "gpt", "value": ""},
-                ],
+                "conversations": [{"from": "human", "value": images + record["prompt"]}],
             }
         segs = record_segments(record, self.cfg.data.template_seed)
         return segs if train else prompt_segments(segs)
@@ -161,8 +160,19 @@ class LlavaPipeline:
 
     # ------------------------------------------------------------------ model
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Mean next-token cross-entropy over tokens whose label is not -100."""
-        return self.model(**{k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}).loss
+        """Next-token cross-entropy averaged over supervised tokens (label != -100):
+        ``L = sum_t CE(logits[t], labels[t+1]) / max(1, #supervised)``; 0 (with a graph) when
+        truncation left no supervised token, instead of 0/0."""
+        inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
+        logits = self.model(**inputs).logits[:, :-1]
+        labels = batch["labels"][:, 1:].to(logits.device)
+        total = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        return total / (labels != IGNORE_INDEX).sum().clamp_min(1)
 
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 16, num_beams: int = 1) -> list[str]:
         inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}

@@ -29,7 +29,8 @@ from vlmtune.models.vlbart import (
 )
 
 PRESETS = ("shapes-tiny", "vlbart-shapes-tiny")
-PRESET_VERSION = "v1"
+PRESET_VERSION = "v2"
+PRETRAIN_STEPS = 400
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # BART ids 0..3
 
 _WORDS = """
@@ -101,8 +102,8 @@ def tiny_bart_config(vocab_size: int, d_model: int = 128, layers: int = 2) -> Ba
     )
 
 
-def build_tiny_vlbart(folder: str | Path, seed: int = 0) -> Path:
-    """Build the ``shapes-tiny`` VL-BART from configs and save it to ``folder`` (no download)."""
+def build_random_vlbart(folder: str | Path, seed: int = 0) -> Path:
+    """A randomly initialised tiny VL-BART from configs, saved to ``folder`` (no download)."""
     g = torch.random.fork_rng()
     with g:
         torch.manual_seed(seed)
@@ -115,12 +116,57 @@ def build_tiny_vlbart(folder: str | Path, seed: int = 0) -> Path:
     return save_vlbart(VLBart(bart, ve, extractor.boxes), tokenizer, extractor, folder)
 
 
+def pretrain_config(model_dir: Path, steps: int, seed: int = 0):
+    """Stage 0 (like VL-BART's own pretraining): BART + visual embedding fully trained on shapes
+    captions only, so the base model knows the images and words but not the VQA task."""
+    from vlmtune.config import RunConfig
+
+    cfg = RunConfig(recipe="vlbart-shapes-tiny-pretrain")
+    cfg.model.pipeline, cfg.model.name_or_path, cfg.model.feature_cache = "vlbart", str(model_dir), "auto"
+    cfg.adapters.language = AdapterSpec(method="full")
+    cfg.adapters.projector = AdapterSpec(method="full")
+    cfg.data.train, cfg.data.max_length = "shapes:caption", 40
+    t = cfg.train
+    t.seed, t.max_steps, t.batch_size, t.lr = seed, steps, 32, 2e-3
+    t.warmup_ratio, t.schedule, t.log_every, t.weight_decay = 0.05, "cosine", 50, 0.0
+    return cfg
+
+
+def build_tiny_vlbart(
+    folder: str | Path, steps: int = PRETRAIN_STEPS, seed: int = 0, quiet: bool = True
+) -> Path:
+    """The ``shapes-tiny`` VL-BART: random init from configs, then ``steps`` of caption pretraining
+    with the shared trainer; written to ``folder`` with ``save_pretrained``."""
+    import tempfile
+
+    from vlmtune.data.records import load_records
+    from vlmtune.models.vlbart import build_vlbart_pipeline
+    from vlmtune.train.trainer import Trainer, seed_everything
+
+    with tempfile.TemporaryDirectory(prefix="vlbart-tiny-") as work:
+        init = build_random_vlbart(Path(work) / "init", seed=seed)
+        if steps <= 0:
+            import shutil
+
+            shutil.copytree(init, folder)
+            return Path(folder)
+        cfg = pretrain_config(init, steps, seed)
+        seed_everything(seed)
+        pipe = build_vlbart_pipeline(cfg)
+        attach(pipe.model, pipe.towers, cfg.adapters.specs())
+        records = load_records(cfg.data.train, split="train", n_images=cfg.data.shapes_size)
+        Trainer(pipe, cfg, records, Path(work) / "run", quiet=quiet).fit()
+        pipe.model.requires_grad_(True)
+        return pipe.save_merged(folder)
+
+
 def ensure_preset(name: str) -> Path:
     """The preset's folder, building it on first use (atomic: build in a temp folder, rename)."""
     folder = preset_dir(name)
     if (folder / META_FILE).is_file():
         return folder
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    print(f"building the VL-BART {name} base model into {folder} (first use)...", flush=True)
     build_tiny_vlbart(tmp)
     try:
         tmp.rename(folder)

@@ -1,0 +1,96 @@
+"""LLaVA pipeline on a tiny model saved to disk and loaded through ``from_pretrained``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlavaForConditionalGeneration
+
+from vlmtune.config import load_config
+from vlmtune.data.collate import IGNORE_INDEX
+from vlmtune.data.records import load_records
+from vlmtune.models import build_pipeline
+from vlmtune.models.llava import record_segments
+from vlmtune.models.tiny import TEST_SIZE, corpus, write_random_llava
+
+
+@pytest.fixture(scope="module")
+def shapes_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("shapes")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, shapes_cache) -> Path:
+    texts = corpus(n_images=8, seeds=1, cache_dir=shapes_cache)
+    return write_random_llava(tmp_path_factory.mktemp("tiny") / "llava", TEST_SIZE, seed=0, texts=texts)
+
+
+@pytest.fixture(scope="module")
+def vqa(shapes_cache) -> list[dict]:
+    return load_records("shapes:vqa", split="train", n_images=8, cache_dir=shapes_cache)
+
+
+def pipeline_for(model_dir: Path, *overrides: str):
+    cfg = load_config("llava-dora", [f"model.name_or_path={model_dir}", *overrides])
+    return build_pipeline(cfg)
+
+
+def test_loads_through_from_pretrained(model_dir) -> None:
+    pipe = pipeline_for(model_dir)
+    assert isinstance(pipe.model, LlavaForConditionalGeneration)
+    assert pipe.model.model.language_model.layers[0].self_attn.q_proj is not None
+    for prefixes in pipe.towers.values():
+        for p in prefixes:
+            pipe.model.get_submodule(p)  # every tower path exists in transformers 5
+    assert pipe.tokenizer.convert_ids_to_tokens(pipe.image_token_id) == "<image>"
+
+
+def test_image_tokens_match_vision_patches(model_dir, vqa) -> None:
+    pipe = pipeline_for(model_dir)
+    batch = pipe.collate(vqa[:3], train=True)
+    n_patches = (TEST_SIZE.image_size // TEST_SIZE.patch_size) ** 2
+    assert pipe.num_image_tokens == n_patches
+    with torch.no_grad():
+        feats = pipe.model.model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
+    assert [f.shape[0] for f in feats] == [n_patches] * 3
+    assert (batch["input_ids"] == pipe.image_token_id).sum(1).tolist() == [n_patches] * 3
+    loss = pipe.loss(batch)  # the model accepts the expansion (features scattered into the tokens)
+    assert torch.isfinite(loss) and loss.item() > 0
+
+
+def test_labels_on_a_real_record_are_the_answer_only(model_dir, vqa) -> None:
+    pipe = pipeline_for(model_dir)
+    record = vqa[0]
+    batch = pipe.collate([record], train=True)
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    supervised = [t for t, lab in zip(ids, labels) if lab != IGNORE_INDEX]
+    assert pipe.tokenizer.decode(supervised) == f" {record['answer']}</s>"
+    first = labels.index(next(lab for lab in labels if lab != IGNORE_INDEX))
+    prompt = pipe.tokenizer.decode(ids[:first])
+    assert prompt.startswith("<s>A chat between a curious user") and prompt.endswith(
+        f"USER: {'<image>' * pipe.num_image_tokens}\n{record['question']}\n"
+        "Answer the question using a single word or phrase. ASSISTANT:"
+    )
+    assert all(lab == IGNORE_INDEX for t, lab in zip(ids, labels) if t == pipe.image_token_id)
+    # the rendered text is exactly LLaVA's vicuna_v1 prompt
+    text = "".join(t for t, _ in record_segments(record))
+    assert text.endswith(f" ASSISTANT: {record['answer']}</s>")
+
+
+def test_truncation_in_collate_keeps_all_image_tokens(model_dir, vqa) -> None:
+    pipe = pipeline_for(model_dir, "data.max_length=8")
+    batch = pipe.collate(vqa[:2], train=True)
+    assert (batch["input_ids"] == pipe.image_token_id).sum(1).tolist() == [pipe.num_image_tokens] * 2
+    assert torch.isfinite(pipe.loss(batch))  # nothing supervised left: 0, not 0/0
+
+
+def test_generation_left_pads_and_matches_single_example(model_dir, vqa) -> None:
+    pipe = pipeline_for(model_dir)
+    records = [vqa[0], vqa[7]]  # different question lengths -> left padding
+    batch = pipe.collate(records, train=False)
+    assert "labels" not in batch and batch["attention_mask"][:, -1].tolist() == [1, 1]
+    both = pipe.generate(batch, max_new_tokens=5)
+    one = [pipe.generate(pipe.collate([r], train=False), max_new_tokens=5)[0] for r in records]
+    assert both == one and all(isinstance(s, str) for s in both)

@@ -1,0 +1,70 @@
+"""``vlmtune info [RECIPE | RUN | ADAPTER] [key=value ...]``: recipes, a resolved config, or an adapter."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from vlmtune.config import list_recipes, load_config, recipe_description, to_dict
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "target", nargs="?", help="recipe name, run folder or adapter folder (none: list recipes)"
+    )
+    parser.add_argument("overrides", nargs="*", help="key=value overrides applied to a recipe")
+
+
+def describe_adapter(folder: Path) -> str:
+    from safetensors import safe_open
+
+    lines = [f"adapter folder {folder}"]
+    meta = folder / "vlmtune_adapter.json"
+    if meta.is_file():
+        m = json.loads(meta.read_text())
+        lines.append(f"  base model: {m.get('base_model_name_or_path')}")
+        for tower, spec in m.get("specs", {}).items():
+            if spec.get("method") != "frozen":
+                lines.append(f"  {tower}: {spec.get('method')} r={spec.get('r')} alpha={spec.get('alpha')}")
+    for name in ("adapter_model.safetensors", "trainable_extras.safetensors"):
+        path = folder / name
+        if path.is_file():
+            with safe_open(str(path), "pt") as f:
+                keys = list(f.keys())
+                n = sum(_numel(f.get_slice(k).get_shape()) for k in keys)
+            lines.append(f"  {name}: {len(keys)} tensors, {n:,} values")
+    return "\n".join(lines)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def main(args: argparse.Namespace) -> int:
+    if not args.target:
+        for name, path in list_recipes().items():
+            print(f"{name:<22} {recipe_description(path)}")
+        return 0
+    path = Path(args.target)
+    if path.is_dir():
+        adapter = path / "adapter" if (path / "adapter").is_dir() else path
+        if (path / "config.yaml").is_file():
+            print(f"run folder {path}")
+            if (path / "eval.json").is_file():
+                ev = json.loads((path / "eval.json").read_text())
+                for key in ("base", "tuned"):
+                    if key in ev:
+                        print(
+                            f"  {key}: {json.dumps({k: v for k, v in ev[key].items() if not isinstance(v, dict)})}"
+                        )
+        if (adapter / "adapter_model.safetensors").is_file():
+            print(describe_adapter(adapter))
+        return 0
+    print(yaml.safe_dump(to_dict(load_config(args.target, args.overrides)), sort_keys=False), end="")
+    return 0

@@ -1,0 +1,118 @@
+"""Checkpoints that resume a run exactly.
+
+    <run>/checkpoints/step-000100/
+        adapter/              PEFT-format adapter (+ trainable_extras.safetensors): every trainable tensor
+        trainer_state.pt      optimizer, scheduler, RNG states (python, numpy, torch, cuda), data position
+        done                  written last: a folder without it is incomplete and ignored
+
+A checkpoint is written into a temporary folder and renamed into place, so a crash mid-save leaves
+the previous checkpoint intact; only the newest ``keep_last`` are kept.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from vlmtune.adapters.peft_io import EXTRAS_NAME, PEFT_PREFIX, WEIGHTS_NAME, save_adapter
+from vlmtune.adapters.spec import AdapterSpec
+from vlmtune.utils.io import atomic_torch_save, atomic_write_text, fsync_dir
+
+STATE_NAME = "trainer_state.pt"
+DONE_NAME = "done"
+CKPT_DIR = "checkpoints"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(run_dir) / CKPT_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step-*") if (p / DONE_NAME).is_file())
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = checkpoint_dirs(run_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: nn.Module,
+    trainer_state: dict[str, Any],
+    specs: dict[str, AdapterSpec] | None = None,
+    base_name_or_path: str | None = None,
+    keep_last: int = 2,
+) -> Path:
+    """Write ``checkpoints/step-{step:06d}`` atomically; prune to the newest ``keep_last``."""
+    root = Path(run_dir) / CKPT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    try:
+        save_adapter(model, tmp / "adapter", specs, base_name_or_path)
+        atomic_torch_save({**trainer_state, "rng": rng_state()}, tmp / STATE_NAME)
+        atomic_write_text(f"{step}\n", tmp / DONE_NAME)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        fsync_dir(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in checkpoint_dirs(run_dir)[: -max(keep_last, 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def trainable_tensors(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    """Tensors of an adapter folder under model parameter names."""
+    out = {k[len(PEFT_PREFIX) :]: v for k, v in load_file(str(adapter_dir / WEIGHTS_NAME)).items()}
+    if (adapter_dir / EXTRAS_NAME).is_file():
+        out.update(load_file(str(adapter_dir / EXTRAS_NAME)))
+    return out
+
+
+@torch.no_grad()
+def load_checkpoint(ckpt: str | Path, model: nn.Module) -> dict[str, Any]:
+    """Restore every trainable tensor of ``model`` and the RNG states; returns the trainer state
+    (optimizer, scheduler, position) for the trainer to apply."""
+    ckpt = Path(ckpt)
+    if not (ckpt / DONE_NAME).is_file():
+        raise FileNotFoundError(f"{ckpt} is not a complete checkpoint (no '{DONE_NAME}' file)")
+    tensors = trainable_tensors(ckpt / "adapter")
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(set(params) - set(tensors))
+    if missing:
+        raise FileNotFoundError(
+            f"{ckpt}: checkpoint lacks {len(missing)} trainable tensor(s), e.g. '{missing[0]}'; "
+            "was it written by a run with other adapter settings?"
+        )
+    for name, p in params.items():
+        p.copy_(tensors[name].to(p.dtype))
+    state = torch.load(ckpt / STATE_NAME, map_location="cpu", weights_only=False)
+    set_rng_state(state["rng"])
+    return state

@@ -1,0 +1,133 @@
+"""``vlmtune train RECIPE [key=value ...] [--resume [RUN]]``: train, evaluate before/after, save.
+
+Prints the trainable-parameter report, a progress bar, then the benchmark score of the base model
+and of the tuned model; everything lands in the run folder (see vlmtune.train.run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from vlmtune.config import ConfigError, RunConfig, load_config, to_dict
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="recipe name from configs/ (or a YAML path)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="RUN",
+        help="continue from the newest checkpoint of RUN (a run folder or checkpoint; default: latest run)",
+    )
+    parser.add_argument("--output-dir", default=None, help="run folder (default: train.output_dir)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _resolve_resume(arg: str, cfg: RunConfig) -> tuple[Path, Path]:
+    """(run folder, checkpoint folder) for ``--resume``."""
+    from vlmtune.train.checkpoint import latest_checkpoint
+    from vlmtune.train.run import latest_run_dir
+
+    if arg == "latest":
+        run = latest_run_dir(cfg.train.output_dir, cfg.recipe)
+        if run is None:
+            raise ConfigError(
+                f"--resume: no run folder matches {cfg.train.output_dir.format(recipe=cfg.recipe)}"
+            )
+    else:
+        run = Path(arg)
+    if (run / "done").is_file() and run.parent.name == "checkpoints":
+        return run.parent.parent, run
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise ConfigError(f"--resume: {run} has no complete checkpoint (checkpoints/step-*/done)")
+    return run, ckpt
+
+
+def load_split(cfg: RunConfig, spec: str, split: str, max_samples: int, errors) -> list[dict]:
+    from vlmtune.data.records import load_records
+
+    return load_records(
+        spec,
+        split=split,
+        on_error=cfg.data.on_error,
+        errors=errors,
+        image_root=cfg.data.image_root or None,
+        max_samples=max_samples,
+        n_images=cfg.data.shapes_size if split == "train" else None,
+        tasks=cfg.data.tasks,
+    )
+
+
+def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: bool = False) -> dict:
+    """Train ``cfg`` into ``run_dir``; returns the eval summary written to ``eval.json``."""
+    from vlmtune.adapters import attach, save_adapter
+    from vlmtune.data.errors import ErrorLog
+    from vlmtune.models import build_pipeline
+    from vlmtune.train.evaluate import evaluate, headline
+    from vlmtune.train.run import write_config
+    from vlmtune.train.trainer import Trainer, seed_everything
+    from vlmtune.utils.io import atomic_write_json
+
+    t0 = time.perf_counter()
+    say = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
+    seed_everything(cfg.train.seed)
+    write_config(run_dir, to_dict(cfg))
+    errors = ErrorLog()
+    train_records = load_split(cfg, cfg.data.train, "train", cfg.data.max_train_samples, errors)
+    eval_records = (
+        load_split(cfg, cfg.data.eval, "test", cfg.data.max_eval_samples, errors) if cfg.data.eval else []
+    )
+    if errors.count:
+        errors.write(run_dir / "data_errors.json")
+        say(f"data: {errors.summary()}")
+    pipeline = build_pipeline(cfg)
+    say(f"run folder: {run_dir}  |  train {len(train_records)} records, eval {len(eval_records)}")
+    summary: dict = {"recipe": cfg.recipe, "benchmark": cfg.eval.benchmark, "eval_records": len(eval_records)}
+    if eval_records and cfg.train.eval_at_start:
+        base = evaluate(pipeline, eval_records, cfg.eval, run_dir / "eval" / "base", progress=not quiet)
+        summary["base"] = base
+        say(f"base  model {cfg.eval.benchmark} {headline(base)[0]}: {headline(base)[1]:.4f}")
+    seed_everything(cfg.train.seed)
+    attach(pipeline.model, pipeline.towers, cfg.adapters.specs())
+    trainer = Trainer(pipeline, cfg, train_records, run_dir, quiet=quiet)
+    summary["train"] = trainer.fit(resume_from=resume_from)
+    save_adapter(pipeline.model, run_dir / "adapter", cfg.adapters.specs(), cfg.model.name_or_path)
+    if eval_records and cfg.train.eval_at_end:
+        tuned = evaluate(pipeline, eval_records, cfg.eval, run_dir / "eval" / "tuned", progress=not quiet)
+        summary["tuned"] = tuned
+        key, value = headline(tuned)
+        line = f"tuned model {cfg.eval.benchmark} {key}: {value:.4f}"
+        if "base" in summary and headline(summary["base"])[1] is not None:
+            summary["delta"] = value - headline(summary["base"])[1]
+            line += f"  ({summary['delta']:+.4f} vs base)"
+        say(line)
+    summary["wall_seconds"] = time.perf_counter() - t0
+    atomic_write_json(summary, run_dir / "eval.json")
+    say(f"saved adapter to {run_dir / 'adapter'}, results to {run_dir / 'eval.json'}")
+    return summary
+
+
+def main(args: argparse.Namespace) -> int:
+    from vlmtune.train.run import new_run_dir
+    from vlmtune.train.trainer import TrainingError
+
+    cfg = load_config(args.recipe, args.overrides)
+    if args.output_dir:
+        cfg.train.output_dir = args.output_dir
+    resume_from = None
+    if args.resume:
+        run_dir, resume_from = _resolve_resume(args.resume, cfg)
+    else:
+        run_dir = new_run_dir(cfg.train.output_dir, cfg.recipe)
+    try:
+        run(cfg, run_dir, resume_from, quiet=args.quiet)
+    except TrainingError as e:
+        print(f"vlmtune train: error: {e}", flush=True)
+        return 1
+    return 0

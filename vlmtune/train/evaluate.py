@@ -1,0 +1,37 @@
+"""Evaluation hook of ``vlmtune train``: generate with the pipeline and score with vlmtune.eval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlmtune.config import EvalConfig
+
+
+def evaluate(
+    pipeline, records: list[dict], cfg: EvalConfig, out_dir: str | Path | None = None, progress: bool = True
+) -> dict:
+    """Metrics dict of ``cfg.benchmark`` on ``records`` (e.g. ``{"benchmark", "accuracy", "count"}``);
+    writes predictions and metrics under ``out_dir`` when given."""
+    from vlmtune.eval.runner import run_benchmark
+
+    return run_benchmark(
+        pipeline,
+        cfg.benchmark,
+        records,
+        out_dir=out_dir,
+        batch_size=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        num_beams=cfg.num_beams,
+        progress=progress,
+    )
+
+
+def headline(metrics: dict) -> tuple[str, float | None]:
+    """The main number of a metrics dict: accuracy if present, else the first float."""
+    for key in ("accuracy", "overall", "f1", "CIDEr"):
+        if isinstance(metrics.get(key), int | float):
+            return key, float(metrics[key])
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            return key, value
+    return "", None

@@ -1,0 +1,103 @@
+"""The run folder and its metric logs.
+
+runs/<recipe>[-N]/
+    config.yaml          resolved config
+    metrics.jsonl        one JSON object per log step (and eval results)
+    tensorboard/         the same scalars for TensorBoard
+    loss_curve.png       training loss vs step
+    checkpoints/         see vlmtune.train.checkpoint
+    adapter/             final PEFT-format adapter
+    eval.json            final evaluation (base and tuned)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlmtune.utils.io import atomic_write_text
+
+
+def new_run_dir(template: str, recipe: str) -> Path:
+    """``template`` with ``{recipe}`` filled; ``-2``, ``-3``... appended if it already exists."""
+    base = Path(template.format(recipe=recipe or "run"))
+    path, n = base, 1
+    while path.exists() and any(path.iterdir()):
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def latest_run_dir(template: str, recipe: str) -> Path | None:
+    """The newest existing ``template`` folder (``runs/x``, ``runs/x-2``, ...), for ``--resume``."""
+    base = Path(template.format(recipe=recipe or "run"))
+    found = [p for p in [base, *base.parent.glob(base.name + "-*")] if p.is_dir()]
+    found = [p for p in found if p == base or p.name[len(base.name) + 1 :].isdigit()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def write_config(run_dir: Path, config: dict) -> Path:
+    return atomic_write_text(yaml.safe_dump(config, sort_keys=False), run_dir / "config.yaml")
+
+
+class MetricsLogger:
+    """Appends to ``metrics.jsonl`` and mirrors numeric values to TensorBoard."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.path = run_dir / "metrics.jsonl"
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:  # pragma: no cover - tensorboard is a dependency
+                self.writer = None
+
+    def log(self, record: dict[str, Any], step: int) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **record}) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_loss_curve(run_dir: str | Path) -> Path | None:
+    """``loss_curve.png``: train loss (and eval accuracy if logged) against optimizer step."""
+    rows = [r for r in read_metrics(run_dir) if "loss" in r]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(Path(run_dir).name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(run_dir) / "loss_curve.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -1,0 +1,254 @@
+"""The training loop shared by every pipeline (LLaVA, VL-BART, ViT), on ``accelerate``.
+
+It only calls ``pipeline.collate(records, train=True)`` and ``pipeline.loss(batch)``; model
+specifics stay in the pipeline. Features: gradient accumulation, bf16/fp16 autocast where the
+device supports it, warmup + cosine/linear/constant schedules, per-tower learning rates and LoRA+,
+gradient clipping, gradient checkpointing, seeded determinism, atomic checkpoints with exact
+``resume``, tqdm progress (loss, samples/s), metrics.jsonl + TensorBoard + loss_curve.png.
+
+Data order: micro-batch ``m`` of the run is batch ``m % per_epoch`` of epoch ``m // per_epoch``,
+whose sample order is ``randperm(n, seed + epoch)``; the position ``m`` is checkpointed, so a
+resumed run sees exactly the batches, dropout masks and updates of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from vlmtune.adapters.report import format_report, param_report
+from vlmtune.config import RunConfig
+from vlmtune.models.base import Pipeline, move_batch
+from vlmtune.train.checkpoint import load_checkpoint, save_checkpoint
+from vlmtune.train.optim import build_optimizer, build_scheduler, param_groups
+from vlmtune.train.run import MetricsLogger, plot_loss_curve
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message is one line for the user."""
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch; ask torch for deterministic kernels (warn where none exist)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    """``auto`` -> bf16 on CUDA with bf16 support, fp16 on other CUDA devices, else no."""
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def _identity(batch):
+    return batch
+
+
+class Trainer:
+    """Train ``pipeline.model`` on ``records`` as configured by ``cfg.train``; logs into ``run_dir``."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        cfg: RunConfig,
+        records: Sequence[dict],
+        run_dir: str | Path,
+        quiet: bool = False,
+    ) -> None:
+        if len(records) == 0:
+            raise TrainingError("the training set is empty; check data.train")
+        self.pipeline, self.cfg, self.records = pipeline, cfg, records
+        self.run_dir = Path(run_dir)
+        self.quiet = quiet
+        t = cfg.train
+        self.accelerator = Accelerator(
+            mixed_precision=resolve_mixed_precision(t.mixed_precision),
+            cpu=not torch.cuda.is_available(),
+        )
+        self.micro_per_epoch = math.ceil(len(records) / t.batch_size)
+        steps = t.max_steps or math.ceil(t.epochs * self.micro_per_epoch / t.grad_accum)
+        self.total_steps = max(1, steps)
+        model = pipeline.model
+        if cfg.model.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "config"):
+                model.config.use_cache = False
+        model.to(self.accelerator.device)
+        self.groups = param_groups(model, pipeline.towers, t, cfg.adapters.specs())
+        self.params = [p for g in self.groups for p in g["params"]]
+        self.optimizer = self.accelerator.prepare_optimizer(build_optimizer(self.groups, t))
+        self.scheduler = build_scheduler(self.optimizer, t, self.total_steps)
+        self.step = 0  # optimizer steps done
+        self.micro = 0  # micro-batches consumed
+
+    # ------------------------------------------------------------------ data
+    def _epoch_order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.cfg.train.seed + epoch)
+        return torch.randperm(len(self.records), generator=g).tolist()
+
+    def _batches(self):
+        """Collated micro-batches from position ``self.micro`` on, forever (epoch after epoch)."""
+        bs = self.cfg.train.batch_size
+        while True:
+            epoch, start = divmod(self.micro, self.micro_per_epoch)
+            order = self._epoch_order(epoch)
+            index_batches = [order[i : i + bs] for i in range(start * bs, len(order), bs)]
+            loader = DataLoader(
+                self.records,
+                batch_sampler=index_batches,
+                collate_fn=_identity,
+                num_workers=self.cfg.data.num_workers,
+                generator=torch.Generator().manual_seed(0),  # keep the global RNG untouched
+            )
+            for records in loader:
+                yield self.pipeline.collate(records, train=True)
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "micro": self.micro,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def resume(self, ckpt: str | Path) -> None:
+        state = load_checkpoint(ckpt, self.pipeline.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.micro = state["step"], state["micro"]
+
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.run_dir,
+            self.step,
+            self.pipeline.model,
+            self.state(),
+            self.cfg.adapters.specs(),
+            getattr(self.pipeline, "name_or_path", None),
+            keep_last=self.cfg.train.keep_last,
+        )
+
+    # ------------------------------------------------------------------ loop
+    def _log(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, flush=True)
+
+    def fit(self, resume_from: str | Path | None = None, stop_after: int | None = None) -> dict[str, Any]:
+        """Train to ``total_steps`` (or stop after ``stop_after`` steps, checkpointing first).
+
+        Returns ``{"step", "loss" (mean of the last log window), "train_seconds"}``.
+        """
+        t = self.cfg.train
+        model = self.pipeline.model
+        self._log(format_report(param_report(model, self.pipeline.towers)))
+        self._log(
+            "lr groups: "
+            + ", ".join(
+                f"{g['name']}={g['lr']:g} ({sum(p.numel() for p in g['params']):,})" for g in self.groups
+            )
+        )
+        if resume_from is not None:
+            self.resume(resume_from)
+            self._log(f"resumed from {resume_from} at step {self.step}")
+        logger = MetricsLogger(self.run_dir)
+        bar = tqdm(
+            total=self.total_steps, initial=self.step, disable=self.quiet, desc="train", dynamic_ncols=True
+        )
+        batches = self._batches()
+        model.train()
+        window_loss, window_steps, window_samples, window_tokens = 0.0, 0, 0, 0
+        last_loss = float("nan")
+        t0 = tick = time.perf_counter()
+        try:
+            while self.step < self.total_steps:
+                step_loss, grad_norm = self._optimizer_step(batches, t)
+                if step_loss is None:  # non-finite, skipped
+                    continue
+                n_samples, n_tokens = grad_norm[1], grad_norm[2]
+                self.step += 1
+                window_loss += step_loss
+                window_steps += 1
+                window_samples += n_samples
+                window_tokens += n_tokens
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == self.total_steps:
+                    elapsed = max(time.perf_counter() - tick, 1e-9)
+                    last_loss = window_loss / window_steps
+                    record = {
+                        "loss": last_loss,
+                        "grad_norm": grad_norm[0],
+                        "samples_per_s": window_samples / elapsed,
+                        "tokens_per_s": window_tokens / elapsed,
+                        "epoch": self.micro / self.micro_per_epoch,
+                        **{f"lr/{g['name']}": g["lr"] for g in self.optimizer.param_groups},
+                    }
+                    logger.log(record, self.step)
+                    bar.set_postfix(loss=f"{last_loss:.4f}", sps=f"{record['samples_per_s']:.1f}")
+                    window_loss, window_steps, window_samples, window_tokens = 0.0, 0, 0, 0
+                    tick = time.perf_counter()
+                stop = stop_after is not None and self.step >= stop_after
+                if (t.save_every and self.step % t.save_every == 0) or stop:
+                    self.save()
+                if stop:
+                    break
+        finally:
+            bar.close()
+            logger.close()
+        if self.step >= self.total_steps:
+            self.save()
+        plot_loss_curve(self.run_dir)
+        model.eval()
+        return {"step": self.step, "loss": last_loss, "train_seconds": time.perf_counter() - t0}
+
+    def _optimizer_step(self, batches, t) -> tuple[float | None, tuple[float, int, int]]:
+        """``grad_accum`` micro-batches, clip, step. Returns (mean loss, (grad norm, samples, tokens))."""
+        acc = self.accelerator
+        total, samples, tokens = 0.0, 0, 0
+        finite = True
+        for _ in range(t.grad_accum):
+            batch = move_batch(next(batches), acc.device)
+            self.micro += 1
+            with acc.autocast():
+                loss = self.pipeline.loss(batch)
+            if not torch.isfinite(loss):
+                finite = False
+                if t.nonfinite == "stop":
+                    raise TrainingError(
+                        f"non-finite loss ({loss.item()}) at step {self.step + 1}; lower train.lr, "
+                        "check the data, or set train.nonfinite=skip"
+                    )
+                break
+            acc.backward(loss / t.grad_accum)
+            total += loss.item() / t.grad_accum
+            first = next(iter(batch.values()))
+            samples += len(first) if hasattr(first, "__len__") else 0
+            mask = batch.get("attention_mask")
+            tokens += int(mask.sum()) if isinstance(mask, torch.Tensor) else 0
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            return None, (0.0, 0, 0)
+        norm = acc.clip_grad_norm_(self.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+        self.optimizer.step()
+        if not acc.optimizer_step_was_skipped:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total, (float(norm), samples, tokens)
