@@ -1,0 +1,158 @@
+"""ViT classification pipeline, classification data specs, BitFit, the vit recipes and the bench table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlmtune.adapters import AdapterSpec, attach, param_report
+from vlmtune.config import load_config
+from vlmtune.data.classification import class_names, digits_split_indices, read_classification
+from vlmtune.data.errors import DataError
+from vlmtune.models.vit import ViTPipeline, load_backbone, load_vit_folder
+
+METHODS = ("head", "full", "bitfit", "lora", "dora", "vpt-shallow", "vpt-deep")
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def scratch_pipeline(classes: int = 5) -> ViTPipeline:
+    vit, preset = load_backbone("digits-tiny-scratch")
+    return ViTPipeline(vit, preset, [str(i) for i in range(classes)], "digits-tiny-scratch")
+
+
+def test_digits_splits_are_disjoint_deterministic_and_relabelled() -> None:
+    src_train, src_test = digits_split_indices("source", "train"), digits_split_indices("source", "test")
+    tgt_train, tgt_test = digits_split_indices("target", "train"), digits_split_indices("target", "test")
+    parts = [src_train, src_test, tgt_train, tgt_test]
+    assert sum(len(p) for p in parts) == 1797 and len(np.unique(np.concatenate(parts))) == 1797
+    assert np.array_equal(src_train, digits_split_indices("source", "train"))
+    records = read_classification("digits:target@train")
+    assert len(records) == len(tgt_train) and {r["label"] for r in records} == set(range(5))
+    assert class_names(records) == ["5", "6", "7", "8", "9"]
+    with Image.open(records[0]["image"]) as im:
+        assert im.size == (8, 8)
+    with pytest.raises(DataError, match="domain must be one of"):
+        read_classification("digits:other")
+
+
+def test_imagefolder_with_split_folder(tmp_path) -> None:
+    for split in ("train", "val"):
+        for name, value in (("cat", 0), ("dog", 255)):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (5, 5), (value,) * 3).save(tmp_path / split / name / "a.png")
+    records = read_classification(f"imagefolder:{tmp_path}@val")
+    assert [(r["label"], r["meta"]["label_name"]) for r in records] == [(0, "cat"), (1, "dog")]
+    assert all("/val/" in r["image"] for r in records)
+    with pytest.raises(DataError, match="does not exist"):
+        read_classification(f"imagefolder:{tmp_path}/missing")
+
+
+def test_datasets_dataset_from_disk(tmp_path) -> None:
+    import datasets
+
+    features = datasets.Features({"img": datasets.Image(), "y": datasets.ClassLabel(names=["a", "b"])})
+    images = [Image.new("RGB", (4, 4), (i * 80, 0, 0)) for i in range(3)]
+    ds = datasets.Dataset.from_dict({"img": images, "y": [0, 1, 1]}, features=features)
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "ds"))
+    records = read_classification(f"hf:{tmp_path / 'ds'}@train")
+    assert [r["label"] for r in records] == [0, 1, 1] and class_names(records) == ["a", "b"]
+    with Image.open(records[1]["image"]) as im:
+        assert im.getpixel((0, 0)) == (80, 0, 0)
+    with pytest.raises(DataError, match="no split 'test'"):
+        read_classification(f"hf:{tmp_path / 'ds'}@test")
+
+
+def test_pipeline_collate_loss_generate() -> None:
+    pipe = scratch_pipeline()
+    records = read_classification("digits:target@test")[:6]
+    batch = pipe.collate(records, train=False)
+    assert batch["pixel_values"].shape == (6, 3, 8, 8) and batch["labels"].tolist() == [
+        r["label"] for r in records
+    ]
+    # zero-initialised head: uniform predictions, loss = log(5)
+    assert pipe.loss(batch).item() == pytest.approx(np.log(5), abs=1e-5)
+    assert all(name in pipe.classes for name in pipe.generate(batch))
+
+
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        (AdapterSpec(method="vpt", options={"length": 10}), {"vit.vpt.prompts": 10 * 64}),
+        (AdapterSpec(method="vpt", options={"length": 10, "deep": True}), {"vit.vpt.prompts": 4 * 10 * 64}),
+    ],
+)
+def test_vpt_on_pipeline_trains_prompts_and_named_head_only(spec: AdapterSpec, expected: dict) -> None:
+    pipe = scratch_pipeline()
+    attach(pipe.model, pipe.towers, {"vision": spec, "projector": AdapterSpec(method="full")})
+    trainable = {n: p.numel() for n, p in pipe.model.named_parameters() if p.requires_grad}
+    assert trainable == {**expected, "head.weight": 64 * 5, "head.bias": 5}
+    rows = {r.name: r for r in param_report(pipe.model, pipe.towers)}
+    assert rows["vision"].adapter == sum(expected.values()) and rows["vision"].total == 136_000
+
+
+def test_bitfit_trains_biases_only() -> None:
+    pipe = scratch_pipeline()
+    attach(pipe.model, pipe.towers, {"vision": AdapterSpec(method="bitfit")})
+    names = [n for n, p in pipe.model.named_parameters() if p.requires_grad]
+    assert names and all(n.endswith(".bias") for n in names)
+    assert sum(p.numel() for n, p in pipe.model.named_parameters() if p.requires_grad) == 2432
+
+
+def test_recipes_resolve_with_head_trained() -> None:
+    for method in METHODS:
+        cfg = load_config(f"vit-{method}")
+        assert cfg.model.pipeline == "vit" and cfg.adapters.projector.method == "full", method
+    assert load_config("vit-vpt-deep").adapters.vision.options == {"length": 10, "deep": True}
+
+
+def test_shared_trainer_lowers_loss_and_merged_model_roundtrips(tmp_path) -> None:
+    from vlmtune.train.trainer import Trainer, seed_everything
+
+    torch.set_num_threads(1)
+    cfg = load_config("vit-lora", ["model.name_or_path=digits-tiny-scratch", "train.max_steps=8"])
+    seed_everything(0)
+    pipe = scratch_pipeline()
+    attach(pipe.model, pipe.towers, cfg.adapters.specs())
+    records = read_classification("digits:target@train")[:128]
+    batch = pipe.collate(records, train=True)
+    before = pipe.loss(batch).item()
+    Trainer(pipe, cfg, records, tmp_path / "run", quiet=True).fit()
+    pipe.model.eval()
+    with torch.no_grad():
+        after = pipe.loss(batch).item()
+        logits = pipe.logits(batch)
+    assert after < before - 0.05
+    pipe.save_merged(tmp_path / "merged")
+    vit, _, head = load_vit_folder(tmp_path / "merged")
+    reloaded = ViTPipeline(vit, pipe.preset, pipe.classes)
+    reloaded.model.head.load_state_dict(head)
+    reloaded.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.logits(batch), logits, rtol=1e-4, atol=1e-4)
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["classes"] == pipe.classes
+
+
+def test_bench_table_format() -> None:
+    from vlmtune.bench import format_table
+
+    table = format_table(
+        [{"method": "head", "trainable": 325, "percent": 0.24, "accuracy": 43.0, "seconds": 1.0}]
+    )
+    assert table.splitlines()[1].split() == ["head", "325", "0.24%", "43.00%", "1.0"]
+
+
+@pytest.mark.slow
+def test_bench_vit_adapted_methods_beat_head(tmp_path) -> None:
+    from vlmtune.bench import run_vit_bench
+
+    torch.set_num_threads(1)
+    rows = {r["method"]: r for r in run_vit_bench(list(METHODS), [], say=lambda *_: None)}
+    assert all(rows[m]["accuracy"] > rows["head"]["accuracy"] for m in METHODS if m != "head")

@@ -1,0 +1,26 @@
+"""BitFit (Ben Zaken et al., ACL 2022): train only the bias terms of a tower.
+
+``method: bitfit`` marks every ``bias`` parameter under the tower trainable; nothing is added, so
+the trainable share is the tower's biases (about 0.1% of ViT-B). Mergeable trivially (no new tensors).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from vlmtune.adapters.inject import AdapterError, register_tower_method
+from vlmtune.adapters.spec import AdapterSpec
+
+
+def bitfit_hook(model: nn.Module, tower: nn.Module, spec: AdapterSpec, tower_name: str) -> None:
+    """TOWER_METHODS hook: unfreeze the biases of ``tower``."""
+    biases = [p for name, p in tower.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
+    if not biases:
+        raise AdapterError(
+            f"adapters.{tower_name}.method=bitfit: the {tower_name} tower has no bias parameters"
+        )
+    for p in biases:
+        p.requires_grad_(True)
+
+
+register_tower_method("bitfit", bitfit_hook)
