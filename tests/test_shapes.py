@@ -211,3 +211,12 @@ def test_other_image_sizes(tmp_path, size):
         x1, y1, x2, y2 = r["boxes"][0]["bbox"]
         ys, xs = np.nonzero((image == COLORS[r["boxes"][0]["label"].split()[0]]).all(-1))
         assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x1, y1, x2, y2)
+
+
+def test_unwritable_cache_is_a_data_error(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path / "file"))
+    with pytest.raises(
+        DataError, match=r"cannot write the shapes cache in .*file/shapes/v2 \(.*\); set VLMTUNE_CACHE"
+    ):
+        shapes_dataset("vqa", "val", 2)

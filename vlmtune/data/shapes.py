@@ -346,8 +346,14 @@ def shapes_dataset(
     )
     final = root / SHAPES_VERSION / name
     if not (final / f"{task}.jsonl").is_file():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
+        except OSError as e:
+            raise DataError(
+                f"cannot write the shapes cache in {final.parent} ({e.strerror}); "
+                "set VLMTUNE_CACHE to a writable folder"
+            ) from None
         try:
             generate_shapes(tmp, n, split=split, seed=seed, image_size=image_size)
             os.rename(tmp, final)
