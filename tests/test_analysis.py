@@ -157,6 +157,16 @@ def test_analyze_runs_and_command(tmp_path, monkeypatch, capsys) -> None:
     assert "LoRA" in capsys.readouterr().out
 
 
+def test_run_method_labels() -> None:
+    lang = {"language": {"method": "dora"}, "projector": {"method": "full"}, "vision": {"method": "frozen"}}
+    assert runs_mod.run_method({"adapters": lang}) == "DoRA"
+    assert (
+        runs_mod.run_method({"adapters": {"language": {"method": "full"}, "projector": {"method": "full"}}})
+        == "FT"
+    )
+    assert runs_mod.run_method({"adapters": {"language": {"method": "lora"}}}) == "LoRA"
+
+
 def test_run_without_checkpoints_is_a_clear_error(tmp_path) -> None:
     run = tmp_path / "r"
     run.mkdir()

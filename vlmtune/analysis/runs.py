@@ -79,15 +79,17 @@ def checkpoint_steps(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def run_method(config: Mapping) -> str:
-    """FT / LoRA / DoRA... from a run's resolved config (the non-frozen towers' methods)."""
-    methods = sorted(
-        {
-            spec.get("method", "frozen")
-            for spec in (config.get("adapters") or {}).values()
-            if isinstance(spec, dict) and spec.get("method", "frozen") != "frozen"
-        }
-    )
-    return "+".join(METHOD_LABELS.get(m, m) for m in methods) or "frozen"
+    """FT / LoRA / DoRA... from a run's resolved config. A fully trained side tower (e.g. LLaVA's
+    projector next to a DoRA language model) does not change the label: ``full`` counts only
+    when no tower uses an adapter method."""
+    methods = {
+        spec.get("method", "frozen")
+        for spec in (config.get("adapters") or {}).values()
+        if isinstance(spec, dict) and spec.get("method", "frozen") != "frozen"
+    }
+    if len(methods) > 1:
+        methods.discard("full")
+    return "+".join(METHOD_LABELS.get(m, m) for m in sorted(methods)) or "frozen"
 
 
 def run_points(
