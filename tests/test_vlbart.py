@@ -17,7 +17,7 @@ from vlmtune.models.vlbart import (
     train_target,
     vqa_answer_scores,
 )
-from vlmtune.models.vlbart_presets import build_tiny_vlbart, format_paper_table, paper_param_table
+from vlmtune.models.vlbart_presets import build_random_vlbart, format_paper_table, paper_param_table
 
 
 def shape_image(color: tuple[int, int, int], shape: str = "circle", x: int = 16) -> Image.Image:
@@ -32,7 +32,7 @@ RED, BLUE = shape_image((220, 40, 40)), shape_image((40, 90, 220), "square", 24)
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    return build_tiny_vlbart(tmp_path_factory.mktemp("vlbart") / "tiny")
+    return build_random_vlbart(tmp_path_factory.mktemp("vlbart") / "tiny")
 
 
 @pytest.fixture()

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from pathlib import Path
 
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
-
-from vlmtune.utils.io import atomic_write_safetensors
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -205,7 +204,13 @@ class FeatureCache:
         return load_file(str(p))["features"]
 
     def put(self, key: str, features: torch.Tensor) -> None:
-        atomic_write_safetensors({"features": features.float()}, self.path(key))
+        """Write to a unique temporary name, then rename: readers never see a partial file. No
+        fsync: a cache entry lost in a crash is simply recomputed (fsync per image is slow)."""
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({"features": features.float().contiguous()}, str(tmp))
+        os.replace(tmp, path)
 
 
 class FeatureExtractor:
