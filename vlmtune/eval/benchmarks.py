@@ -34,6 +34,19 @@ class Benchmark:
 
 
 BENCHMARKS: dict[str, Benchmark] = {}
+# modules that register more benchmarks when imported (owned by other areas); loaded on first lookup
+EXTENSIONS = ("vlmtune.eval.nlvr2", "vlmtune.eval.pin_loc", "vlmtune.eval.classify")
+
+
+def load_extensions() -> None:
+    import importlib
+
+    for module in EXTENSIONS:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
 
 
 def register(benchmark: Benchmark, overwrite: bool = False) -> Benchmark:
@@ -44,6 +57,8 @@ def register(benchmark: Benchmark, overwrite: bool = False) -> Benchmark:
 
 
 def get_benchmark(name: str) -> Benchmark:
+    if name not in BENCHMARKS:
+        load_extensions()
     if name not in BENCHMARKS:
         close = difflib.get_close_matches(name, list(BENCHMARKS), n=3)
         hint = f"did you mean {', '.join(close)}?" if close else f"choose from {', '.join(BENCHMARKS)}"

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import yaml
 
-from vlmtune.eval.benchmarks import BENCHMARKS, get_benchmark
+from vlmtune.eval.benchmarks import BENCHMARKS, get_benchmark, load_extensions
 from vlmtune.eval.errors import EvalError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    load_extensions()
     parser.add_argument("benchmark", metavar="BENCH", help=f"one of: {', '.join(BENCHMARKS)}")
     parser.add_argument(
         "--model", help="run folder (adapter on its base), merged/plain model folder or preset"
