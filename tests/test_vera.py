@@ -296,3 +296,33 @@ def test_dvora_attach_save_load(tmp_path) -> None:
         assert_close(fresh(x), expected)
     merge(model)
     assert_close(model(x), expected)
+
+
+def test_mixed_families_lora_and_vera_roundtrip(tmp_path) -> None:
+    """LoRA in one tower and VeRA in another: LoRA goes to the PEFT file, VeRA vectors to extras."""
+
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.b = Block(), Block()
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    towers = {"language": ["a"], "vision": ["b"]}
+    specs = {"language": AdapterSpec(method="lora", r=2, targets=["q_proj"]), "vision": vera_spec()}
+    model = Two()
+    attach(model, towers, specs)
+    with torch.no_grad():
+        for _, layer in adapter_layers(model):
+            for name, p in layer.named_parameters():
+                if not name.startswith("base_layer"):
+                    p.normal_()
+    x = torch.randn(2, 32)
+    expected = model(x)
+    save_adapter(model, tmp_path / "a", specs=specs)
+    cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["target_modules"] == ["a.q_proj"]
+    fresh = load_adapter(Two(), tmp_path / "a", towers=towers)
+    assert_close(fresh(x), expected)
