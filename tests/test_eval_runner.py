@@ -194,3 +194,30 @@ def test_cli_model_path_with_fake_pipeline(tmp_path, capsys, monkeypatch):
     assert "vqav2: accuracy 62.50" in capsys.readouterr().out
     assert [c["n"] for c in pipe.calls] == [2, 2] and pipe.last == {"max_new_tokens": 16, "num_beams": 1}
     assert (tmp_path / "o" / "submission.json").is_file()
+
+
+def test_prediction_ids_match_by_kind_and_ambiguity_is_an_error():
+    records = [
+        {"id": "pope-random-1", "task": "vqa", "question": "q", "answer": "yes", "meta": {"question_id": 1, "category": "random"}},
+        {"id": "pope-popular-1", "task": "vqa", "question": "q", "answer": "no", "meta": {"question_id": 1, "category": "popular"}},
+    ]  # fmt: skip
+    with pytest.raises(EvalError, match="question_id '1' matches 2 records"):
+        score_predictions(
+            "pope", [{"question_id": 1, "text": "yes"}, {"question_id": 1, "text": "no"}], records
+        )
+    m = score_predictions(
+        "pope", [{"id": "pope-random-1", "text": "yes"}, {"id": "pope-popular-1", "text": "yes"}], records
+    )
+    assert m["accuracy"] == 50.0 and m["per_category"]["random"]["accuracy"] == 100.0
+    # an image id is not a question id
+    vqa = [
+        {
+            "id": "v",
+            "task": "vqa",
+            "question": "q",
+            "answers": ["a"],
+            "meta": {"question_id": 5, "image_id": 7},
+        }
+    ]
+    with pytest.raises(EvalError, match="question_id '7' matches no record"):
+        score_predictions("vqav2", [{"question_id": 7, "answer": "a"}], vqa)

@@ -173,16 +173,30 @@ def read_predictions(path: str | Path) -> list[dict]:
     return data
 
 
-def _record_index(records: list[dict]) -> dict[str, dict]:
-    index: dict[str, dict] = {}
+def _record_tables(records: list[dict]) -> dict[str, dict[str, list[dict]]]:
+    """Records by ``id`` and by the official ``meta.question_id`` / ``meta.image_id``."""
+    tables: dict[str, dict[str, list[dict]]] = {k: {} for k in ID_KEYS}
     for r in records:
+        tables["id"].setdefault(str(r["id"]), []).append(r)
         meta = r.get("meta") or {}
-        for key in (meta.get("question_id"), meta.get("image_id")):
-            if key is not None:
-                index.setdefault(str(key), r)
-    for r in records:  # the record id wins over an official id
-        index[str(r["id"])] = r
-    return index
+        for key in ("question_id", "image_id"):
+            if meta.get(key) is not None:
+                tables[key].setdefault(str(meta[key]), []).append(r)
+    return tables
+
+
+def _match(tables: dict, prediction: dict, where: str) -> dict:
+    """The record a prediction refers to: by its first id key, then by the record id."""
+    kind = next(k for k in ID_KEYS if k in prediction)
+    key = str(prediction[kind])
+    found = tables[kind].get(key) or tables["id"].get(key)
+    if not found:
+        raise EvalError(f"{where}: {kind} {key!r} matches no record of the reference data")
+    if len(found) > 1:
+        raise EvalError(
+            f"{where}: {kind} {key!r} matches {len(found)} records (e.g. POPE categories); give predictions an 'id'"
+        )
+    return found[0]
 
 
 def score_predictions(
@@ -199,15 +213,12 @@ def score_predictions(
     Every record must have exactly one prediction.
     """
     benchmark = get_benchmark(benchmark_name)
-    index = _record_index(records)
+    tables = _record_tables(records)
     by_record: dict[str, tuple[dict, str]] = {}
     for i, p in enumerate(predictions):
-        key = next(str(p[k]) for k in ID_KEYS if k in p)
-        record = index.get(key)
-        if record is None:
-            raise EvalError(f"{source}: entry {i + 1} id {key!r} matches no record of the reference data")
+        record = _match(tables, p, f"{source}: entry {i + 1}")
         if record["id"] in by_record:
-            raise EvalError(f"{source}: entry {i + 1} repeats the prediction for {key!r}")
+            raise EvalError(f"{source}: entry {i + 1} repeats the prediction for record {record['id']!r}")
         by_record[record["id"]] = (record, str(next(p[k] for k in PREDICTION_KEYS if k in p)))
     missing = [r["id"] for r in records if r["id"] not in by_record]
     if missing:
