@@ -18,6 +18,9 @@ Two choices make DoRA cost about what LoRA costs (see ``benchmarks/adapters.py``
 * **One pass over W0.**  ``y = (m / n) * (W0 x + s B A drop(x)) + b`` reuses the base product.
   With adapter dropout this applies dropout to the low-rank branch only; PEFT instead runs a second
   base GEMM on ``drop(x)`` for the magnitude term. With dropout 0 and in eval mode both are equal.
+  The whole expression is one autograd function (:func:`vlmtune.adapters.lora.lowrank_linear`):
+  it saves ``z = W0 x + s B A drop(x)`` once for ``dm = sum_t dy_t z_t / n`` and nothing else
+  beyond what LoRA saves.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vlmtune.adapters.lora import LoraLinear
+from vlmtune.adapters.lora import LoraLinear, lowrank_linear
 
 
 def row_norm_lowrank(
@@ -41,8 +44,9 @@ def row_norm_lowrank(
     Args: base_sq_norm (out,) fp32 = ||W0_i||^2; base_weight W0 (out, in); lora_a A (r, in);
     lora_b B (out, r). Returns (out,) fp32.
     """
-    w0_at = F.linear(lora_a.to(base_weight.dtype), base_weight).float()  # (r, out) = (W0 A^T)^T
-    a32, b32 = lora_a.float(), lora_b.float()
+    acc = torch.promote_types(base_weight.dtype, torch.float32)  # fp32 for bf16/fp16, else as is
+    w0_at = F.linear(lora_a.to(base_weight.dtype), base_weight).to(acc)  # (r, out) = (W0 A^T)^T
+    a32, b32 = lora_a.to(acc), lora_b.to(acc)
     cross = (b32 * w0_at.t()).sum(dim=1)  # <B_i, (W0 A^T)_i>
     gram = a32 @ a32.t()  # (r, r)
     quad = ((b32 @ gram) * b32).sum(dim=1)  # B_i G B_i^T
@@ -70,37 +74,44 @@ class DoraLinear(LoraLinear):
         super().__init__(base_layer, r, alpha, dropout, rslora)
         self.detach_norm = detach_norm
         self._base_sq_norm: torch.Tensor | None = None
+        self._base_sq_key: tuple | None = None
         self._merged_norm: torch.Tensor | None = None
         w = base_layer.weight
         self.lora_magnitude_vector = nn.Parameter(self.base_sq_norm().sqrt().to(w.dtype))
 
     def base_sq_norm(self) -> torch.Tensor:
-        """||W0_i||^2 in fp32, cached: W0 is frozen while the adapter is unmerged."""
+        """||W0_i||^2 in fp32, cached: W0 is frozen while the adapter is unmerged.
+
+        The cache is keyed on W0's storage, device and version counter, so an in-place write to W0
+        (``load_state_dict``, ``copy_``) recomputes it.
+        """
         w = self.base_layer.weight
-        cached = self._base_sq_norm
-        if cached is None or cached.device != w.device:
+        key = (w.device, w.data_ptr(), w._version)
+        if self._base_sq_norm is None or self._base_sq_key != key:
             with torch.no_grad():
-                cached = w.float().pow(2).sum(dim=1) if w.dtype != torch.float32 else w.pow(2).sum(1)
-            self._base_sq_norm = cached
-        return cached
+                self._base_sq_norm = w.to(torch.promote_types(w.dtype, torch.float32)).pow(2).sum(dim=1)
+            self._base_sq_key = key
+        return self._base_sq_norm
 
     def weight_norm(self) -> torch.Tensor:
         """||W0 + s B A||_c, shape (out,), fp32; detached unless ``detach_norm=False``."""
-        args = (self.base_layer.weight, self.lora_A.weight, self.lora_B.weight, self.scaling)
-        if self.detach_norm:
-            with torch.no_grad():
-                return row_norm_lowrank(self.base_sq_norm(), *args)
-        return row_norm_lowrank(self.base_sq_norm(), *args)
+        a, b = self.lora_weights()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_norm):
+            return row_norm_lowrank(self.base_sq_norm(), self.base_layer.weight, a, b, self.scaling)
+
+    def magnitude_scale(self) -> torch.Tensor:
+        """``m / ||W0 + s B A||_c``, shape (out,), fp32."""
+        norm = self.weight_norm()
+        return self.lora_magnitude_vector.to(norm.dtype) / norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
             return self.base_layer(x)
-        scale = (self.lora_magnitude_vector.float() / self.weight_norm()).to(x.dtype)  # m / ||W'||
-        base = F.linear(x, self.base_layer.weight)  # W0 x: the only pass over W0
-        lora = self.lora_B(self.lora_A(self.lora_dropout(x)))
-        y = scale * base.add_(lora, alpha=self.scaling)  # in place: neither operand is saved for backward
-        bias = self.base_layer.bias
-        return y if bias is None else y + bias
+        a, b = self.lora_weights()
+        base = self.base_layer
+        return lowrank_linear(
+            x, base.weight, base.bias, a, b, self.scaling, self.dropout_p, self.magnitude_scale()
+        )
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -108,7 +119,7 @@ class DoraLinear(LoraLinear):
         if self.merged:
             return
         w = self.base_layer.weight
-        norm = row_norm_lowrank(self.base_sq_norm(), w, self.lora_A.weight, self.lora_B.weight, self.scaling)
+        norm = self.weight_norm()
         scale = self.lora_magnitude_vector.float() / norm
         w.copy_((scale[:, None] * (w.float() + self.delta_weight().float())).to(w.dtype))
         self._merged_norm = norm

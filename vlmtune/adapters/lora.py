@@ -5,6 +5,12 @@
 A: (r, in) kaiming-uniform, B: (out, r) zero, so the adapted layer starts as the base layer.
 The wrapper keeps the frozen base layer as ``base_layer`` and names its tensors like PEFT
 (``lora_A.weight``, ``lora_B.weight``) so that state dicts map one-to-one onto PEFT's format.
+
+The training step runs through :func:`lowrank_linear`, one autograd function for the base GEMM,
+the low-rank branch and (for DoRA) the per-feature output scale: the low-rank product is added in
+place onto the base output (``addmm_``), the backward pass fuses ``dx = dz W0 + (dz B) A`` and
+saves ``x`` plus a 1-byte dropout mask instead of a dropped copy of ``x`` (``x`` is usually held
+by other layers too: q/k/v share it).  See ``benchmarks/adapters.py`` for the measured effect.
 """
 
 from __future__ import annotations
@@ -13,11 +19,92 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 def lora_scaling(r: int, alpha: float, rslora: bool = False) -> float:
     """``alpha / r`` (LoRA) or ``alpha / sqrt(r)`` (rsLoRA, Kalajdzievski 2023)."""
     return alpha / math.sqrt(r) if rslora else alpha / r
+
+
+class _LowRankLinear(torch.autograd.Function):
+    """y = scale * (x W0^T + s (drop(x) A^T) B^T) + b; shapes x (N, in), W0 (out, in), A (r, in),
+    B (out, r), scale (out,) or None, b (out,) or None.  W0 gets no gradient (frozen)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, dropout_p, scale):
+        xd, mask = torch.native_dropout(x, dropout_p, True) if dropout_p > 0 else (x, None)
+        u = xd @ lora_a.t()  # (N, r)
+        del xd
+        z = (x @ weight.t()).addmm_(u, lora_b.t(), alpha=scaling)  # W0 x + s B A drop(x), in place
+        save_z = scale is not None and ctx.needs_input_grad[7]
+        if scale is None:
+            y = z if bias is None else z.add_(bias)
+        elif save_z:
+            y = z * scale if bias is None else torch.addcmul(bias, z, scale)
+        else:
+            y = z.mul_(scale) if bias is None else z.mul_(scale).add_(bias)
+        ctx.scaling, ctx.dropout_p = scaling, dropout_p
+        ctx.save_for_backward(x, mask, u, z if save_z else None, weight, lora_a, lora_b, scale)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        x, mask, u, z, weight, lora_a, lora_b, scale = ctx.saved_tensors
+        s, p = ctx.scaling, ctx.dropout_p
+        need = ctx.needs_input_grad
+        gx = g_bias = g_a = g_b = g_scale = None
+        gy = gy.contiguous()
+        if need[2]:
+            g_bias = gy.sum(0)
+        if need[7]:
+            g_scale = (gy * z).sum(0, dtype=torch.float32)  # sum_t dy_t * z_t  -> dm via autograd
+        gz = gy if scale is None else gy * scale
+        gu = (gz @ lora_b).mul_(s)  # (N, r)
+        if need[4]:
+            g_b = (gz.t() @ u).mul_(s)
+        keep = 1.0 / (1.0 - p) if mask is not None else 1.0
+        if need[3]:
+            xd = x if mask is None else x * mask
+            g_a = (gu.t() @ xd).mul_(keep) if mask is not None else gu.t() @ xd
+        if need[0]:
+            gx = gz @ weight
+            if mask is None:
+                gx.addmm_(gu, lora_a)
+            else:
+                gx.add_((gu @ lora_a).mul_(mask), alpha=keep)
+        return gx, None, g_bias, g_a, g_b, None, None, g_scale
+
+
+def lowrank_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scaling: float,
+    dropout_p: float = 0.0,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``scale * (W0 x + s B A drop(x)) + b`` for x (..., in) -> (..., out), one pass over W0.
+
+    ``weight`` W0 (out, in) is frozen (no gradient); ``scale`` (out,) is DoRA's ``m / ||W'||_c``
+    (None for LoRA).  Dropout (``dropout_p`` > 0, pass 0 in eval mode) acts on the low-rank branch
+    only.  Under autocast every operand is cast to the autocast dtype first, as ``F.linear`` would.
+    """
+    dtype = weight.dtype
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+    lead = x.shape[:-1]
+    args = [
+        t if t is None or t.dtype == dtype else t.to(dtype) for t in (x, weight, bias, lora_a, lora_b, scale)
+    ]
+    x2 = args[0].reshape(-1, x.shape[-1])
+    with torch.autocast(x.device.type, enabled=False):
+        y = _LowRankLinear.apply(x2, args[1], args[2], args[3], args[4], scaling, dropout_p, args[5])
+    return y.reshape(*lead, y.shape[-1])
 
 
 class LoraLinear(nn.Module):
@@ -73,15 +160,27 @@ class LoraLinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
 
+    def lora_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The effective ``(A (r, in), B (out, r))``; subclasses (VeRA, DyLoRA) override this."""
+        return self.lora_A.weight, self.lora_B.weight
+
+    @property
+    def dropout_p(self) -> float:
+        """Adapter dropout probability in effect now (0 in eval mode)."""
+        drop = self.lora_dropout
+        return drop.p if isinstance(drop, nn.Dropout) and self.training else 0.0
+
     def delta_weight(self) -> torch.Tensor:
         """Dense update ``s * B @ A`` of shape (out, in)."""
-        return self.scaling * (self.lora_B.weight @ self.lora_A.weight)
+        a, b = self.lora_weights()
+        return self.scaling * (b @ a)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
         if self.merged:
-            return y
-        return y + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+            return self.base_layer(x)
+        a, b = self.lora_weights()
+        base = self.base_layer
+        return lowrank_linear(x, base.weight, base.bias, a, b, self.scaling, self.dropout_p)
 
     @torch.no_grad()
     def merge(self) -> None:
