@@ -94,3 +94,46 @@ def test_generation_left_pads_and_matches_single_example(model_dir, vqa) -> None
     both = pipe.generate(batch, max_new_tokens=5)
     one = [pipe.generate(pipe.collate([r], train=False), max_new_tokens=5)[0] for r in records]
     assert both == one and all(isinstance(s, str) for s in both)
+
+
+def test_llava_conversation_json_multi_turn(model_dir, vqa, tmp_path) -> None:
+    import json
+
+    from vlmtune.data.records import read_records
+
+    path = tmp_path / "llava.json"
+    conv = [
+        {"from": "human", "value": "<image>\nWhat color is the circle?"},
+        {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "How many shapes are there?"},
+        {"from": "gpt", "value": "2"},
+    ]
+    path.write_text(json.dumps([{"id": "c1", "image": vqa[0]["image"], "conversations": conv}]))
+    (record,) = read_records(path)
+    pipe = pipeline_for(model_dir)
+    batch = pipe.collate([record], train=True)
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    supervised = [t for t, lab in zip(ids, labels) if lab != IGNORE_INDEX]
+    assert pipe.tokenizer.decode(supervised) == " red</s> 2</s>"
+    assert ids.count(pipe.image_token_id) == pipe.num_image_tokens
+    prompt = pipe.tokenizer.decode(pipe.collate([record], train=False)["input_ids"][0])
+    assert prompt.endswith("ASSISTANT: red</s>USER: How many shapes are there? ASSISTANT:")
+
+
+def test_gradient_checkpointing_switch_gives_same_loss(model_dir, vqa) -> None:
+    from vlmtune.adapters import attach
+    from vlmtune.train.trainer import enable_checkpointing
+
+    losses = []
+    for flag in ("false", "true"):
+        pipe = pipeline_for(model_dir, f"model.gradient_checkpointing={flag}", "adapters.language.dropout=0")
+        attach(pipe.model, pipe.towers, pipe.cfg.adapters.specs())
+        if flag == "true":
+            assert enable_checkpointing(pipe.model)
+        pipe.model.train()
+        loss = pipe.loss(pipe.collate(vqa[:2], train=True))
+        loss.backward()
+        grad = pipe.model.model.language_model.layers[0].self_attn.q_proj.lora_A.weight.grad
+        losses.append((loss.item(), grad.clone()))
+    assert losses[0][0] == pytest.approx(losses[1][0], abs=1e-6)
+    torch.testing.assert_close(losses[0][1], losses[1][1])

@@ -2,7 +2,7 @@
 
     tokenizer   byte-level BPE trained with ``tokenizers`` on the rendered shapes conversations,
                 saved as a ``PreTrainedTokenizerFast`` (<s> </s> <pad> <unk> <image>)
-    vision      CLIP vision tower, 64 px images, 16 px patches, 2 layers, hidden 64
+    vision      CLIP vision tower, 64 px images, 8 px patches (64 image tokens), 2 layers, hidden 64
     projector   LLaVA-1.5 MLP (Linear-GELU-Linear)
     language    Llama, 2 layers, hidden 128
     pretraining every tower trained on shapes *captions* only (no VQA), so the base model knows
@@ -32,7 +32,7 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 class TinySize:
     vocab_size: int = 1024
     image_size: int = 64
-    patch_size: int = 16
+    patch_size: int = 8
     vision_hidden: int = 64
     vision_layers: int = 2
     vision_heads: int = 4
@@ -180,12 +180,12 @@ def pretrain_config(model_dir: Path, steps: int, seed: int = 0):
     cfg.data.train = "shapes:caption"
     cfg.data.max_length = 128
     t = cfg.train
-    t.seed, t.max_steps, t.batch_size, t.lr = seed, steps, 32, 2e-3
+    t.seed, t.max_steps, t.batch_size, t.lr = seed, steps, 16, 2e-3
     t.warmup_ratio, t.schedule, t.log_every, t.weight_decay = 0.05, "cosine", 50, 0.0
     return cfg
 
 
-def build_shapes_tiny(out_dir: str | Path, steps: int = 1500, seed: int = 0, quiet: bool = True) -> Path:
+def build_shapes_tiny(out_dir: str | Path, steps: int = 800, seed: int = 0, quiet: bool = True) -> Path:
     """Write the pretrained ``shapes-tiny`` folder to ``out_dir`` (deterministic in ``seed``)."""
     from vlmtune.adapters.inject import attach
     from vlmtune.data.records import load_records
@@ -239,4 +239,4 @@ PRESETS = {"shapes-tiny": build_shapes_tiny}
 if __name__ == "__main__":  # python -m vlmtune.models.tiny OUT_DIR [STEPS]
     import sys
 
-    build_shapes_tiny(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1500, quiet=False)
+    build_shapes_tiny(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 800, quiet=False)

@@ -58,6 +58,21 @@ def resolve_mixed_precision(choice: str) -> str:
     return "no"
 
 
+def enable_checkpointing(model) -> bool:
+    """Activation (gradient) checkpointing of transformers models, non-reentrant (works with
+    frozen embeddings). Returns False for models without the switch."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        return False
+    if hasattr(model, "config"):
+        model.config.use_cache = False
+    return True
+
+
 def _identity(batch):
     return batch
 
@@ -87,10 +102,8 @@ class Trainer:
         steps = t.max_steps or math.ceil(t.epochs * self.micro_per_epoch / t.grad_accum)
         self.total_steps = max(1, steps)
         model = pipeline.model
-        if cfg.model.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if hasattr(model, "config"):
-                model.config.use_cache = False
+        if cfg.model.gradient_checkpointing:
+            enable_checkpointing(model)
         model.to(self.accelerator.device)
         self.groups = param_groups(model, pipeline.towers, t, cfg.adapters.specs())
         self.params = [p for g in self.groups for p in g["params"]]
