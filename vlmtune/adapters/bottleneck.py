@@ -7,7 +7,8 @@
 the FFN's output projection (``targets: [o, down]`` / ``[out_proj, fc2]``); for He et al.'s
 parallel adapter wrap the whole FFN block (``targets: [mlp]``). W_down: (r, d_in) with a bias,
 W_up: (d_out, r) with a bias, zero-initialised, so the model starts unchanged. ``r`` is the
-bottleneck size. Options: ``placement`` (serial | parallel, method ``bottleneck`` only),
+bottleneck size. Methods ``houlsby`` / ``parallel``, or ``adapter`` (= ``bottleneck``) with option
+``placement`` (serial | parallel),
 ``scaling`` s (1.0; He et al. use 4 for the FFN), ``activation`` (relu | gelu | silu | tanh).
 
 These add layers, so they cannot be merged; their tensors are saved by model key in the
@@ -119,6 +120,11 @@ def check_attached(model: nn.Module, prefixes: list[str], spec: AdapterSpec, tow
         )
 
 
-for _name, _placement in (("houlsby", "serial"), ("parallel", "parallel"), ("bottleneck", None)):
+for _name, _placement in (
+    ("houlsby", "serial"),
+    ("parallel", "parallel"),
+    ("bottleneck", None),
+    ("adapter", None),
+):
     register_tower_method(_name, _hook(_placement))
     TOWER_CHECKS[_name] = check_attached
