@@ -15,8 +15,8 @@ in the base dtype for both libraries (peft: ``autocast_adapter_dtype=False``); a
 ``--peft-fp32-adapters`` to also time peft's default, which keeps adapters in fp32 for a bf16 base.
 
 Defaults: on CUDA bf16 at the 7B layer shape (hidden 4096, MLP 11008, 2 layers, 4096 tokens);
-on CPU (or with ``--small``) fp32, the linear layer at hidden 4096 with 1024 tokens and a stack of
-2 layers at hidden 1024 / MLP 2752 with 1024 tokens.  Fewer tokens than ~4r make any exact DoRA
+on CPU (or with ``--small``) fp32, the linear layer at hidden 2048 with 1024 tokens and a stack of
+2 layers at hidden 1024 / MLP 2752 with 512 tokens (about 2 minutes of CPU time on 2 cores).  Fewer tokens than ~4r make any exact DoRA
 slow relative to LoRA: the norm costs one (r, in) x (in, out) GEMM per step, i.e. r/(2N) of the
 frozen layer's forward+backward.  Peak memory: see ``benchmarks/memory.py``.
 
@@ -234,7 +234,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shapes", nargs="+", default=["linear", "stack"], choices=["linear", "stack"])
     p.add_argument("--ranks", nargs="+", type=int, default=[16, 128])
     p.add_argument("--dropouts", nargs="+", type=float, default=[0.0, 0.05])
-    p.add_argument("--linear-hidden", type=int, default=4096)
+    p.add_argument("--linear-hidden", type=int, default=None)
     p.add_argument("--linear-tokens", type=int, default=None)
     p.add_argument("--hidden", type=int, default=None, help="stack hidden size")
     p.add_argument("--mlp", type=int, default=None, help="stack MLP size")
@@ -244,14 +244,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--peft-fp32-adapters", action="store_true")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default 1 on CPU, see README)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available() and args.device != "cpu"
     args.device = "cuda" if cuda else "cpu"
     small = args.small or not cuda
     defaults = (
-        {"dtype": "float32", "linear_tokens": 1024, "hidden": 1024, "mlp": 2752, "tokens": 1024, "repeats": 5}
+        {
+            "dtype": "float32",
+            "linear_hidden": 2048,
+            "linear_tokens": 1024,
+            "hidden": 1024,
+            "mlp": 2752,
+            "tokens": 512,
+            "repeats": 5,
+        }
         if small
         else {
             "dtype": "bfloat16",
@@ -272,8 +280,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads or 1)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     info = {
         "bench": "adapters",

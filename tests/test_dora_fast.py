@@ -190,3 +190,26 @@ def test_merged_layer_runs_only_the_base_ops() -> None:
         ref = layer.base_layer(x)
     assert merged_ops.ops == base_ops.ops
     torch.testing.assert_close(y, ref, rtol=0, atol=0)
+
+
+def test_eval_norm_is_cached_until_a_weight_changes(monkeypatch) -> None:
+    import vlmtune.adapters.dora as dora_mod
+
+    calls = []
+    real = dora_mod.row_norm_lowrank
+    monkeypatch.setattr(dora_mod, "row_norm_lowrank", lambda *a: calls.append(1) or real(*a))
+    layer = make(DoraLinear).eval()
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        first = layer(x)
+        torch.testing.assert_close(layer(x), first, rtol=0, atol=0)
+        assert len(calls) == 1  # the second forward reused the norm
+        layer.lora_A.weight.add_(0.1)  # an optimizer-style in-place update
+        fresh = make(DoraLinear).eval()
+        fresh.lora_A.weight.copy_(layer.lora_A.weight)
+        torch.testing.assert_close(layer(x), fresh(x), rtol=1e-6, atol=1e-6)
+    assert len(calls) == 3
+    layer.train()
+    layer(x)
+    layer(x)
+    assert len(calls) == 5  # training forwards always recompute

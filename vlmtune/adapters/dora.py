@@ -75,6 +75,7 @@ class DoraLinear(LoraLinear):
         self.detach_norm = detach_norm
         self._base_sq_norm: torch.Tensor | None = None
         self._base_sq_key: tuple | None = None
+        self._norm_cache: tuple | None = None
         self._merged_norm: torch.Tensor | None = None
         w = base_layer.weight
         self.lora_magnitude_vector = nn.Parameter(self.base_sq_norm().sqrt().to(w.dtype))
@@ -94,10 +95,28 @@ class DoraLinear(LoraLinear):
         return self._base_sq_norm
 
     def weight_norm(self) -> torch.Tensor:
-        """||W0 + s B A||_c, shape (out,), fp32; detached unless ``detach_norm=False``."""
+        """||W0 + s B A||_c, shape (out,), fp32; detached unless ``detach_norm=False``.
+
+        A training forward (train mode, grad enabled) always recomputes it.  In eval mode or under
+        ``no_grad`` (evaluation, generation: one token per forward) a detached norm is cached, keyed
+        on the storage and version counter of W0, A and B, so any in-place update recomputes it.
+        """
         a, b = self.lora_weights()
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_norm):
-            return row_norm_lowrank(self.base_sq_norm(), self.base_layer.weight, a, b, self.scaling)
+        w = self.base_layer.weight
+        track = torch.is_grad_enabled() and not self.detach_norm
+        cacheable = (
+            not track
+            and not (self.training and torch.is_grad_enabled())
+            and a is self.lora_A.weight
+            and b is self.lora_B.weight
+        )
+        key = (*((t.device, t.data_ptr(), t._version, t.shape) for t in (w, a, b)), self.scaling)
+        if cacheable and self._norm_cache is not None and self._norm_cache[0] == key:
+            return self._norm_cache[1]
+        with torch.set_grad_enabled(track):
+            norm = row_norm_lowrank(self.base_sq_norm(), w, a, b, self.scaling)
+        self._norm_cache = (key, norm) if cacheable else None
+        return norm
 
     def magnitude_scale(self) -> torch.Tensor:
         """``m / ||W0 + s B A||_c``, shape (out,), fp32."""

@@ -66,15 +66,15 @@ class _LowRankLinear(torch.autograd.Function):
         if need[4]:
             g_b = (gz.t() @ u).mul_(s)
         keep = 1.0 / (1.0 - p) if mask is not None else 1.0
-        if need[3]:
-            xd = x if mask is None else x * mask
-            g_a = (gu.t() @ xd).mul_(keep) if mask is not None else gu.t() @ xd
+        if need[3]:  # drop(x) recomputed from x and the 1-byte mask: one elementwise pass
+            xd = x if mask is None else torch.ops.aten.native_dropout_backward(x, mask, keep)
+            g_a = gu.t() @ xd
         if need[0]:
             gx = gz @ weight
             if mask is None:
                 gx.addmm_(gu, lora_a)
             else:
-                gx.add_((gu @ lora_a).mul_(mask), alpha=keep)
+                gx.add_(torch.ops.aten.native_dropout_backward(gu @ lora_a, mask, keep))
         return gx, None, g_bias, g_a, g_b, None, None, g_scale
 
 
