@@ -142,3 +142,41 @@ def test_miou_overall_medium_large() -> None:
     assert m["mIoU"] == pytest.approx(2.5 / 4) and m["mIoU_L"] == pytest.approx(0.75) and m["mIoU_M"] == 0.0
     assert (m["count"], m["count_M"], m["count_L"], m["parsed"]) == (4, 1, 2, 0.75)
     assert score_pin_loc(rows[:1])["mIoU_M"] is None
+
+
+class _FixedAnswers:
+    """A stand-in pipeline whose generate returns fixed texts (runner plumbing only)."""
+
+    model = None
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+
+    def collate(self, records, train=True):
+        return {"n": len(records)}
+
+    def generate(self, batch, max_new_tokens=16, num_beams=1):
+        return [self.texts.pop(0) for _ in range(batch["n"])]
+
+
+def test_pin_loc_benchmark_through_the_runner() -> None:
+    from vlmtune.eval.runner import run_benchmark
+
+    meta = {"width": 64, "height": 64}
+    records = [
+        {
+            "id": "a",
+            "task": "grounding",
+            "boxes": [{"label": "red circle", "bbox": [0, 0, 32, 32]}],
+            "meta": meta,
+        },
+        {
+            "id": "b",
+            "task": "grounding",
+            "boxes": [{"label": "blue square", "bbox": [32, 32, 64, 64]}],
+            "meta": meta,
+        },
+    ]
+    pipe = _FixedAnswers(["[0.00,0.00,0.50,0.50]", "a blue square"])
+    m = run_benchmark(pipe, "pin-loc", records, progress=False)
+    assert m["mIoU"] == pytest.approx(0.5) and m["parsed"] == 0.5 and m["count_L"] == 2

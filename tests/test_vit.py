@@ -156,3 +156,14 @@ def test_bench_vit_adapted_methods_beat_head(tmp_path) -> None:
     torch.set_num_threads(1)
     rows = {r["method"]: r for r in run_vit_bench(list(METHODS), [], say=lambda *_: None)}
     assert all(rows[m]["accuracy"] > rows["head"]["accuracy"] for m in METHODS if m != "head")
+
+
+def test_classify_benchmark_through_the_runner() -> None:
+    from vlmtune.eval.runner import run_benchmark
+
+    records = read_classification("digits:target@test")[:10]
+    vit, preset = load_backbone("digits-tiny-scratch")
+    pipe = ViTPipeline(vit, preset, class_names(read_classification("digits:target@train")))
+    m = run_benchmark(pipe, "classify", records, progress=False)
+    assert m["count"] == 10 and m["accuracy"] == pytest.approx(pipe.accuracy(records))
+    assert m["accuracy"] == pytest.approx(10 * sum(r["label"] == 0 for r in records))  # zero head: argmax 0

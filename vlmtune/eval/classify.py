@@ -22,7 +22,7 @@ if "classify" not in BENCHMARKS:
     register(
         Benchmark(
             "classify", "classify", lambda r: "", lambda text, r: text.strip(),
-            lambda r: {"label_name": label_name(r)}, score_classify, ("label",),
+            lambda r: {"label_name": label_name(r)}, score_classify, ("label_name",),
             description="image classification top-1 accuracy (%)",
         )
     )  # fmt: skip

@@ -88,7 +88,7 @@ if "pin-loc" not in BENCHMARKS:
     register(
         Benchmark(
             "pin-loc", "grounding", prompt, parse_prediction, lambda r: {"box": gt_box(r)}, score_pin_loc,
-            ("boxes",), description="PIN localisation: mIoU / mIoU_M / mIoU_L of generated boxes",
+            ("box",), description="PIN localisation: mIoU / mIoU_M / mIoU_L of generated boxes",
             defaults={"max_new_tokens": 24},
         )
     )  # fmt: skip
