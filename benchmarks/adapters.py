@@ -242,7 +242,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=None)
     p.add_argument("--tokens", type=int, default=None, help="stack sequence length (batch 1)")
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=None, help="untimed rounds (1 on CPU, 3 on CUDA)")
     p.add_argument("--peft-fp32-adapters", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default 1 on CPU, see README)")
     p.add_argument("--seed", type=int, default=0)
@@ -250,6 +250,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cuda = torch.cuda.is_available() and args.device != "cpu"
     args.device = "cuda" if cuda else "cpu"
     small = args.small or not cuda
+    args.warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
     defaults = (
         {
             "dtype": "float32",

@@ -207,12 +207,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ranks", nargs="+", type=int, default=[128])
     p.add_argument("--dropout", type=float, default=0.05)
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=None, help="untimed rounds (1 on CPU, 3 on CUDA)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default 1 on CPU, see README)")
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available() and args.device != "cpu"
     args.device = "cuda" if cuda else "cpu"
     small = args.small or not cuda
+    args.warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
     args.models = args.models or ["tiny", "small" if small else "1b"]
     args.dtype = args.dtype or ("float32" if small else "bfloat16")
     args.repeats = args.repeats or (5 if small else 20)

@@ -213,3 +213,32 @@ def test_eval_norm_is_cached_until_a_weight_changes(monkeypatch) -> None:
     layer(x)
     layer(x)
     assert len(calls) == 5  # training forwards always recompute
+
+
+@pytest.mark.slow
+def test_adapter_benchmark_smoke(capsys, monkeypatch) -> None:
+    """benchmarks/adapters.py runs end to end at toy sizes and prints JSON rows plus the ratio table."""
+    import importlib
+    import json
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("peft")
+    bench_dir = Path(__file__).resolve().parent.parent / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench_dir))
+    threads = torch.get_num_threads()
+    adapters = importlib.import_module("adapters")
+    args = "--device cpu --linear-hidden 32 --linear-tokens 8 --hidden 64 --mlp 96 --heads 2 --tokens 8"
+    try:
+        assert adapters.main([*args.split(), "--ranks", "4", "--dropouts", "0.1", "--repeats", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+        sys.modules.pop("adapters", None)
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{") and "variant" in line]
+    assert {r["variant"] for r in rows} >= {"base", "vlmtune-dora", "peft-dora", "vlmtune-dora-merged"}
+    assert {r["shape"] for r in rows} == {"linear", "stack"}
+    assert all(r["step_ms"] > 0 for r in rows)
+    peak = {(r["shape"], r["variant"]): r["peak_mb"] for r in rows}
+    assert peak["stack", "vlmtune-dora"] < peak["stack", "peft-dora"]
+    assert "| linear | 4 | 0.1 |" in out and "acceptance (issue #9)" in out
