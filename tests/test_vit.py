@@ -117,7 +117,13 @@ def test_shared_trainer_lowers_loss_and_merged_model_roundtrips(tmp_path) -> Non
     from vlmtune.train.trainer import Trainer, seed_everything
 
     torch.set_num_threads(1)
-    cfg = load_config("vit-lora", ["model.name_or_path=digits-tiny-scratch", "train.max_steps=8"])
+    overrides = [
+        "model.name_or_path=digits-tiny-scratch",
+        "train.max_steps=8",
+        "train.lr=3e-3",
+        "train.projector_lr=1e-2",
+    ]
+    cfg = load_config("vit-lora", overrides)
     seed_everything(0)
     pipe = scratch_pipeline()
     attach(pipe.model, pipe.towers, cfg.adapters.specs())
