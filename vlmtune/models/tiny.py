@@ -5,8 +5,8 @@
     vision      CLIP vision tower, 64 px images, 8 px patches (64 image tokens), 2 layers, hidden 64
     projector   LLaVA-1.5 MLP (Linear-GELU-Linear)
     language    Llama, 2 layers, hidden 128
-    pretraining every tower trained on shapes *captions* only (no VQA), so the base model knows
-                the images but answers VQA questions with captions (low VQA accuracy)
+    pretraining every tower trained on shapes captions and VQG (no VQA), so the base model knows
+                the images and reads instructions but does not answer VQA questions (low VQA accuracy)
 
 Everything is a pure function of the seed: :func:`build_shapes_tiny` run twice writes the same
 weights. The preset is looked up in ``vlmtune/assets/shapes-tiny`` (shipped) and then in
@@ -168,7 +168,8 @@ def write_random_llava(out_dir: str | Path, size: TinySize | None = None, seed: 
 
 
 def pretrain_config(model_dir: Path, steps: int, seed: int = 0):
-    """Stage 0 for the tiny model: every tower trained on shapes captions."""
+    """Stage 0 for the tiny model: every tower trained on shapes captions and question generation
+    (VQG: the answer is in the prompt, so the LM learns to read its instruction). No VQA."""
     from vlmtune.adapters.spec import AdapterSpec
     from vlmtune.config import RunConfig
 
@@ -177,7 +178,7 @@ def pretrain_config(model_dir: Path, steps: int, seed: int = 0):
     cfg.adapters.language = AdapterSpec(method="full")
     cfg.adapters.vision = AdapterSpec(method="full")
     cfg.adapters.projector = AdapterSpec(method="full")
-    cfg.data.train = "shapes:caption"
+    cfg.data.train = "shapes:caption,vqg"
     cfg.data.max_length = 128
     t = cfg.train
     t.seed, t.max_steps, t.batch_size, t.lr = seed, steps, 16, 2e-3
