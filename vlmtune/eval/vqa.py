@@ -198,6 +198,14 @@ def load_results(path: str | Path) -> dict[int, str]:
     return out
 
 
+def _official_id(qid):
+    return int(qid) if isinstance(qid, int) or str(qid).isdigit() else qid
+
+
 def submission(rows: list[dict]) -> list[dict]:
-    """Official test-dev submission: ``[{"question_id": int, "answer": normalised answer}]``."""
-    return [{"question_id": int(r["question_id"]), "answer": normalize_answer(r["prediction"])} for r in rows]
+    """Official test-dev submission: ``[{"question_id": int, "answer": normalised answer}]``
+    (non-numeric ids, e.g. of the shapes default, are kept as they are)."""
+    return [
+        {"question_id": _official_id(r["question_id"]), "answer": normalize_answer(r["prediction"])}
+        for r in rows
+    ]
