@@ -15,7 +15,7 @@ Models (``--model``):
   256 patches), Llama hidden 2048, 16 layers, MLP 5632, vocab 32000; batch 4 x 768 tokens.
   Default on CUDA (bf16).
 * ``small`` the 1b layout scaled down for CPU (default there, fp32): CLIP 4 layers hidden 256,
-  Llama 4 layers hidden 512, MLP 1408, vocab 32000; batch 2 x 384 tokens, about 60M parameters.
+  Llama 4 layers hidden 512, MLP 1408, vocab 32000; batch 2 x 384 tokens, 49M parameters.
 
     python benchmarks/train_step.py                       # tiny + (1b on CUDA | small on CPU)
     python benchmarks/train_step.py --models tiny small --ranks 16 128
