@@ -4,6 +4,7 @@ Slow (trains a few steps of the llava-dora recipe on the shapes default): run wi
 """
 
 import json
+import os
 
 import pytest
 
@@ -15,7 +16,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("eval_llava") / "run"
-    argv = ["train", "llava-dora", "train.max_steps=6", "train.batch_size=8", "data.shapes_size=64",
+    base = os.environ.get("VLMTUNE_EVAL_BASE", "shapes-tiny")  # another LLaVA folder for a quick check
+    argv = ["train", "llava-dora", f"model.name_or_path={base}", "train.max_steps=6", "train.batch_size=8", "data.shapes_size=64",
             "data.max_eval_samples=40", "train.eval_at_start=false", "--output-dir", str(run), "--quiet"]  # fmt: skip
     assert cli.main(argv) == 0
     return run
