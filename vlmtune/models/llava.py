@@ -146,7 +146,7 @@ class LlavaPipeline:
 
     def collate(self, records: list[dict], train: bool = True) -> dict[str, Any]:
         """Train: right-padded ids/mask/labels (B, T) + pixel_values (N_img, 3, H, W).
-        Eval: left-padded prompts, no labels, plus ``ids`` (record ids)."""
+        Eval: left-padded prompts, no labels. Both carry ``ids`` (record ids, for error messages)."""
         encoded = [self.encode(r, train) for r in records]
         batch: dict[str, Any] = pad_batch(
             encoded, self.pad_id, side="right" if train else "left", with_labels=train
@@ -154,8 +154,7 @@ class LlavaPipeline:
         pixels = self.pixel_values(records)
         if pixels is not None:
             batch["pixel_values"] = pixels
-        if not train:
-            batch["ids"] = [r["id"] for r in records]
+        batch["ids"] = [r["id"] for r in records]
         return batch
 
     # ------------------------------------------------------------------ model

@@ -32,15 +32,31 @@ CKPT_DIR = "checkpoints"
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states as tensors and plain Python values, so ``torch.load(weights_only=True)`` reads them."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -113,6 +129,6 @@ def load_checkpoint(ckpt: str | Path, model: nn.Module) -> dict[str, Any]:
         )
     for name, p in params.items():
         p.copy_(tensors[name].to(p.dtype))
-    state = torch.load(ckpt / STATE_NAME, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt / STATE_NAME, map_location="cpu", weights_only=True)  # no pickled code
     set_rng_state(state["rng"])
     return state

@@ -77,6 +77,23 @@ def _identity(batch):
     return batch
 
 
+def _ids(batch: dict[str, Any], limit: int = 8) -> str:
+    ids = [str(i) for i in batch.get("ids", [])]
+    if not ids:
+        return "(ids unknown)"
+    return ", ".join(ids[:limit]) + (f" ... (+{len(ids) - limit})" if len(ids) > limit else "")
+
+
+def out_of_memory_message(step: int, cfg: RunConfig) -> str:
+    """One line naming the knobs that lower memory."""
+    t = cfg.train
+    return (
+        f"out of memory at step {step} (train.batch_size={t.batch_size}, data.max_length={cfg.data.max_length}, "
+        f"train.mixed_precision={t.mixed_precision}); lower train.batch_size and raise train.grad_accum, "
+        "set model.gradient_checkpointing=true, lower data.max_length, or use train.mixed_precision=bf16"
+    )
+
+
 class Trainer:
     """Train ``pipeline.model`` on ``records`` as configured by ``cfg.train``; logs into ``run_dir``."""
 
@@ -111,6 +128,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, t, self.total_steps)
         self.step = 0  # optimizer steps done
         self.micro = 0  # micro-batches consumed
+        self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss (train.nonfinite=skip)
 
     # ------------------------------------------------------------------ data
     def _epoch_order(self, epoch: int) -> list[int]:
@@ -230,7 +248,14 @@ class Trainer:
             self.save()
         plot_loss_curve(self.run_dir)
         model.eval()
-        return {"step": self.step, "loss": last_loss, "train_seconds": time.perf_counter() - t0}
+        if self.skipped_steps:
+            self._log(f"skipped {self.skipped_steps} step(s) with a non-finite loss (train.nonfinite=skip)")
+        return {
+            "step": self.step,
+            "loss": last_loss,
+            "train_seconds": time.perf_counter() - t0,
+            "skipped_nonfinite_steps": self.skipped_steps,
+        }
 
     def _optimizer_step(self, batches, t) -> tuple[float | None, tuple[float, int, int]]:
         """``grad_accum`` micro-batches, clip, step. Returns (mean loss, (grad norm, samples, tokens))."""
@@ -240,17 +265,21 @@ class Trainer:
         for _ in range(t.grad_accum):
             batch = move_batch(next(batches), acc.device)
             self.micro += 1
-            with acc.autocast():
-                loss = self.pipeline.loss(batch)
-            if not torch.isfinite(loss):
-                finite = False
-                if t.nonfinite == "stop":
-                    raise TrainingError(
-                        f"non-finite loss ({loss.item()}) at step {self.step + 1}; lower train.lr, "
-                        "check the data, or set train.nonfinite=skip"
-                    )
-                break
-            acc.backward(loss / t.grad_accum)
+            try:
+                with acc.autocast():
+                    loss = self.pipeline.loss(batch)
+                if not torch.isfinite(loss):
+                    finite = False
+                    if t.nonfinite == "stop":
+                        raise TrainingError(
+                            f"non-finite loss ({loss.item()}) at step {self.step + 1}, records "
+                            f"{_ids(batch)}; lower train.lr, check those records, or set train.nonfinite=skip"
+                        )
+                    self.skipped_steps += 1
+                    break
+                acc.backward(loss / t.grad_accum)
+            except torch.OutOfMemoryError:
+                raise TrainingError(out_of_memory_message(self.step + 1, self.cfg)) from None
             total += loss.item() / t.grad_accum
             first = next(iter(batch.values()))
             samples += len(first) if hasattr(first, "__len__") else 0
