@@ -180,7 +180,9 @@ def test_load_records_image_root_and_check_images(tmp_path, monkeypatch):
     errors = ErrorLog()
     p2 = write_lines(tmp_path / "e.jsonl", [GOOD, {**GOOD, "id": "b", "image": "/abs.png"}])
     (tmp_path / "img").mkdir()
-    (tmp_path / "img/a.png").write_bytes(b"")
+    from PIL import Image
+
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(tmp_path / "img/a.png")  # check_images decodes each image
     assert [r["id"] for r in load_records(str(p2), check_images=True, on_error="skip", errors=errors)] == [
         "a"
     ]

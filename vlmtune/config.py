@@ -318,6 +318,13 @@ def validate(cfg: RunConfig) -> RunConfig:
         "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
         "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     }
+    for key in ("train", "eval"):
+        for part in str(getattr(cfg.data, key)).split(","):
+            part = part.strip().split("@", 1)[0]
+            if part.endswith((".json", ".jsonl")) and not Path(part).is_file():
+                raise ConfigError(f"config key 'data.{key}': file {part} does not exist")
+    if cfg.data.image_root and not Path(cfg.data.image_root).is_dir():
+        raise ConfigError(f"config key 'data.image_root': folder {cfg.data.image_root} does not exist")
     for dotted, allowed in choices.items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)

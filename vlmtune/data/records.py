@@ -17,6 +17,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from vlmtune.data.errors import ON_ERROR, DataError, ErrorLog, handle
+from vlmtune.data.images import load_image
 
 log = logging.getLogger("vlmtune.data")
 
@@ -118,12 +119,16 @@ def resolve_images(record: dict, base: Path, check: bool = False, where: str = "
             continue
         paths = [record[key]] if key == "image" else record[key]
         resolved = [str(p if (p := Path(x).expanduser()).is_absolute() else base / p) for x in paths]
-        if check:
+        if check:  # decode once, so unreadable images are found (and counted) before training
             for path in resolved:
                 if not Path(path).is_file():
                     raise DataError(
                         f"{where}: record '{record['id']}' image '{path}' not found; check data.image_root"
                     )
+                try:
+                    load_image(path, record_id=record["id"])
+                except DataError as e:
+                    raise DataError(f"{where}: {e}") from None
         record[key] = resolved[0] if key == "image" else resolved
     return record
 

@@ -26,9 +26,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output-dir", default=None, help="run folder (default: train.output_dir)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--num-processes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="data-parallel processes on this machine (re-launches through torchrun; default: "
+        "train.num_processes). Several machines: accelerate launch -m vlmtune train ...",
+    )
 
 
-def _resolve_resume(arg: str, cfg: RunConfig) -> tuple[Path, Path]:
+def _resolve_resume(arg: str, cfg: RunConfig) -> tuple[Path, Path | None]:
     """(run folder, checkpoint folder) for ``--resume``."""
     from vlmtune.train.checkpoint import latest_checkpoint
     from vlmtune.train.run import latest_run_dir
@@ -43,9 +51,11 @@ def _resolve_resume(arg: str, cfg: RunConfig) -> tuple[Path, Path]:
         run = Path(arg)
     if (run / "done").is_file() and run.parent.name == "checkpoints":
         return run.parent.parent, run
+    if not run.is_dir():
+        raise ConfigError(f"--resume: run folder {run} does not exist")
     ckpt = latest_checkpoint(run)
-    if ckpt is None:
-        raise ConfigError(f"--resume: {run} has no complete checkpoint (checkpoints/step-*/done)")
+    if ckpt is None:  # killed before its first complete checkpoint: nothing to lose, start over
+        print(f"--resume: {run} has no complete checkpoint yet; starting from step 0", flush=True)
     return run, ckpt
 
 
@@ -61,6 +71,7 @@ def load_split(cfg: RunConfig, spec: str, split: str, max_samples: int, errors) 
         max_samples=max_samples,
         n_images=cfg.data.shapes_size if split == "train" else None,
         tasks=cfg.data.tasks,
+        check_images=cfg.data.on_error == "skip",  # skip: find unreadable images now and count them
     )
 
 
@@ -69,6 +80,7 @@ def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: b
     from vlmtune.adapters import attach, save_adapter
     from vlmtune.data.errors import ErrorLog
     from vlmtune.models import build_pipeline
+    from vlmtune.train import distributed as ddp
     from vlmtune.train.evaluate import evaluate, headline
     from vlmtune.train.run import write_config
     from vlmtune.train.trainer import Trainer, seed_everything
@@ -77,9 +89,13 @@ def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: b
     t0 = time.perf_counter()
     say = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
     seed_everything(cfg.train.seed)
-    write_config(run_dir, to_dict(cfg))
+    main_proc = ddp.is_main()  # with several processes only the main one evaluates and writes
+    say = say if main_proc else (lambda *_: None)
+    if main_proc:
+        write_config(run_dir, to_dict(cfg))
     errors = ErrorLog()
-    train_records = load_split(cfg, cfg.data.train, "train", cfg.data.max_train_samples, errors)
+    with ddp.main_process_first():  # the main process fills the dataset cache
+        train_records = load_split(cfg, cfg.data.train, "train", cfg.data.max_train_samples, errors)
     eval_records = (
         load_split(cfg, cfg.data.eval, "test", cfg.data.max_eval_samples, errors) if cfg.data.eval else []
     )
@@ -89,7 +105,7 @@ def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: b
     pipeline = build_pipeline(cfg)
     say(f"run folder: {run_dir}  |  train {len(train_records)} records, eval {len(eval_records)}")
     summary: dict = {"recipe": cfg.recipe, "benchmark": cfg.eval.benchmark, "eval_records": len(eval_records)}
-    if eval_records and cfg.train.eval_at_start:
+    if main_proc and eval_records and cfg.train.eval_at_start:
         base = evaluate(pipeline, eval_records, cfg.eval, run_dir / "eval" / "base", progress=not quiet)
         summary["base"] = base
         say(f"base  model {cfg.eval.benchmark} {headline(base)[0]}: {headline(base)[1]:.4f}")
@@ -97,6 +113,9 @@ def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: b
     attach(pipeline.model, pipeline.towers, cfg.adapters.specs())
     trainer = Trainer(pipeline, cfg, train_records, run_dir, quiet=quiet)
     summary["train"] = trainer.fit(resume_from=resume_from)
+    if not main_proc:
+        ddp.barrier()  # wait for the main process's adapter and evaluation
+        return summary
     save_adapter(pipeline.model, run_dir / "adapter", cfg.adapters.specs(), cfg.model.name_or_path)
     if eval_records and cfg.train.eval_at_end:
         tuned = evaluate(pipeline, eval_records, cfg.eval, run_dir / "eval" / "tuned", progress=not quiet)
@@ -110,21 +129,57 @@ def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: b
     summary["wall_seconds"] = time.perf_counter() - t0
     atomic_write_json(summary, run_dir / "eval.json")
     say(f"saved adapter to {run_dir / 'adapter'}, results to {run_dir / 'eval.json'}")
+    ddp.barrier()
     return summary
 
 
+def relaunch(args: argparse.Namespace, num_processes: int) -> int:
+    """``vlmtune train ... --num-processes N``: the same command in N processes on this machine
+    (``torchrun --standalone``; gloo on CPU, nccl on CUDA). Returns the launcher's exit code."""
+    import subprocess
+    import sys
+
+    argv = ["train", args.recipe, *args.overrides]
+    argv += ["--resume", args.resume] if args.resume else []
+    argv += ["--output-dir", args.output_dir] if args.output_dir else []
+    argv += ["--quiet"] if args.quiet else []
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={num_processes}",
+    ]
+    return subprocess.run([*launcher, "-m", "vlmtune", *argv], check=False).returncode
+
+
 def main(args: argparse.Namespace) -> int:
+    from vlmtune.train import distributed as ddp
+    from vlmtune.train.qlora import check_4bit
     from vlmtune.train.run import new_run_dir
     from vlmtune.train.trainer import TrainingError
 
     cfg = load_config(args.recipe, args.overrides)
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
-    resume_from = None
-    if args.resume:
-        run_dir, resume_from = _resolve_resume(args.resume, cfg)
-    else:
-        run_dir = new_run_dir(cfg.train.output_dir, cfg.recipe)
+    check_4bit(cfg)
+    num_processes = getattr(args, "num_processes", 0) or cfg.train.num_processes
+    if num_processes > 1 and ddp.launched_world_size() == 1:
+        return relaunch(args, num_processes)
+    ddp.init_process_group()
+    choice: tuple | ConfigError | None = None
+    if ddp.is_main():  # one run folder for all processes
+        try:
+            if args.resume:
+                choice = _resolve_resume(args.resume, cfg)
+            else:
+                choice = (new_run_dir(cfg.train.output_dir, cfg.recipe), None)
+        except ConfigError as e:
+            choice = e
+    choice = ddp.broadcast_object(choice)
+    if isinstance(choice, ConfigError):
+        raise choice
+    run_dir, resume_from = choice
     try:
         run(cfg, run_dir, resume_from, quiet=args.quiet)
     except TrainingError as e:
