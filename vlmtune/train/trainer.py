@@ -30,8 +30,10 @@ from tqdm.auto import tqdm
 from vlmtune.adapters.report import format_report, param_report
 from vlmtune.config import RunConfig
 from vlmtune.models.base import Pipeline, move_batch
-from vlmtune.train.checkpoint import load_checkpoint, save_checkpoint
+from vlmtune.train import distributed as ddp
+from vlmtune.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from vlmtune.train.optim import build_optimizer, build_scheduler, param_groups
+from vlmtune.train.qlora import is_quantized
 from vlmtune.train.run import MetricsLogger, plot_loss_curve
 
 
@@ -115,13 +117,16 @@ class Trainer:
             mixed_precision=resolve_mixed_precision(t.mixed_precision),
             cpu=not torch.cuda.is_available(),
         )
+        self.rank, self.world_size = ddp.world()  # data parallel: see vlmtune.train.distributed
+        self.quiet = quiet or self.rank != 0
         self.micro_per_epoch = math.ceil(len(records) / t.batch_size)
         steps = t.max_steps or math.ceil(t.epochs * self.micro_per_epoch / t.grad_accum)
         self.total_steps = max(1, steps)
         model = pipeline.model
         if cfg.model.gradient_checkpointing:
             enable_checkpointing(model)
-        model.to(self.accelerator.device)
+        if not is_quantized(model):  # a 4-bit (QLoRA) model is placed on its GPU when loaded
+            model.to(self.accelerator.device)
         self.groups = param_groups(model, pipeline.towers, t, cfg.adapters.specs())
         self.params = [p for g in self.groups for p in g["params"]]
         self.optimizer = self.accelerator.prepare_optimizer(build_optimizer(self.groups, t))
@@ -136,12 +141,16 @@ class Trainer:
         return torch.randperm(len(self.records), generator=g).tolist()
 
     def _batches(self):
-        """Collated micro-batches from position ``self.micro`` on, forever (epoch after epoch)."""
+        """``(collated micro-batch, real)`` from position ``self.micro`` on, forever (epoch after
+        epoch). With several processes each takes its slice of every micro-batch; an empty slice
+        is replaced by the micro-batch's first record with ``real=False`` (weight 0)."""
         bs = self.cfg.train.batch_size
         while True:
             epoch, start = divmod(self.micro, self.micro_per_epoch)
             order = self._epoch_order(epoch)
-            index_batches = [order[i : i + bs] for i in range(start * bs, len(order), bs)]
+            full = [order[i : i + bs] for i in range(start * bs, len(order), bs)]
+            index_batches = [ddp.shard(b, self.rank, self.world_size) or b[:1] for b in full]
+            real = [len(ddp.shard(b, self.rank, self.world_size)) > 0 for b in full]
             loader = DataLoader(
                 self.records,
                 batch_sampler=index_batches,
@@ -149,8 +158,8 @@ class Trainer:
                 num_workers=self.cfg.data.num_workers,
                 generator=torch.Generator().manual_seed(0),  # keep the global RNG untouched
             )
-            for records in loader:
-                yield self.pipeline.collate(records, train=True)
+            for records, is_real in zip(loader, real, strict=True):
+                yield self.pipeline.collate(records, train=True), is_real
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
@@ -159,6 +168,7 @@ class Trainer:
             "micro": self.micro,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            **({"rng_ranks": ddp.gather_objects(rng_state())} if self.world_size > 1 else {}),
         }
 
     def resume(self, ckpt: str | Path) -> None:
@@ -166,17 +176,24 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.micro = state["step"], state["micro"]
+        if len(state.get("rng_ranks", [])) == self.world_size:  # every process resumes its own RNG
+            set_rng_state(state["rng_ranks"][self.rank])
 
     def save(self) -> Path:
-        return save_checkpoint(
-            self.run_dir,
-            self.step,
-            self.pipeline.model,
-            self.state(),
-            self.cfg.adapters.specs(),
-            getattr(self.pipeline, "name_or_path", None),
-            keep_last=self.cfg.train.keep_last,
-        )
+        """Checkpoint from the main process (every process must call it: it gathers RNG states)."""
+        state, path = self.state(), None
+        if self.rank == 0:
+            path = save_checkpoint(
+                self.run_dir,
+                self.step,
+                self.pipeline.model,
+                state,
+                self.cfg.adapters.specs(),
+                getattr(self.pipeline, "name_or_path", None),
+                keep_last=self.cfg.train.keep_last,
+            )
+        ddp.barrier()
+        return ddp.broadcast_object(path)
 
     # ------------------------------------------------------------------ loop
     def _log(self, msg: str) -> None:
@@ -200,7 +217,7 @@ class Trainer:
         if resume_from is not None:
             self.resume(resume_from)
             self._log(f"resumed from {resume_from} at step {self.step}")
-        logger = MetricsLogger(self.run_dir)
+        logger = MetricsLogger(self.run_dir) if self.rank == 0 else ddp.NullLogger()
         bar = tqdm(
             total=self.total_steps, initial=self.step, disable=self.quiet, desc="train", dynamic_ncols=True
         )
@@ -246,7 +263,8 @@ class Trainer:
             logger.close()
         if self.step >= self.total_steps:
             self.save()
-        plot_loss_curve(self.run_dir)
+        if self.rank == 0:
+            plot_loss_curve(self.run_dir)
         model.eval()
         if self.skipped_steps:
             self._log(f"skipped {self.skipped_steps} step(s) with a non-finite loss (train.nonfinite=skip)")
@@ -263,13 +281,19 @@ class Trainer:
         total, samples, tokens = 0.0, 0, 0
         finite = True
         for _ in range(t.grad_accum):
-            batch = move_batch(next(batches), acc.device)
+            batch, real = next(batches)
+            batch = move_batch(batch, acc.device)
             self.micro += 1
+            if self.world_size > 1:  # this process's share of the global mean loss
+                terms = ddp.loss_terms(batch, self.pipeline) if real else 0
+                scale = ddp.loss_weight(terms, ddp.all_reduce_sum([terms])[0], t.grad_accum)
             try:
                 with acc.autocast():
                     loss = self.pipeline.loss(batch)
                 if not torch.isfinite(loss):
                     finite = False
+                    if self.world_size > 1:  # decided together after the loop (no rank may hang)
+                        continue
                     if t.nonfinite == "stop":
                         raise TrainingError(
                             f"non-finite loss ({loss.item()}) at step {self.step + 1}, records "
@@ -277,17 +301,27 @@ class Trainer:
                         )
                     self.skipped_steps += 1
                     break
-                acc.backward(loss / t.grad_accum)
+                acc.backward(loss / t.grad_accum if self.world_size == 1 else loss * scale)
             except torch.OutOfMemoryError:
                 raise TrainingError(out_of_memory_message(self.step + 1, self.cfg)) from None
-            total += loss.item() / t.grad_accum
+            total += loss.item() / t.grad_accum if self.world_size == 1 else loss.item() * scale
             first = next(iter(batch.values()))
             samples += len(first) if hasattr(first, "__len__") else 0
             mask = batch.get("attention_mask")
             tokens += int(mask.sum()) if isinstance(mask, torch.Tensor) else 0
+        if self.world_size > 1:
+            total, samples, tokens, bad = ddp.all_reduce_sum([total, samples, tokens, float(not finite)])
+            samples, tokens, finite = int(samples), int(tokens), bad == 0
+            if not finite and t.nonfinite == "stop":
+                raise TrainingError(
+                    f"non-finite loss at step {self.step + 1} on {int(bad)} of {self.world_size} "
+                    "processes; lower train.lr, check the data, or set train.nonfinite=skip"
+                )
+            self.skipped_steps += int(not finite)
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             return None, (0.0, 0, 0)
+        ddp.reduce_gradients(self.params)
         norm = acc.clip_grad_norm_(self.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
         self.optimizer.step()
         if not acc.optimizer_step_was_skipped:
