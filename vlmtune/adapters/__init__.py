@@ -44,3 +44,6 @@ __all__ = [
     "save_adapter",
     "set_dylora_rank",
 ]
+
+# Tower methods register themselves on import.
+from vlmtune.adapters import bitfit, pin, vpt  # noqa: E402,F401
