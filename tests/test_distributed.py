@@ -70,6 +70,28 @@ def launch(args: list[str], cwd: Path) -> None:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
 
+def _worker(rank: int, argv: list[str], port: int) -> None:
+    from accelerate.state import AcceleratorState
+
+    from vlmtune import cli
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # the parent's single-process state
+    env = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": 2, "LOCAL_WORLD_SIZE": 2, "MASTER_PORT": port}
+    os.environ.update({k: str(v) for k, v in env.items()} | {"MASTER_ADDR": "127.0.0.1"})
+    torch.set_num_threads(1)
+    assert cli.main(["train", *argv]) == 0
+
+
+def forked(argv: list[str]) -> None:
+    """2 processes forked from this one (no second interpreter start-up), gloo over localhost."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.start_processes(_worker, (argv, port), nprocs=2, start_method="fork")
+
+
 def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
 
@@ -107,7 +129,7 @@ def test_two_processes_match_one_and_resume(model_dir, tmp_path) -> None:
     cut = tmp_path / "cut"
     (cut / "checkpoints").mkdir(parents=True)
     shutil.copytree(ddp / "checkpoints" / "step-000002", cut / "checkpoints" / "step-000002")
-    launch([*overrides(model_dir), "--resume", str(cut)], tmp_path)
+    forked(["llava-lora", *overrides(model_dir), "--resume", str(cut), "--quiet"])
     resumed = losses(cut)
     assert sorted(resumed) == [3, 4]
     for step in (3, 4):

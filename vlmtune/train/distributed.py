@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 
 IGNORE_INDEX = -100
+# accelerate DistributedType values the trainer handles (FSDP / DeepSpeed shard parameters: not yet)
+SUPPORTED = ("NO", "MULTI_CPU", "MULTI_GPU", "MULTI_XPU", "MULTI_NPU")
 
 
 def world() -> tuple[int, int]:

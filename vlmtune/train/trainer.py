@@ -118,6 +118,12 @@ class Trainer:
             cpu=not torch.cuda.is_available(),
         )
         self.rank, self.world_size = ddp.world()  # data parallel: see vlmtune.train.distributed
+        kind = self.accelerator.distributed_type.value
+        if kind not in ddp.SUPPORTED:
+            raise TrainingError(
+                f"accelerate distributed_type {kind} is not supported by the vlmtune trainer yet; "
+                "launch with configs/accelerate/multi_gpu.yaml (data parallel) or train with model.load_in_4bit=true"
+            )
         self.quiet = quiet or self.rank != 0
         self.micro_per_epoch = math.ceil(len(records) / t.batch_size)
         steps = t.max_steps or math.ceil(t.epochs * self.micro_per_epoch / t.grad_accum)
