@@ -171,3 +171,32 @@ def test_unknown_target_and_method_errors_name_the_key() -> None:
         attach(model, {"language": ["language"]}, {"language": AdapterSpec(method="lora", targets=["nope"])})
     with pytest.raises(AdapterError, match=r"adapters.language.method='lroa'"):
         attach(model, {"language": ["language"]}, {"language": AdapterSpec(method="lroa", targets=["q"])})
+
+
+class FakeQuantLinear(nn.Module):
+    """Stands in for a bitsandbytes 4-bit layer: integer weight, dequantised inside forward."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.scale = w.abs().max() / 127
+        self.weight = nn.Parameter((w / self.scale).round().to(torch.int8), requires_grad=False)
+        self.bias = None
+        self.in_features, self.out_features = w.shape[1], w.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ (self.weight.float() * self.scale).t()
+
+
+def test_lora_on_a_quantised_base_keeps_the_adapter_math() -> None:
+    torch.manual_seed(0)
+    base = FakeQuantLinear(torch.randn(8, 16))
+    layer = LoraLinear(base, r=4, alpha=8)  # type: ignore[arg-type]
+    with torch.no_grad():
+        layer.lora_B.weight.normal_()
+    x = torch.randn(3, 16)
+    expected = base(x) + 2.0 * x @ layer.lora_A.weight.t() @ layer.lora_B.weight.t()
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    layer(x).sum().backward()
+    assert layer.lora_A.weight.grad is not None and base.weight.grad is None
+    with pytest.raises(AdapterError, match="DoRA on a 4-bit"):
+        DoraLinear(base, r=4, alpha=8)  # type: ignore[arg-type]

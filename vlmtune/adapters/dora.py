@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vlmtune.adapters.lora import LoraLinear, lowrank_linear
+from vlmtune.adapters.lora import LoraLinear, is_quantized, lowrank_linear
 
 
 def row_norm_lowrank(
@@ -71,6 +71,12 @@ class DoraLinear(LoraLinear):
         rslora: bool = False,
         detach_norm: bool = True,
     ) -> None:
+        if is_quantized(base_layer):
+            from vlmtune.adapters.inject import AdapterError
+
+            raise AdapterError(
+                "DoRA on a 4-bit quantised layer is not supported; use method=lora with model.load_in_4bit"
+            )
         super().__init__(base_layer, r, alpha, dropout, rslora)
         self.detach_norm = detach_norm
         self._base_sq_norm: torch.Tensor | None = None

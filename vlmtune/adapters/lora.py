@@ -107,6 +107,11 @@ def lowrank_linear(
     return y.reshape(*lead, y.shape[-1])
 
 
+def is_quantized(layer: nn.Module) -> bool:
+    """A bitsandbytes-style layer whose weight is packed integers, not a float matrix."""
+    return not layer.weight.is_floating_point()
+
+
 class LoraLinear(nn.Module):
     """A frozen ``nn.Linear`` plus a trainable low-rank update ``s * B @ A``.
 
@@ -180,6 +185,9 @@ class LoraLinear(nn.Module):
             return self.base_layer(x)
         a, b = self.lora_weights()
         base = self.base_layer
+        if is_quantized(base):  # QLoRA: the 4-bit layer computes W0 x itself; the adapter math is unchanged
+            u = nn.functional.dropout(x, self.dropout_p, self.training) @ a.to(x.dtype).t()
+            return base(x) + (u @ b.to(x.dtype).t()) * self.scaling
         return lowrank_linear(x, base.weight, base.bias, a, b, self.scaling, self.dropout_p)
 
     @torch.no_grad()

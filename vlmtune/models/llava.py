@@ -87,13 +87,15 @@ class LlavaPipeline:
     def __init__(self, cfg: RunConfig) -> None:
         from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
+        from vlmtune.train.qlora import quantization_kwargs
+
         self.cfg = cfg
         self.name_or_path = cfg.model.name_or_path
         path = model_path(cfg.model.name_or_path)
         kwargs = {"trust_remote_code": cfg.model.trust_remote_code}
         try:
             self.model = LlavaForConditionalGeneration.from_pretrained(
-                path, dtype=resolve_dtype(cfg.model.dtype), **kwargs
+                path, dtype=resolve_dtype(cfg.model.dtype), **quantization_kwargs(cfg), **kwargs
             )
             self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
             self.image_processor = AutoImageProcessor.from_pretrained(path, **kwargs)
