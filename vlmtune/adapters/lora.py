@@ -136,8 +136,9 @@ class LoraLinear(nn.Module):
         self.r, self.alpha, self.rslora = r, alpha, rslora
         self.scaling = lora_scaling(r, alpha, rslora)
         w = base_layer.weight
-        self.lora_A = nn.Linear(base_layer.in_features, r, bias=False, device=w.device, dtype=w.dtype)
-        self.lora_B = nn.Linear(r, base_layer.out_features, bias=False, device=w.device, dtype=w.dtype)
+        dtype = w.dtype if w.is_floating_point() else torch.float32  # 4-bit bases: fp32 adapters
+        self.lora_A = nn.Linear(base_layer.in_features, r, bias=False, device=w.device, dtype=dtype)
+        self.lora_B = nn.Linear(r, base_layer.out_features, bias=False, device=w.device, dtype=dtype)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.reset_lora_parameters()
