@@ -125,7 +125,7 @@ class Trainer:
                 "launch with configs/accelerate/multi_gpu.yaml (data parallel) or train with model.load_in_4bit=true"
             )
         self.quiet = quiet or self.rank != 0
-        self.micro_per_epoch = math.ceil(len(records) / t.batch_size)
+        self.micro_per_epoch = len(self._epoch_batches(0))
         steps = t.max_steps or math.ceil(t.epochs * self.micro_per_epoch / t.grad_accum)
         self.total_steps = max(1, steps)
         model = pipeline.model
@@ -146,15 +146,22 @@ class Trainer:
         g = torch.Generator().manual_seed(self.cfg.train.seed + epoch)
         return torch.randperm(len(self.records), generator=g).tolist()
 
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        """Index micro-batches of one epoch: the pipeline's plan if it has one (e.g. VL-BART's
+        round-robin single-task batches), else ``train.batch_size`` slices of a seeded permutation."""
+        plan = getattr(self.pipeline, "epoch_batches", None)
+        if plan is not None:
+            return plan(self.records, epoch)
+        bs, order = self.cfg.train.batch_size, self._epoch_order(epoch)
+        return [order[i : i + bs] for i in range(0, len(order), bs)]
+
     def _batches(self):
         """``(collated micro-batch, real)`` from position ``self.micro`` on, forever (epoch after
         epoch). With several processes each takes its slice of every micro-batch; an empty slice
         is replaced by the micro-batch's first record with ``real=False`` (weight 0)."""
-        bs = self.cfg.train.batch_size
         while True:
             epoch, start = divmod(self.micro, self.micro_per_epoch)
-            order = self._epoch_order(epoch)
-            full = [order[i : i + bs] for i in range(start * bs, len(order), bs)]
+            full = self._epoch_batches(epoch)[start:]
             index_batches = [ddp.shard(b, self.rank, self.world_size) or b[:1] for b in full]
             real = [len(ddp.shard(b, self.rank, self.world_size)) > 0 for b in full]
             loader = DataLoader(
