@@ -65,3 +65,11 @@ def test_help_lists_recipes() -> None:
         proc = run_cli(*args)
         assert proc.returncode == 0
         assert "llava-dora" in proc.stdout
+
+
+def test_inherited_recipe_keeps_its_own_name(tmp_path) -> None:
+    child = tmp_path / "my-dora.yaml"
+    child.write_text("base: llava-dora\ntrain:\n  lr: 0.5\n")
+    cfg = load_config(str(child))
+    assert cfg.recipe == "my-dora" and cfg.train.lr == 0.5
+    assert cfg.adapters.language.method == "dora"  # inherited

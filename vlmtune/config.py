@@ -264,10 +264,10 @@ def read_recipe(name_or_path: str) -> dict:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data.setdefault("recipe", path.stem)  # before inheriting, so a child keeps its own name
     parent = data.pop("base", None)
     if parent:
         data = _deep_update(read_recipe(parent), data)
-    data.setdefault("recipe", path.stem)
     return data
 
 
