@@ -205,3 +205,20 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(model_d
     for key in ref:
         torch.testing.assert_close(got[key], ref[key], rtol=0, atol=1e-6)
     assert not list((run_dir / "checkpoints").glob(".step-*"))  # no torn temporary folders left
+
+
+def test_out_of_memory_is_one_line_with_the_knobs(model_dir, good_records, tmp_path) -> None:
+    cfg = small_cfg(model_dir)
+    pipe = build_pipeline(cfg)
+    attach(pipe.model, pipe.towers, cfg.adapters.specs())
+
+    def loss(batch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    pipe.loss = loss
+    with pytest.raises(TrainingError) as err:
+        Trainer(pipe, cfg, good_records, tmp_path, quiet=True).fit()
+    msg = str(err.value)
+    assert "\n" not in msg and "out of memory at step 1" in msg
+    for knob in ("train.batch_size=4", "train.grad_accum", "model.gradient_checkpointing=true", "data.max_length"):
+        assert knob in msg
