@@ -1,7 +1,8 @@
 """Shared plumbing for adapters that wrap one ``nn.Linear`` with a mergeable weight update.
 
-``LoraLinear`` (and its subclasses) predates this mixin and implements the same interface itself:
-``merge`` / ``unmerge`` / ``merged_linear`` / ``adapter_state(prefix)`` / ``load_adapter_tensor``.
+Every such layer (LoRA, DoRA, DyLoRA, VeRA, DVoRA, magnitude-only DoRA) derives from
+:class:`WeightAdapter`: ``merge`` / ``unmerge`` / ``merged_linear`` / ``adapter_state(prefix)`` /
+``load_adapter_tensor``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from torch import nn
 
 
 class WeightAdapter(nn.Module):
-    """Base for ``VeraLinear``, ``MagnitudeOnlyLinear``...: frozen ``base_layer`` + adapter tensors.
+    """Base for ``LoraLinear``, ``VeraLinear``, ``MagnitudeOnlyLinear``...: frozen ``base_layer`` + adapter tensors.
 
     Subclasses define ``_adapter_tensors() -> {name: tensor}`` (the saved names), ``merge`` and
     ``unmerge``.

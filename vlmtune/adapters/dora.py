@@ -162,11 +162,6 @@ class DoraLinear(LoraLinear):
         self._base_sq_norm = None
         self.merged = False
 
-    def adapter_state(self, prefix: str) -> dict[str, torch.Tensor]:
-        state = super().adapter_state(prefix)
-        state[f"{prefix}.lora_magnitude_vector"] = self.lora_magnitude_vector.detach()
-        return state
-
     def _adapter_tensors(self) -> dict[str, torch.Tensor]:
         return {**super()._adapter_tensors(), "lora_magnitude_vector": self.lora_magnitude_vector}
 
