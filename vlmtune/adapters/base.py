@@ -47,11 +47,42 @@ class WeightAdapter(nn.Module):
     def _adapter_tensors(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def merge(self) -> None:
+    def delta_weight(self) -> torch.Tensor:
+        """The additive update of the weight, (out, in) or a broadcastable 0."""
         raise NotImplementedError
 
+    def merge_scale(self) -> torch.Tensor | None:
+        """Per-output-feature factor of the merged weight, (out,) fp32: ``m / ||W0 + dW||_c`` for
+        weight-decomposed methods (DoRA eq. 5), ``None`` for purely additive ones (LoRA, VeRA)."""
+        return None
+
+    def _weight_changed(self) -> None:
+        """Drop caches derived from W0 (called after merge / unmerge)."""
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W0 <- scale * (W0 + dW) in fp32, cast back; ``scale`` is kept for an exact ``unmerge``."""
+        if self.merged:
+            return
+        w = self.base_layer.weight
+        scale = self.merge_scale()  # from the unmerged weight
+        merged = w.float() + self.delta_weight().float()
+        w.copy_((merged if scale is None else scale[:, None] * merged).to(w.dtype))
+        self._merged_scale = scale
+        self.merged = True
+        self._weight_changed()
+
+    @torch.no_grad()
     def unmerge(self) -> None:
-        raise NotImplementedError
+        if not self.merged:
+            return
+        w = self.base_layer.weight
+        scale = self._merged_scale
+        merged = w.float() if scale is None else w.float() / scale[:, None]
+        w.copy_((merged - self.delta_weight().float()).to(w.dtype))
+        self._merged_scale = None
+        self.merged = False
+        self._weight_changed()
 
     def merged_linear(self) -> nn.Linear:
         """Merge and return the plain ``nn.Linear`` that replaces this wrapper."""

@@ -82,7 +82,6 @@ class DoraLinear(LoraLinear):
         self._base_sq_norm: torch.Tensor | None = None
         self._base_sq_key: tuple | None = None
         self._norm_cache: tuple | None = None
-        self._merged_norm: torch.Tensor | None = None
         w = base_layer.weight
         self.lora_magnitude_vector = nn.Parameter(self.base_sq_norm().sqrt().to(w.dtype))
 
@@ -138,29 +137,12 @@ class DoraLinear(LoraLinear):
             x, base.weight, base.bias, a, b, self.scaling, self.dropout_p, self.magnitude_scale()
         )
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        """W0 <- (m / ||W0 + sBA||_c) (W0 + s B A); the norm is kept for an exact ``unmerge``."""
-        if self.merged:
-            return
-        w = self.base_layer.weight
-        norm = self.weight_norm()
-        scale = self.lora_magnitude_vector.float() / norm
-        w.copy_((scale[:, None] * (w.float() + self.delta_weight().float())).to(w.dtype))
-        self._merged_norm = norm
-        self._base_sq_norm = None
-        self.merged = True
+    def merge_scale(self) -> torch.Tensor:
+        """``m / ||W0 + s B A||_c`` (DoRA eq. 5): the merged weight is this times ``W0 + s B A``."""
+        return self.lora_magnitude_vector.float() / self.weight_norm()
 
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if not self.merged:
-            return
-        w = self.base_layer.weight
-        scale = self._merged_norm / self.lora_magnitude_vector.float()
-        w.copy_((scale[:, None] * w.float() - self.delta_weight().float()).to(w.dtype))
-        self._merged_norm = None
+    def _weight_changed(self) -> None:
         self._base_sq_norm = None
-        self.merged = False
 
     def _adapter_tensors(self) -> dict[str, torch.Tensor]:
         return {**super()._adapter_tensors(), "lora_magnitude_vector": self.lora_magnitude_vector}

@@ -34,13 +34,20 @@ class MagnitudeOnlyLinear(WeightAdapter):
         super().__init__(base_layer)
         self.alpha, self.rslora = alpha, False
         w = base_layer.weight
-        self._merged_norm: torch.Tensor | None = None
         self.lora_magnitude_vector = nn.Parameter(self.base_norm().to(w.dtype))
 
     def base_norm(self) -> torch.Tensor:
         """||W0||_c, shape (out,), fp32 (W0 is frozen, so this is a constant)."""
         with torch.no_grad():
             return self.base_layer.weight.float().norm(dim=1)
+
+    def delta_weight(self) -> torch.Tensor:
+        """No direction update: the weight only rescales."""
+        return torch.zeros((), device=self.base_layer.weight.device)
+
+    def merge_scale(self) -> torch.Tensor:
+        """``m / ||W0||_c``."""
+        return self.lora_magnitude_vector.float() / self.base_norm()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
@@ -49,25 +56,6 @@ class MagnitudeOnlyLinear(WeightAdapter):
         y = scale * F.linear(x, self.base_layer.weight)
         bias = self.base_layer.bias
         return y if bias is None else y + bias
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        if self.merged:
-            return
-        w = self.base_layer.weight
-        norm = self.base_norm()
-        w.copy_(((self.lora_magnitude_vector.float() / norm)[:, None] * w.float()).to(w.dtype))
-        self._merged_norm = norm
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if not self.merged:
-            return
-        w = self.base_layer.weight
-        w.copy_(((self._merged_norm / self.lora_magnitude_vector.float())[:, None] * w.float()).to(w.dtype))
-        self._merged_norm = None
-        self.merged = False
 
     def _adapter_tensors(self) -> dict[str, torch.Tensor]:
         return {"lora_magnitude_vector": self.lora_magnitude_vector}

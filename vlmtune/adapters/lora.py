@@ -172,23 +172,6 @@ class LoraLinear(WeightAdapter):
             return base(x) + (u @ b.to(x.dtype).t()) * self.scaling
         return lowrank_linear(x, base.weight, base.bias, a, b, self.scaling, self.dropout_p)
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        """W0 <- W0 + s B A, computed in fp32 and cast back to the base dtype."""
-        if self.merged:
-            return
-        w = self.base_layer.weight
-        w.copy_((w.float() + self.delta_weight().float()).to(w.dtype))
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if not self.merged:
-            return
-        w = self.base_layer.weight
-        w.copy_((w.float() - self.delta_weight().float()).to(w.dtype))
-        self.merged = False
-
     def _adapter_tensors(self) -> dict[str, torch.Tensor]:
         return {"lora_A.weight": self.lora_A.weight, "lora_B.weight": self.lora_B.weight}
 

@@ -129,22 +129,6 @@ class VeraLinear(WeightAdapter):
             return y
         return y + self.lowrank_branch(x)
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        if self.merged:
-            return
-        w = self.base_layer.weight
-        w.copy_((w.float() + self.delta_weight().float()).to(w.dtype))
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if not self.merged:
-            return
-        w = self.base_layer.weight
-        w.copy_((w.float() - self.delta_weight().float()).to(w.dtype))
-        self.merged = False
-
     def _adapter_tensors(self) -> dict[str, torch.Tensor]:
         return {"vera_lambda_b": self.vera_lambda_b, "vera_lambda_d": self.vera_lambda_d}
 
@@ -171,7 +155,6 @@ class DVoraLinear(VeraLinear):
     ) -> None:
         super().__init__(base_layer, projection, dropout, d_initial)
         self.detach_norm = detach_norm
-        self._merged_norm: torch.Tensor | None = None
         w = base_layer.weight
         self.lora_magnitude_vector = nn.Parameter(w.detach().float().norm(dim=1).to(w.dtype))
 
@@ -183,6 +166,10 @@ class DVoraLinear(VeraLinear):
             sq = w.detach().float().pow(2).sum(dim=1)
             return row_norm_lowrank(sq, w, a, b, 1.0)
 
+    def merge_scale(self) -> torch.Tensor:
+        """``m / ||W0 + dW_VeRA||_c``: DoRA's magnitude over the VeRA-updated direction."""
+        return self.lora_magnitude_vector.float() / self.weight_norm()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
             return self.base_layer(x)
@@ -190,27 +177,6 @@ class DVoraLinear(VeraLinear):
         y = scale * (F.linear(x, self.base_layer.weight) + self.lowrank_branch(x))
         bias = self.base_layer.bias
         return y if bias is None else y + bias
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        if self.merged:
-            return
-        w = self.base_layer.weight
-        norm = self.weight_norm()
-        scale = self.lora_magnitude_vector.float() / norm
-        w.copy_((scale[:, None] * (w.float() + self.delta_weight().float())).to(w.dtype))
-        self._merged_norm = norm
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if not self.merged:
-            return
-        w = self.base_layer.weight
-        scale = self._merged_norm / self.lora_magnitude_vector.float()
-        w.copy_((scale[:, None] * w.float() - self.delta_weight().float()).to(w.dtype))
-        self._merged_norm = None
-        self.merged = False
 
     def _adapter_tensors(self) -> dict[str, torch.Tensor]:
         return {**super()._adapter_tensors(), "lora_magnitude_vector": self.lora_magnitude_vector}
