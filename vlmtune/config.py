@@ -32,7 +32,6 @@ class ModelConfig:
     name_or_path: str = "shapes-tiny"  # hub id, local folder, or an embedded preset name
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     trust_remote_code: bool = False
-    vision_feature_layer: int = -2
     visual_tokens: int = 36  # vlbart: pooled grid features per image
     vision_encoder: str = "RN101"  # vlbart: open_clip architecture name
     feature_cache: str = ""  # vlbart: CLIP feature cache folder ("" = off, auto = $VLMTUNE_CACHE/features)
