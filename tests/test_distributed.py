@@ -16,7 +16,6 @@ import torch
 from vlmtune.adapters import load_adapter
 from vlmtune.config import ConfigError, load_config
 from vlmtune.models import build_pipeline
-from vlmtune.models.tiny import TEST_SIZE, corpus, write_random_llava
 from vlmtune.train import command
 from vlmtune.train.checkpoint import checkpoint_dirs
 from vlmtune.train.distributed import loss_weight, shard
@@ -32,12 +31,6 @@ def cache(tmp_path_factory) -> Path:
     os.environ["VLMTUNE_CACHE"] = str(path)  # the launched processes read the same shapes images
     yield path
     os.environ.pop("VLMTUNE_CACHE", None)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, cache) -> Path:
-    texts = corpus(n_images=8, seeds=1, cache_dir=cache / "shapes")
-    return write_random_llava(tmp_path_factory.mktemp("tiny") / "llava", TEST_SIZE, seed=0, texts=texts)
 
 
 def overrides(model_dir: Path) -> list[str]:

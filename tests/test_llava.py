@@ -13,18 +13,7 @@ from vlmtune.data.collate import IGNORE_INDEX
 from vlmtune.data.records import load_records
 from vlmtune.models import build_pipeline
 from vlmtune.models.llava import record_segments
-from vlmtune.models.tiny import TEST_SIZE, corpus, write_random_llava
-
-
-@pytest.fixture(scope="module")
-def shapes_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("shapes")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, shapes_cache) -> Path:
-    texts = corpus(n_images=8, seeds=1, cache_dir=shapes_cache)
-    return write_random_llava(tmp_path_factory.mktemp("tiny") / "llava", TEST_SIZE, seed=0, texts=texts)
+from vlmtune.models.tiny import TEST_SIZE
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from vlmtune.config import ConfigError, load_config
 from vlmtune.data.errors import ErrorLog
 from vlmtune.data.records import load_records
 from vlmtune.models import build_pipeline
-from vlmtune.models.tiny import TEST_SIZE, corpus, write_random_llava
 from vlmtune.train.command import load_split
 from vlmtune.train.trainer import Trainer, TrainingError, seed_everything
 
@@ -28,12 +27,6 @@ from vlmtune.train.trainer import Trainer, TrainingError, seed_everything
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, cache) -> Path:
-    texts = corpus(n_images=8, seeds=1, cache_dir=cache / "shapes")
-    return write_random_llava(tmp_path_factory.mktemp("tiny") / "llava", TEST_SIZE, seed=0, texts=texts)
 
 
 @pytest.fixture(scope="module")
@@ -220,5 +213,10 @@ def test_out_of_memory_is_one_line_with_the_knobs(model_dir, good_records, tmp_p
         Trainer(pipe, cfg, good_records, tmp_path, quiet=True).fit()
     msg = str(err.value)
     assert "\n" not in msg and "out of memory at step 1" in msg
-    for knob in ("train.batch_size=4", "train.grad_accum", "model.gradient_checkpointing=true", "data.max_length"):
+    for knob in (
+        "train.batch_size=4",
+        "train.grad_accum",
+        "model.gradient_checkpointing=true",
+        "data.max_length",
+    ):
         assert knob in msg

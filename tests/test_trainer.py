@@ -13,22 +13,10 @@ from vlmtune.adapters import attach
 from vlmtune.config import load_config
 from vlmtune.data.records import load_records
 from vlmtune.models import build_pipeline
-from vlmtune.models.tiny import TEST_SIZE, corpus, write_random_llava
 from vlmtune.train.checkpoint import checkpoint_dirs
 from vlmtune.train.optim import lr_lambda, param_groups
 from vlmtune.train.run import read_metrics
 from vlmtune.train.trainer import Trainer, seed_everything
-
-
-@pytest.fixture(scope="module")
-def shapes_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("shapes")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, shapes_cache) -> Path:
-    texts = corpus(n_images=8, seeds=1, cache_dir=shapes_cache)
-    return write_random_llava(tmp_path_factory.mktemp("tiny") / "llava", TEST_SIZE, seed=0, texts=texts)
 
 
 @pytest.fixture(scope="module")
