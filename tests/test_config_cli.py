@@ -11,7 +11,9 @@ from vlmtune.config import ConfigError, list_recipes, load_config
 
 
 def test_overrides_are_typed() -> None:
-    cfg = load_config("llava-dora", ["train.lr=1e-3", "adapters.language.targets=q,v", "adapters.language.r=4"])
+    cfg = load_config(
+        "llava-dora", ["train.lr=1e-3", "adapters.language.targets=q,v", "adapters.language.r=4"]
+    )
     assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)
     assert cfg.adapters.language.targets == ["q", "v"] and cfg.adapters.language.r == 4
     assert cfg.adapters.language.method == "dora" and cfg.recipe == "llava-dora"
@@ -50,7 +52,9 @@ def test_recipes_parse() -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vlmtune", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "vlmtune", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_train_rejects_unknown_key_with_one_line() -> None:

@@ -17,15 +17,33 @@ TOWERS = {
 
 def tiny_llava() -> LlavaForConditionalGeneration:
     torch.manual_seed(0)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
-    text = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
-    return LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_index=99))
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    text = LlamaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    return LlavaForConditionalGeneration(
+        LlavaConfig(vision_config=vision, text_config=text, image_token_index=99)
+    )
 
 
 def test_language_q_v_only_touches_language_model() -> None:
     model = tiny_llava()
     vision_before = {n: type(m) for n, m in model.model.vision_tower.named_modules()}
-    attached = attach(model, TOWERS, {"language": AdapterSpec(method="lora", r=4, targets=["q_proj", "v_proj"])})
+    attached = attach(
+        model, TOWERS, {"language": AdapterSpec(method="lora", r=4, targets=["q_proj", "v_proj"])}
+    )
     paths = [p for p, _ in adapter_layers(model)]
     assert sorted(paths) == sorted(attached) and len(paths) == 4  # 2 layers x (q, v)
     assert all(p.startswith("model.language_model.layers.") for p in paths)

@@ -63,6 +63,7 @@ class DataConfig:
     max_train_samples: int = 0  # 0 = all
     max_eval_samples: int = 0
     shapes_size: int = 2000  # number of synthetic training images for shapes:*
+    turns_per_image: int = 1  # > 1: pack questions about one image into one multi-turn conversation
     task_batch_sizes: dict = field(default_factory=dict)  # multi-task: task -> batch size (vlbart)
 
 
@@ -113,7 +114,14 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-POSITIVE = {"train.lr", "train.batch_size", "train.grad_accum", "eval.batch_size", "data.max_length"}
+POSITIVE = {
+    "train.lr",
+    "train.batch_size",
+    "train.grad_accum",
+    "eval.batch_size",
+    "data.max_length",
+    "data.turns_per_image",
+}
 
 
 # ---------------------------------------------------------------- dict <-> dataclass

@@ -29,13 +29,26 @@ def lora_scaling(r: int, alpha: float, rslora: bool = False) -> float:
     return alpha / math.sqrt(r) if rslora else alpha / r
 
 
+def branch_dropout(x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(drop(x), keep_mask)``: inverted dropout, ``x * mask / (1 - p)`` with a bool mask (N, in).
+
+    On CUDA this is the fused ``native_dropout`` kernel. On CPU the mask comes from one fp32
+    uniform draw (``u >= p``, so P(keep) = 1 - p exactly as with Bernoulli sampling), which costs
+    about half of the CPU Bernoulli sampler that ``F.dropout`` uses (benchmarks/adapters.py).
+    """
+    if x.device.type != "cpu":
+        return torch.native_dropout(x, p, True)
+    mask = torch.rand(x.shape, dtype=torch.float32) >= p
+    return torch.ops.aten.native_dropout_backward(x, mask, 1.0 / (1.0 - p)), mask
+
+
 class _LowRankLinear(torch.autograd.Function):
     """y = scale * (x W0^T + s (drop(x) A^T) B^T) + b; shapes x (N, in), W0 (out, in), A (r, in),
     B (out, r), scale (out,) or None, b (out,) or None.  W0 gets no gradient (frozen)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, dropout_p, scale):
-        xd, mask = torch.native_dropout(x, dropout_p, True) if dropout_p > 0 else (x, None)
+        xd, mask = branch_dropout(x, dropout_p) if dropout_p > 0 else (x, None)
         u = xd @ lora_a.t()  # (N, r)
         del xd
         z = (x @ weight.t()).addmm_(u, lora_b.t(), alpha=scaling)  # W0 x + s B A drop(x), in place

@@ -88,20 +88,44 @@ def sample_scene(rng: random.Random, image_size: int, n_shapes: int | None = Non
     raise RuntimeError(f"could not place {n} shapes in {image_size}px")  # pragma: no cover
 
 
+def _draw_shape(draw: ImageDraw.ImageDraw, obj: dict, fill) -> None:
+    x1, y1, x2, y2 = obj["bbox"]
+    if obj["shape"] == "circle":
+        draw.ellipse([x1, y1, x2 - 1, y2 - 1], fill=fill)
+    elif obj["shape"] == "square":
+        draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=fill)
+    else:  # triangle pointing up
+        draw.polygon([(x1, y2 - 1), (x2 - 1, y2 - 1), ((x1 + x2 - 1) / 2, y1)], fill=fill)
+
+
 def draw_scene(scene: list[dict], image_size: int) -> Image.Image:
     """Render shapes without anti-aliasing: every shape pixel has exactly its palette colour."""
     image = Image.new("RGB", (image_size, image_size), BACKGROUND)
     draw = ImageDraw.Draw(image)
     for obj in scene:
-        x1, y1, x2, y2 = obj["bbox"]
-        fill = COLORS[obj["color"]]
-        if obj["shape"] == "circle":
-            draw.ellipse([x1, y1, x2 - 1, y2 - 1], fill=fill)
-        elif obj["shape"] == "square":
-            draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=fill)
-        else:  # triangle pointing up
-            draw.polygon([(x1, y2 - 1), (x2 - 1, y2 - 1), ((x1 + x2 - 1) / 2, y1)], fill=fill)
+        _draw_shape(draw, obj, COLORS[obj["color"]])
     return image
+
+
+def patch_labels(scene: list[dict], image_size: int, patch: int) -> list[int]:
+    """Dense labels for a ViT's patch grid, row-major: ``1 + CLASSES.index("red circle")`` for a
+    patch whose pixels are at least 1/8 that shape's (the most covered shape wins), else 0."""
+    mask = Image.new("L", (image_size, image_size), 0)
+    draw = ImageDraw.Draw(mask)
+    for obj in scene:
+        _draw_shape(draw, obj, 1 + CLASSES.index(_name(obj)))
+    pixels = mask.load()
+    labels = []
+    for gy in range(image_size // patch):
+        for gx in range(image_size // patch):
+            counts: dict[int, int] = {}
+            for y in range(gy * patch, (gy + 1) * patch):
+                for x in range(gx * patch, (gx + 1) * patch):
+                    if pixels[x, y]:
+                        counts[pixels[x, y]] = counts.get(pixels[x, y], 0) + 1
+            best = max(counts, key=counts.get, default=0)
+            labels.append(best if counts.get(best, 0) * 8 >= patch * patch else 0)
+    return labels
 
 
 def _left_to_right(scene: list[dict]) -> list[dict]:
@@ -141,21 +165,57 @@ def human_answers(answer: str, answer_type: str, rng: random.Random) -> list[str
     return answers
 
 
-def _position_question(scene: list[dict], rng: random.Random) -> tuple[str, str] | None:
+def _extremes(scene: list[dict]) -> dict[str, dict]:
+    """``{"left": obj, "right": obj}`` for a shape lying wholly left/right of all the others."""
     if len(scene) < 2:
-        return None
+        return {}
     order = _left_to_right(scene)
-    candidates = []
+    out = {}
     if all(order[0]["bbox"][2] <= o["bbox"][0] for o in order[1:]):
-        candidates.append(("left", order[0]))
+        out["left"] = order[0]
     if all(order[-1]["bbox"][0] >= o["bbox"][2] for o in order[:-1]):
-        candidates.append(("right", order[-1]))
+        out["right"] = order[-1]
+    return out
+
+
+def _position_question(scene: list[dict], rng: random.Random) -> tuple[str, str] | None:
+    candidates = list(_extremes(scene).items())
     if not candidates:
         return None
     side, obj = rng.choice(candidates)
     if rng.random() < 0.5:
         return f"What shape is on the {side}?", obj["shape"]
     return f"What color is the shape on the {side}?", obj["color"]
+
+
+def scene_targets(scene: list[dict]) -> list[int]:
+    """Scene-level class targets for vision pretraining, one int per slot of :data:`SCENE_SLOTS`:
+    the number of shapes - 1; each shape's colour and each colour's shape (last class = absent);
+    the colour and shape of the shape wholly on the left / right (last class = none)."""
+    color_of = {o["shape"]: list(COLORS).index(o["color"]) for o in scene}
+    shape_of = {o["color"]: SHAPES.index(o["shape"]) for o in scene}
+    ext = _extremes(scene)
+    out = [len(scene) - 1]
+    out += [color_of.get(shape, len(COLORS)) for shape in SHAPES]
+    out += [shape_of.get(color, len(SHAPES)) for color in COLORS]
+    for side in ("left", "right"):
+        obj = ext.get(side)
+        out += [list(COLORS).index(obj["color"]) if obj else len(COLORS)]
+        out += [SHAPES.index(obj["shape"]) if obj else len(SHAPES)]
+    return out
+
+
+# (name, number of classes) of each scene_targets slot
+SCENE_SLOTS: tuple[tuple[str, int], ...] = (
+    ("count", 3),
+    *((f"color_of_{s}", len(COLORS) + 1) for s in SHAPES),
+    *((f"shape_of_{c}", len(SHAPES) + 1) for c in COLORS),
+    *(
+        (f"{side}_{attr}", n + 1)
+        for side in ("left", "right")
+        for attr, n in (("color", len(COLORS)), ("shape", len(SHAPES)))
+    ),
+)
 
 
 def _exists_question(scene: list[dict], rng: random.Random, positive: bool) -> tuple[str, str]:

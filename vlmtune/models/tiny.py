@@ -33,7 +33,7 @@ class TinySize:
     vocab_size: int = 1024
     image_size: int = 64
     patch_size: int = 8
-    vision_hidden: int = 64
+    vision_hidden: int = 128
     vision_layers: int = 2
     vision_heads: int = 4
     text_hidden: int = 128
@@ -167,35 +167,113 @@ def write_random_llava(out_dir: str | Path, size: TinySize | None = None, seed: 
     return out
 
 
+def _vision_data(split: str, n_images: int, size: TinySize, processor):
+    """Pixels (N, 3, H, W), patch labels (N, G*G) and scene targets (N, slots) of shapes scenes."""
+    from vlmtune.data import shapes
+
+    images, labels, targets = [], [], []
+    for i in range(n_images):
+        scene = shapes.sample_scene(shapes._rng(split, 0, i), size.image_size)
+        images.append(shapes.draw_scene(scene, size.image_size))
+        labels.append(shapes.patch_labels(scene, size.image_size, size.patch_size))
+        targets.append(shapes.scene_targets(scene))
+    pixels = processor(images, return_tensors="pt")["pixel_values"]
+    return pixels, torch.tensor(labels), torch.tensor(targets)
+
+
+def pretrain_vision(
+    vision_tower, size: TinySize, steps: int = 2000, n_images: int = 8000, batch_size: int = 32, seed: int = 0
+) -> dict[str, float]:
+    """Stage 0a, a stand-in for CLIP's web-scale pretraining (and for the attribute heads of
+    bottom-up-attention features): the vision tower learns to label every patch token with the
+    shape covering it (13 classes incl. background) and, from the mean patch token, the scene's
+    attributes (:data:`~vlmtune.data.shapes.SCENE_SLOTS`: count, colour of each shape, shape of each
+    colour, left/right-most shape). The linear heads are discarded. Returns held-out accuracies."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    from vlmtune.data.shapes import SCENE_SLOTS
+
+    torch.manual_seed(seed)
+    processor = image_processor(size.image_size)
+    pixels, labels, targets = _vision_data("train", n_images, size, processor)
+    n_classes = 13
+    widths = [n for _, n in SCENE_SLOTS]
+    patch_head = nn.Linear(size.vision_hidden, n_classes)
+    scene_head = nn.Linear(size.vision_hidden, sum(widths))
+    params = [*vision_tower.parameters(), *patch_head.parameters(), *scene_head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, total_steps=steps, pct_start=0.05)
+
+    def heads(px: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        tokens = vision_tower(pixel_values=px).last_hidden_state[:, 1:]  # drop CLS, like LLaVA
+        return patch_head(tokens), scene_head(tokens.mean(1)).split(widths, dim=-1)
+
+    vision_tower.train()
+    for _ in range(steps):
+        idx = torch.randint(0, n_images, (batch_size,))
+        patch_logits, slot_logits = heads(pixels[idx])
+        loss = F.cross_entropy(patch_logits.reshape(-1, n_classes), labels[idx].reshape(-1))
+        loss = loss + sum(F.cross_entropy(lg, targets[idx, k]) for k, lg in enumerate(slot_logits))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    vision_tower.eval()
+    pixels, labels, targets = _vision_data("val", 500, size, processor)
+    with torch.no_grad():
+        patch_logits, slot_logits = heads(pixels)
+    shape = labels > 0
+    slots = torch.stack([lg.argmax(-1) for lg in slot_logits], dim=1)
+    return {
+        "patch_accuracy": (patch_logits.argmax(-1)[shape] == labels[shape]).float().mean().item(),
+        "scene_accuracy": (slots == targets).float().mean().item(),
+        "scene_exact": (slots == targets).all(1).float().mean().item(),
+    }
+
+
 def pretrain_config(model_dir: Path, steps: int, seed: int = 0):
-    """Stage 0 for the tiny model: every tower trained on shapes captions and question generation
-    (VQG: the answer is in the prompt, so the LM learns to read its instruction). No VQA."""
+    """Stage 0b for the tiny model: language model and projector trained on shapes captions and
+    question generation (VQG: the answer is in the prompt, so the LM learns to read its instruction)
+    over the frozen, pretrained vision tower. No VQA."""
     from vlmtune.adapters.spec import AdapterSpec
     from vlmtune.config import RunConfig
 
     cfg = RunConfig(recipe="shapes-tiny-pretrain")
     cfg.model.name_or_path = str(model_dir)
     cfg.adapters.language = AdapterSpec(method="full")
-    cfg.adapters.vision = AdapterSpec(method="full")
+    cfg.adapters.vision = AdapterSpec(method="frozen")
     cfg.adapters.projector = AdapterSpec(method="full")
     cfg.data.train = "shapes:caption,vqg"
     cfg.data.max_length = 128
+    cfg.data.shapes_size = 8000
     t = cfg.train
     t.seed, t.max_steps, t.batch_size, t.lr = seed, steps, 16, 2e-3
     t.warmup_ratio, t.schedule, t.log_every, t.weight_decay = 0.05, "cosine", 50, 0.0
     return cfg
 
 
-def build_shapes_tiny(out_dir: str | Path, steps: int = 800, seed: int = 0, quiet: bool = True) -> Path:
-    """Write the pretrained ``shapes-tiny`` folder to ``out_dir`` (deterministic in ``seed``)."""
+def build_shapes_tiny(
+    out_dir: str | Path, steps: int = 1500, vision_steps: int = 2000, seed: int = 0, quiet: bool = True
+) -> Path:
+    """Write the pretrained ``shapes-tiny`` folder to ``out_dir`` (deterministic in ``seed``):
+    stage 0a :func:`pretrain_vision`, then stage 0b captions + VQG (:func:`pretrain_config`)."""
+    from transformers import LlavaForConditionalGeneration
+
     from vlmtune.adapters.inject import attach
     from vlmtune.data.records import load_records
     from vlmtune.models.llava import LlavaPipeline
     from vlmtune.train.trainer import Trainer, seed_everything
 
     out = Path(out_dir)
+    size = TinySize()
     with tempfile.TemporaryDirectory(prefix="shapes-tiny-") as work:
-        init = write_random_llava(Path(work) / "init", seed=seed)
+        init = write_random_llava(Path(work) / "init", size, seed=seed)
+        model = LlavaForConditionalGeneration.from_pretrained(init)
+        scores = pretrain_vision(model.model.vision_tower, size, vision_steps, seed=seed)
+        if not quiet:
+            print(f"vision pretraining: {scores}", flush=True)
+        model.save_pretrained(init)
         cfg = pretrain_config(init, steps, seed)
         seed_everything(seed)
         pipe = LlavaPipeline(cfg)
@@ -240,4 +318,4 @@ PRESETS = {"shapes-tiny": build_shapes_tiny}
 if __name__ == "__main__":  # python -m vlmtune.models.tiny OUT_DIR [STEPS]
     import sys
 
-    build_shapes_tiny(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 800, quiet=False)
+    build_shapes_tiny(sys.argv[1], *(int(a) for a in sys.argv[2:4]), quiet=False)

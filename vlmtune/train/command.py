@@ -81,7 +81,7 @@ def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: b
     from vlmtune.data.errors import ErrorLog
     from vlmtune.models import build_pipeline
     from vlmtune.train import distributed as ddp
-    from vlmtune.train.evaluate import evaluate, headline
+    from vlmtune.train.evaluate import describe, evaluate, headline
     from vlmtune.train.run import write_config
     from vlmtune.train.trainer import Trainer, seed_everything
     from vlmtune.utils.io import atomic_write_json
@@ -96,6 +96,12 @@ def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: b
     errors = ErrorLog()
     with ddp.main_process_first():  # the main process fills the dataset cache
         train_records = load_split(cfg, cfg.data.train, "train", cfg.data.max_train_samples, errors)
+    if cfg.data.turns_per_image > 1:
+        from vlmtune.data.multiturn import pack_turns
+
+        train_records = pack_turns(
+            train_records, cfg.data.turns_per_image, cfg.data.template_seed, cfg.train.seed
+        )
     eval_records = (
         load_split(cfg, cfg.data.eval, "test", cfg.data.max_eval_samples, errors) if cfg.data.eval else []
     )
@@ -108,7 +114,7 @@ def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: b
     if main_proc and eval_records and cfg.train.eval_at_start:
         base = evaluate(pipeline, eval_records, cfg.eval, run_dir / "eval" / "base", progress=not quiet)
         summary["base"] = base
-        say(f"base  model {cfg.eval.benchmark} {headline(base)[0]}: {headline(base)[1]:.4f}")
+        say(f"base  model {cfg.eval.benchmark}: {describe(base)}")
     seed_everything(cfg.train.seed)
     attach(pipeline.model, pipeline.towers, cfg.adapters.specs())
     trainer = Trainer(pipeline, cfg, train_records, run_dir, quiet=quiet)
@@ -120,11 +126,11 @@ def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: b
     if eval_records and cfg.train.eval_at_end:
         tuned = evaluate(pipeline, eval_records, cfg.eval, run_dir / "eval" / "tuned", progress=not quiet)
         summary["tuned"] = tuned
-        key, value = headline(tuned)
-        line = f"tuned model {cfg.eval.benchmark} {key}: {value:.4f}"
-        if "base" in summary and headline(summary["base"])[1] is not None:
+        value = headline(tuned)[1]
+        line = f"tuned model {cfg.eval.benchmark}: {describe(tuned)}"
+        if "base" in summary and headline(summary["base"])[1] is not None and value is not None:
             summary["delta"] = value - headline(summary["base"])[1]
-            line += f"  ({summary['delta']:+.4f} vs base)"
+            line += f"  ({summary['delta']:+.2f} vs base)"
         say(line)
     summary["wall_seconds"] = time.perf_counter() - t0
     atomic_write_json(summary, run_dir / "eval.json")

@@ -35,3 +35,22 @@ def headline(metrics: dict) -> tuple[str, float | None]:
         if isinstance(value, float):
             return key, value
     return "", None
+
+
+SECONDARY = ("CIDEr", "nlvr_accuracy", "miou")
+
+
+def describe(metrics: dict) -> str:
+    """One line for the terminal: the headline metric, its per-answer-type split and any secondary
+    metric (e.g. ``accuracy 86.20 (number 99.0, other 80.1, yes/no 88.0)  CIDEr 2.31``)."""
+    key, value = headline(metrics)
+    if value is None:
+        return "no metric"
+    text = f"{key} {value:.2f}"
+    split = metrics.get("per_answer_type") or {}
+    if split:
+        text += " (" + ", ".join(f"{k} {v:.1f}" for k, v in sorted(split.items())) + ")"
+    for extra in SECONDARY:
+        if extra != key and isinstance(metrics.get(extra), int | float):
+            text += f"  {extra} {metrics[extra]:.3f}"
+    return text
