@@ -8,7 +8,7 @@ from torch import nn
 
 from vlmtune.adapters import DoraLinear, LoraLinear
 from vlmtune.adapters.dora import row_norm_lowrank
-from vlmtune.adapters.lora import branch_dropout
+from vlmtune.adapters.lora import drop_mask
 
 
 def make(cls, out_f: int = 24, in_f: int = 16, r: int = 4, bias: bool = True, dropout: float = 0.0, **kw):
@@ -29,7 +29,7 @@ def reference(layer, x: torch.Tensor, dropout: float, seed: int):
     bias = None if bias is None else bias.detach().clone().requires_grad_()
     x = x.detach().clone().requires_grad_()
     torch.manual_seed(seed)
-    xd = branch_dropout(x, dropout)[0] if dropout > 0 else x
+    xd = x.masked_fill(drop_mask(x, dropout), 0) / (1 - dropout) if dropout > 0 else x
     z = x @ w0.T + layer.scaling * (xd @ a.T) @ b.T
     leaves = {"x": x, "A": a, "B": b, "bias": bias}
     if isinstance(layer, DoraLinear):
@@ -245,10 +245,10 @@ def test_adapter_benchmark_smoke(capsys, monkeypatch) -> None:
     assert "| linear | 4 | 0.1 |" in out and "acceptance (issue #9)" in out
 
 
-def test_branch_dropout_is_inverted_dropout_with_rate_p():
+def test_drop_mask_drops_with_rate_p():
     torch.manual_seed(0)
     x = torch.randn(512, 256)
-    xd, mask = branch_dropout(x, 0.25)
-    assert mask.dtype == torch.bool
-    torch.testing.assert_close(xd, torch.where(mask, x / 0.75, torch.zeros_like(x)))
-    assert abs(mask.float().mean().item() - 0.75) < 0.01  # 131072 draws: std 0.0012
+    mask = drop_mask(x, 0.25)
+    assert mask.dtype == torch.bool and mask.shape == x.shape
+    assert abs(mask.float().mean().item() - 0.25) < 0.01  # 131072 draws: std 0.0012
+    assert not drop_mask(x, 0.0).any()

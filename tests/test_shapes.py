@@ -220,3 +220,39 @@ def test_unwritable_cache_is_a_data_error(tmp_path, monkeypatch):
         DataError, match=r"cannot write the shapes cache in .*file/shapes/v2 \(.*\); set VLMTUNE_CACHE"
     ):
         shapes_dataset("vqa", "val", 2)
+
+
+def test_patch_labels_mark_the_cells_a_shape_covers():
+    from vlmtune.data.shapes import patch_labels
+
+    scene = [
+        {"shape": "square", "color": "red", "bbox": [0, 0, 16, 16]},  # exactly cells (0,0),(0,1),(1,0),(1,1)
+        {"shape": "circle", "color": "blue", "bbox": [40, 40, 64, 64]},
+    ]
+    grid = np.array(patch_labels(scene, 64, 8)).reshape(8, 8)
+    red_square, blue_circle = 1 + CLASSES.index("red square"), 1 + CLASSES.index("blue circle")
+    assert (grid[:2, :2] == red_square).all()
+    assert grid[6, 6] == blue_circle and grid[5, 5] == blue_circle
+    assert grid[0, 2] == 0 and grid[3, 3] == 0 and grid[7, 0] == 0
+    assert set(np.unique(grid)) == {0, red_square, blue_circle}
+    # a grid that does not divide the image (VL-BART's 6x6 over 64 px) still labels every cell
+    assert len(patch_labels(scene, 64, 6)) == 36
+
+
+def test_scene_targets_read_the_scene():
+    from vlmtune.data.shapes import SCENE_SLOTS, scene_targets
+
+    scene = [
+        {"shape": "circle", "color": "red", "bbox": [2, 2, 14, 14]},
+        {"shape": "triangle", "color": "yellow", "bbox": [40, 30, 60, 50]},
+    ]
+    got = dict(zip([name for name, _ in SCENE_SLOTS], scene_targets(scene)))
+    colors = list(COLORS)
+    assert got["count"] == 1
+    assert got["color_of_circle"] == colors.index("red")
+    assert got["color_of_square"] == len(COLORS)  # absent
+    assert got["shape_of_yellow"] == SHAPES.index("triangle")
+    assert got["shape_of_green"] == len(SHAPES)
+    assert (got["left_color"], got["left_shape"]) == (colors.index("red"), SHAPES.index("circle"))
+    assert (got["right_color"], got["right_shape"]) == (colors.index("yellow"), SHAPES.index("triangle"))
+    assert all(0 <= got[name] < n for name, n in SCENE_SLOTS)

@@ -10,7 +10,8 @@ The training step runs through :func:`lowrank_linear`, one autograd function for
 the low-rank branch and (for DoRA) the per-feature output scale: the low-rank product is added in
 place onto the base output (``addmm_``), the backward pass fuses ``dx = dz W0 + (dz B) A`` and
 saves ``x`` plus a 1-byte dropout mask instead of a dropped copy of ``x`` (``x`` is usually held
-by other layers too: q/k/v share it).  See ``benchmarks/adapters.py`` for the measured effect.
+by other layers too: q/k/v share it); the dropout scale ``1 / (1 - p)`` is applied to the (N, r)
+products, not to x.  See ``benchmarks/adapters.py`` for the measured effect.
 """
 
 from __future__ import annotations
@@ -29,17 +30,12 @@ def lora_scaling(r: int, alpha: float, rslora: bool = False) -> float:
     return alpha / math.sqrt(r) if rslora else alpha / r
 
 
-def branch_dropout(x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(drop(x), keep_mask)``: inverted dropout, ``x * mask / (1 - p)`` with a bool mask (N, in).
-
-    On CUDA this is the fused ``native_dropout`` kernel. On CPU the mask comes from one fp32
-    uniform draw (``u >= p``, so P(keep) = 1 - p exactly as with Bernoulli sampling), which costs
-    about half of the CPU Bernoulli sampler that ``F.dropout`` uses (benchmarks/adapters.py).
-    """
-    if x.device.type != "cpu":
-        return torch.native_dropout(x, p, True)
-    mask = torch.rand(x.shape, dtype=torch.float32) >= p
-    return torch.ops.aten.native_dropout_backward(x, mask, 1.0 / (1.0 - p)), mask
+def drop_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Bool mask (same shape as ``x``) of the entries inverted dropout zeroes: ``u < p`` for one
+    fp32 uniform draw per entry, so P(drop) = p exactly (Bernoulli sampling). The kept entries'
+    ``1 / (1 - p)`` factor is applied by the caller to the small (N, r) low-rank products instead of
+    to x (N, in); on CPU this is about half the cost of ``F.dropout`` (benchmarks/adapters.py)."""
+    return torch.rand(x.shape, dtype=torch.float32, device=x.device) < p
 
 
 class _LowRankLinear(torch.autograd.Function):
@@ -48,9 +44,11 @@ class _LowRankLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling, dropout_p, scale):
-        xd, mask = branch_dropout(x, dropout_p) if dropout_p > 0 else (x, None)
-        u = xd @ lora_a.t()  # (N, r)
-        del xd
+        mask = drop_mask(x, dropout_p) if dropout_p > 0 else None
+        if mask is None:
+            u = x @ lora_a.t()  # (N, r)
+        else:  # drop(x) A^T = (x with dropped entries zeroed) A^T / (1 - p)
+            u = (torch.where(mask, 0.0, x) @ lora_a.t()).mul_(1.0 / (1.0 - dropout_p))
         z = (x @ weight.t()).addmm_(u, lora_b.t(), alpha=scaling)  # W0 x + s B A drop(x), in place
         save_z = scale is not None and ctx.needs_input_grad[7]
         if scale is None:
@@ -80,16 +78,16 @@ class _LowRankLinear(torch.autograd.Function):
         gu = (gz @ lora_b).mul_(s)  # (N, r)
         if need[4]:
             g_b = (gz.t() @ u).mul_(s)
-        keep = 1.0 / (1.0 - p) if mask is not None else 1.0
+        if mask is not None:
+            gu.mul_(1.0 / (1.0 - p))  # the dropout scale, on the (N, r) side
         if need[3]:  # drop(x) recomputed from x and the 1-byte mask: one elementwise pass
-            xd = x if mask is None else torch.ops.aten.native_dropout_backward(x, mask, keep)
-            g_a = gu.t() @ xd
+            g_a = gu.t() @ (x if mask is None else torch.where(mask, 0.0, x))
         if need[0]:
             gx = gz @ weight
             if mask is None:
                 gx.addmm_(gu, lora_a)
             else:
-                gx.add_(torch.ops.aten.native_dropout_backward(gu @ lora_a, mask, keep))
+                gx.add_((gu @ lora_a).masked_fill_(mask, 0))
         return gx, None, g_bias, g_a, g_b, None, None, g_scale
 
 

@@ -107,24 +107,27 @@ def draw_scene(scene: list[dict], image_size: int) -> Image.Image:
     return image
 
 
-def patch_labels(scene: list[dict], image_size: int, patch: int) -> list[int]:
-    """Dense labels for a ViT's patch grid, row-major: ``1 + CLASSES.index("red circle")`` for a
-    patch whose pixels are at least 1/8 that shape's (the most covered shape wins), else 0."""
+def patch_labels(scene: list[dict], image_size: int, grid: int) -> list[int]:
+    """Dense labels for a ``grid x grid`` raster of cells (a ViT's patches, a CNN's pooled grid),
+    row-major: ``1 + CLASSES.index("red circle")`` for a cell whose pixels are at least 1/8 that
+    shape's (the most covered shape wins), else 0 (background)."""
     mask = Image.new("L", (image_size, image_size), 0)
     draw = ImageDraw.Draw(mask)
     for obj in scene:
         _draw_shape(draw, obj, 1 + CLASSES.index(_name(obj)))
     pixels = mask.load()
+    edges = [round(k * image_size / grid) for k in range(grid + 1)]
     labels = []
-    for gy in range(image_size // patch):
-        for gx in range(image_size // patch):
+    for gy in range(grid):
+        for gx in range(grid):
             counts: dict[int, int] = {}
-            for y in range(gy * patch, (gy + 1) * patch):
-                for x in range(gx * patch, (gx + 1) * patch):
+            for y in range(edges[gy], edges[gy + 1]):
+                for x in range(edges[gx], edges[gx + 1]):
                     if pixels[x, y]:
                         counts[pixels[x, y]] = counts.get(pixels[x, y], 0) + 1
+            area = (edges[gy + 1] - edges[gy]) * (edges[gx + 1] - edges[gx])
             best = max(counts, key=counts.get, default=0)
-            labels.append(best if counts.get(best, 0) * 8 >= patch * patch else 0)
+            labels.append(best if counts.get(best, 0) * 8 >= area else 0)
     return labels
 
 

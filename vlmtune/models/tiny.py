@@ -167,69 +167,33 @@ def write_random_llava(out_dir: str | Path, size: TinySize | None = None, seed: 
     return out
 
 
-def _vision_data(split: str, n_images: int, size: TinySize, processor):
-    """Pixels (N, 3, H, W), patch labels (N, G*G) and scene targets (N, slots) of shapes scenes."""
-    from vlmtune.data import shapes
-
-    images, labels, targets = [], [], []
-    for i in range(n_images):
-        scene = shapes.sample_scene(shapes._rng(split, 0, i), size.image_size)
-        images.append(shapes.draw_scene(scene, size.image_size))
-        labels.append(shapes.patch_labels(scene, size.image_size, size.patch_size))
-        targets.append(shapes.scene_targets(scene))
-    pixels = processor(images, return_tensors="pt")["pixel_values"]
-    return pixels, torch.tensor(labels), torch.tensor(targets)
-
-
 def pretrain_vision(
-    vision_tower, size: TinySize, steps: int = 2000, n_images: int = 8000, batch_size: int = 32, seed: int = 0
-) -> dict[str, float]:
-    """Stage 0a, a stand-in for CLIP's web-scale pretraining (and for the attribute heads of
-    bottom-up-attention features): the vision tower learns to label every patch token with the
-    shape covering it (13 classes incl. background) and, from the mean patch token, the scene's
-    attributes (:data:`~vlmtune.data.shapes.SCENE_SLOTS`: count, colour of each shape, shape of each
-    colour, left/right-most shape). The linear heads are discarded. Returns held-out accuracies."""
-    from torch import nn
-    from torch.nn import functional as F
+    vision_tower, size: TinySize, steps: int = 2000, n_images: int = 8000, seed: int = 0
+) -> dict:
+    """Stage 0a: the CLIP vision tower learns the shapes scenes' patch labels and scene attributes
+    (:mod:`vlmtune.models.vision_pretrain`) from its patch tokens (CLS dropped, as LLaVA does)."""
+    from vlmtune.models.vision_pretrain import pretrain_encoder, shapes_grid_data
 
-    from vlmtune.data.shapes import SCENE_SLOTS
-
-    torch.manual_seed(seed)
     processor = image_processor(size.image_size)
-    pixels, labels, targets = _vision_data("train", n_images, size, processor)
-    n_classes = 13
-    widths = [n for _, n in SCENE_SLOTS]
-    patch_head = nn.Linear(size.vision_hidden, n_classes)
-    scene_head = nn.Linear(size.vision_hidden, sum(widths))
-    params = [*vision_tower.parameters(), *patch_head.parameters(), *scene_head.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, total_steps=steps, pct_start=0.05)
+    grid = size.image_size // size.patch_size
 
-    def heads(px: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        tokens = vision_tower(pixel_values=px).last_hidden_state[:, 1:]  # drop CLS, like LLaVA
-        return patch_head(tokens), scene_head(tokens.mean(1)).split(widths, dim=-1)
+    def data(split: str, n: int):
+        return shapes_grid_data(
+            split, n, size.image_size, grid, lambda ims: processor(ims, return_tensors="pt")["pixel_values"]
+        )
 
     vision_tower.train()
-    for _ in range(steps):
-        idx = torch.randint(0, n_images, (batch_size,))
-        patch_logits, slot_logits = heads(pixels[idx])
-        loss = F.cross_entropy(patch_logits.reshape(-1, n_classes), labels[idx].reshape(-1))
-        loss = loss + sum(F.cross_entropy(lg, targets[idx, k]) for k, lg in enumerate(slot_logits))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    scores = pretrain_encoder(
+        lambda px: vision_tower(pixel_values=px).last_hidden_state[:, 1:],
+        list(vision_tower.parameters()),
+        size.vision_hidden,
+        data("train", n_images),
+        data("val", 500),
+        steps=steps,
+        seed=seed,
+    )
     vision_tower.eval()
-    pixels, labels, targets = _vision_data("val", 500, size, processor)
-    with torch.no_grad():
-        patch_logits, slot_logits = heads(pixels)
-    shape = labels > 0
-    slots = torch.stack([lg.argmax(-1) for lg in slot_logits], dim=1)
-    return {
-        "patch_accuracy": (patch_logits.argmax(-1)[shape] == labels[shape]).float().mean().item(),
-        "scene_accuracy": (slots == targets).float().mean().item(),
-        "scene_exact": (slots == targets).all(1).float().mean().item(),
-    }
+    return scores
 
 
 def pretrain_config(model_dir: Path, steps: int, seed: int = 0):
