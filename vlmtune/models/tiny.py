@@ -1,12 +1,15 @@
-"""The embedded tiny LLaVA ("shapes-tiny"): built offline from configs, pretrained on shapes captions.
+"""The embedded tiny LLaVA ("shapes-tiny"): built offline from configs, pretrained on shapes.
 
     tokenizer   byte-level BPE trained with ``tokenizers`` on the rendered shapes conversations,
                 saved as a ``PreTrainedTokenizerFast`` (<s> </s> <pad> <unk> <image>)
-    vision      CLIP vision tower, 64 px images, 8 px patches (64 image tokens), 2 layers, hidden 64
+    vision      CLIP vision tower, 64 px images, 8 px patches (64 image tokens), 2 layers, hidden 128
     projector   LLaVA-1.5 MLP (Linear-GELU-Linear)
     language    Llama, 2 layers, hidden 128
-    pretraining every tower trained on shapes captions and VQG (no VQA), so the base model knows
-                the images and reads instructions but does not answer VQA questions (low VQA accuracy)
+    stage 0a    the vision tower alone learns per-patch shape labels and scene attributes
+                (:mod:`vlmtune.models.vision_pretrain`, a stand-in for CLIP's pretraining)
+    stage 0b    language model + projector trained on shapes captions and VQG over the frozen vision
+                tower (no VQA), so the base model knows the images and reads instructions but does
+                not answer VQA questions (low VQA accuracy)
 
 Everything is a pure function of the seed: :func:`build_shapes_tiny` run twice writes the same
 weights. The preset is looked up in ``vlmtune/assets/shapes-tiny`` (shipped) and then in
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-PRESET_VERSION = "v1"
+PRESET_VERSION = "v2"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
