@@ -221,3 +221,13 @@ def test_prediction_ids_match_by_kind_and_ambiguity_is_an_error():
     ]
     with pytest.raises(EvalError, match="question_id '7' matches no record"):
         score_predictions("vqav2", [{"question_id": 7, "answer": "a"}], vqa)
+
+
+def test_describe_prints_headline_split_and_secondary_metrics():
+    from vlmtune.train.evaluate import describe
+
+    vqa = {"accuracy": 44.58, "per_answer_type": {"yes/no": 54.0, "number": 0.0, "other": 56.8}, "count": 500}
+    assert describe(vqa) == "accuracy 44.58 (number 0.0, other 56.8, yes/no 54.0)"
+    multi = {"accuracy": 81.0, "CIDEr": 2.3456, "count": 10}
+    assert describe(multi) == "accuracy 81.00  CIDEr 2.346"
+    assert describe({"count": 3}) == "no metric"

@@ -37,7 +37,7 @@ def headline(metrics: dict) -> tuple[str, float | None]:
     return "", None
 
 
-SECONDARY = ("CIDEr", "nlvr_accuracy", "miou")
+SECONDARY = ("CIDEr", "nlvr_accuracy", "mIoU")
 
 
 def describe(metrics: dict) -> str:
