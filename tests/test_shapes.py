@@ -15,6 +15,7 @@ from vlmtune.data.shapes import (
     CLASSES,
     COLORS,
     SHAPES,
+    SHAPES_VERSION,
     generate_shapes,
     parse_data_spec,
     shapes_dataset,
@@ -42,10 +43,11 @@ def small(tmp_path_factory) -> dict[str, Path]:
 def test_identical_bytes_for_identical_arguments(tmp_path):
     a = generate_shapes(tmp_path / "a", 12, split="val", seed=3)
     generate_shapes(tmp_path / "b", 12, split="val", seed=3)
-    assert set(a) == {"vqa", "caption", "vqg", "grounding", "classify"}
+    assert set(a) == {"vqa", "caption", "vqg", "chat", "grounding", "classify"}
     assert tree_hash(tmp_path / "a") == tree_hash(tmp_path / "b")
     # pinned: if this changes on purpose, bump SHAPES_VERSION (cached datasets are keyed by it)
-    text = hashlib.sha256(b"".join(a[t].read_bytes() for t in sorted(a))).hexdigest()
+    # (chat, added in cache v3, has its own random stream: the other files kept their v2 bytes)
+    text = hashlib.sha256(b"".join(a[t].read_bytes() for t in sorted(a) if t != "chat")).hexdigest()
     assert text == "811f1320bb96c33e6e300c440036918bb8413404a9da233c1887b7509cf71187"
     c = generate_shapes(tmp_path / "c", 12, split="test", seed=3)
     assert c["vqa"].read_bytes() != a["vqa"].read_bytes()  # splits differ
@@ -156,7 +158,7 @@ def test_cache_generates_once_and_is_concurrency_safe(tmp_path, monkeypatch):
         t.join()
     assert len(set(results)) == 1 and len(results) == 3
     path = results[0]
-    assert path == tmp_path / "shapes" / "v2" / "val-8" / "vqa.jsonl"
+    assert path == tmp_path / "shapes" / SHAPES_VERSION / "val-8" / "vqa.jsonl"
     assert len(read(path)) == 40
     assert [p.name for p in path.parent.parent.iterdir()] == ["val-8"]  # no temp folders left
     mtime = path.stat().st_mtime_ns
@@ -217,7 +219,8 @@ def test_unwritable_cache_is_a_data_error(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("not a folder")
     monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path / "file"))
     with pytest.raises(
-        DataError, match=r"cannot write the shapes cache in .*file/shapes/v2 \(.*\); set VLMTUNE_CACHE"
+        DataError,
+        match=rf"cannot write the shapes cache in .*file/shapes/{SHAPES_VERSION} \(.*\); set VLMTUNE_CACHE",
     ):
         shapes_dataset("vqa", "val", 2)
 
@@ -256,3 +259,41 @@ def test_scene_targets_read_the_scene():
     assert (got["left_color"], got["left_shape"]) == (colors.index("red"), SHAPES.index("circle"))
     assert (got["right_color"], got["right_shape"]) == (colors.index("yellow"), SHAPES.index("triangle"))
     assert all(0 <= got[name] < n for name, n in SCENE_SLOTS)
+
+
+def test_chat_answers_the_vqa_questions_in_full_sentences(tmp_path):
+    from vlmtune.data.shapes import CHAT_PREFIXES, sentence_answer
+
+    assert sentence_answer("How many shapes are there?", "1", "number") == "I can see 1 shape."
+    assert sentence_answer("How many shapes are there?", "3", "number") == "I can see 3 shapes."
+    assert sentence_answer("What color is the circle?", "red", "other") == "It is red."
+    assert sentence_answer("What shape is on the left?", "square", "other") == "It is a square."
+    assert sentence_answer("Is there a red circle?", "yes", "yes/no") == "Yes, there is a red circle."
+    assert sentence_answer("Is there a red circle?", "no", "yes/no") == "No, there is no red circle."
+
+    paths = generate_shapes(tmp_path, 30, tasks=["chat", "caption"])
+    chats, caps = read(paths["chat"]), read(paths["caption"])
+    assert len(chats) == 30
+    for chat, cap in zip(chats, caps):
+        assert chat["task"] == "conversation" and chat["image"] == cap["image"]
+        turns = chat["conversations"]
+        assert [t["from"] for t in turns] == ["human", "gpt"] * 5
+        assert turns[0]["value"].startswith("<image>\n") and "<image>" not in "".join(
+            t["value"] for t in turns[1:]
+        )
+        objects = cap["boxes"]
+        for q, a in zip(turns[::2], turns[1::2]):
+            question = q["value"].removeprefix("<image>\n")
+            for prefix in CHAT_PREFIXES:
+                question = question.removeprefix(prefix)
+            question = question[: question.index("?") + 1]
+            if question == "How many shapes are there?":
+                assert a["value"].startswith(f"I can see {len(objects)} shape")
+            elif question.startswith("What color is the ") and "shape on" not in question:
+                shape = question.removeprefix("What color is the ").rstrip("?")
+                color = next(b["label"].split()[0] for b in objects if b["label"].endswith(shape))
+                assert a["value"] == f"It is {color}."
+            elif question.startswith("Is there a "):
+                thing = question.removeprefix("Is there a ").rstrip("?")
+                present = any(b["label"] == thing for b in objects)
+                assert a["value"].startswith("Yes" if present else "No")
