@@ -7,9 +7,13 @@
     language    Llama, 2 layers, hidden 128
     stage 0a    the vision tower alone learns per-patch shape labels and scene attributes
                 (:mod:`vlmtune.models.vision_pretrain`, a stand-in for CLIP's pretraining)
-    stage 0b    language model + projector trained on shapes captions and VQG over the frozen vision
-                tower (no VQA), so the base model knows the images and reads instructions but does
-                not answer VQA questions (low VQA accuracy)
+    stage 0b    language model + projector trained on shapes captions and question generation
+                (VQG) over the frozen vision tower
+    stage 0c    the same, on shapes chat: the VQA questions answered in full sentences ("It is
+                red.", "Yes, there is a red circle."), so the base model talks about the images
+                like a chat assistant but has never seen VQA's short-answer format (exact-match
+                VQA accuracy ~0). Stage 2 (``llava-dora``) teaches that format, the role LLaVA-1.5's
+                "Answer the question using a single word or phrase." data plays.
 
 Everything is a pure function of the seed: :func:`build_shapes_tiny` run twice writes the same
 weights. The preset is looked up in ``vlmtune/assets/shapes-tiny`` (shipped) and then in
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-PRESET_VERSION = "v2"
+PRESET_VERSION = "v3"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
@@ -220,17 +224,46 @@ def pretrain_config(model_dir: Path, steps: int, seed: int = 0):
     return cfg
 
 
-def build_shapes_tiny(
-    out_dir: str | Path, steps: int = 1500, vision_steps: int = 2000, seed: int = 0, quiet: bool = True
-) -> Path:
-    """Write the pretrained ``shapes-tiny`` folder to ``out_dir`` (deterministic in ``seed``):
-    stage 0a :func:`pretrain_vision`, then stage 0b captions + VQG (:func:`pretrain_config`)."""
-    from transformers import LlavaForConditionalGeneration
+def chat_config(model_dir: Path, steps: int, seed: int = 0):
+    """Stage 0c: :func:`pretrain_config` continued on shapes chat (5 full-sentence QA turns per
+    image, :func:`vlmtune.data.shapes.chat_turns`); this is where the LM learns to look up the
+    object a question names."""
+    from vlmtune.adapters.spec import AdapterSpec
 
+    cfg = pretrain_config(model_dir, steps, seed)
+    cfg.recipe = "shapes-tiny-chat"
+    cfg.adapters.vision = AdapterSpec(method="full")  # the tower refines its shape features too
+    cfg.train.vision_lr = 2e-4
+    cfg.data.train, cfg.data.max_length, cfg.train.log_every = "shapes:chat", 256, 100
+    return cfg
+
+
+def _train_stage(cfg, out: Path, run_dir: Path, quiet: bool) -> None:
     from vlmtune.adapters.inject import attach
     from vlmtune.data.records import load_records
     from vlmtune.models.llava import LlavaPipeline
     from vlmtune.train.trainer import Trainer, seed_everything
+
+    seed_everything(cfg.train.seed)
+    pipe = LlavaPipeline(cfg)
+    attach(pipe.model, pipe.towers, cfg.adapters.specs())
+    records = load_records(cfg.data.train, split="train", n_images=cfg.data.shapes_size)
+    Trainer(pipe, cfg, records, run_dir, quiet=quiet).fit()
+    pipe.save_merged(out)
+
+
+def build_shapes_tiny(
+    out_dir: str | Path,
+    steps: int = 1500,
+    vision_steps: int = 2000,
+    chat_steps: int = 4000,
+    seed: int = 0,
+    quiet: bool = True,
+) -> Path:
+    """Write the pretrained ``shapes-tiny`` folder to ``out_dir`` (deterministic in ``seed``):
+    stage 0a :func:`pretrain_vision`, 0b captions + VQG (:func:`pretrain_config`), 0c chat
+    (:func:`chat_config`)."""
+    from transformers import LlavaForConditionalGeneration
 
     out = Path(out_dir)
     size = TinySize()
@@ -241,13 +274,9 @@ def build_shapes_tiny(
         if not quiet:
             print(f"vision pretraining: {scores}", flush=True)
         model.save_pretrained(init)
-        cfg = pretrain_config(init, steps, seed)
-        seed_everything(seed)
-        pipe = LlavaPipeline(cfg)
-        attach(pipe.model, pipe.towers, cfg.adapters.specs())
-        records = load_records(cfg.data.train, split="train", n_images=cfg.data.shapes_size)
-        Trainer(pipe, cfg, records, Path(work) / "run", quiet=quiet).fit()
-        pipe.save_merged(out)
+        stage_b = Path(work) / "stage0b"
+        _train_stage(pretrain_config(init, steps, seed), stage_b, Path(work) / "run0b", quiet)
+        _train_stage(chat_config(stage_b, chat_steps, seed), out, Path(work) / "run0c", quiet)
     return out
 
 
@@ -265,7 +294,10 @@ def preset_path(name: str) -> Path:
         return shipped
     final = cache_root() / f"{name}-{PRESET_VERSION}"
     if not (final / "config.json").is_file():
-        print(f"building the {name} base model into {final} (first use; about a minute)...", flush=True)
+        print(
+            f"building the {name} base model into {final} (first use; about 25 minutes on 2 CPU cores)...",
+            flush=True,
+        )
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
@@ -282,7 +314,7 @@ def preset_path(name: str) -> Path:
 PRESETS = {"shapes-tiny": build_shapes_tiny}
 
 
-if __name__ == "__main__":  # python -m vlmtune.models.tiny OUT_DIR [STEPS]
+if __name__ == "__main__":  # python -m vlmtune.models.tiny OUT_DIR [STEPS [VISION_STEPS [CHAT_STEPS]]]
     import sys
 
-    build_shapes_tiny(sys.argv[1], *(int(a) for a in sys.argv[2:4]), quiet=False)
+    build_shapes_tiny(sys.argv[1], *(int(a) for a in sys.argv[2:5]), quiet=False)
