@@ -7,6 +7,7 @@ import pytest
 
 from vlmtune.data.errors import DataError, ErrorLog
 from vlmtune.data.records import RecordDataset, load_records, read_jsonl, read_llava_json, read_records
+from vlmtune.data.shapes import SHAPES_VERSION
 
 GOOD = {"id": "a", "task": "vqa", "image": "img/a.png", "question": "What?", "answers": ["red"] * 10}
 
@@ -161,7 +162,7 @@ def test_load_records_shapes_and_dataset(tmp_path, monkeypatch):
     assert len(load_records("shapes:vqa", split="val", n_images=6, max_samples=4)) == 4
     ds = RecordDataset(recs, transform=lambda r: r["id"])
     assert len(ds) == 36 and ds[0] == "shapes-val-000000-q0"
-    vqa = tmp_path / "shapes/v2/val-6/vqa.jsonl"
+    vqa = tmp_path / "shapes" / SHAPES_VERSION / "val-6" / "vqa.jsonl"
     with pytest.raises(DataError, match="also appears in another data file"):
         load_records(f"{vqa},{vqa}")
 
