@@ -73,7 +73,7 @@ def corpus(n_images: int = 300, seeds: int = 3, cache_dir: str | Path | None = N
     from vlmtune.models.llava import record_segments
 
     texts = []
-    spec = "shapes:caption,vqa,vqg,grounding"
+    spec = "shapes:caption,vqa,vqg,grounding"  # not chat: it came later (v3) and kept v2's tokenizer
     records = load_records(spec, split="train", n_images=n_images, cache_dir=cache_dir)
     for seed in range(seeds):
         for r in records:
