@@ -46,9 +46,12 @@ def test_identical_bytes_for_identical_arguments(tmp_path):
     assert set(a) == {"vqa", "caption", "vqg", "chat", "grounding", "classify"}
     assert tree_hash(tmp_path / "a") == tree_hash(tmp_path / "b")
     # pinned: if this changes on purpose, bump SHAPES_VERSION (cached datasets are keyed by it)
-    # (chat, added in cache v3, has its own random stream: the other files kept their v2 bytes)
+    # (chat, added in cache v3 and rewritten in v4, is pinned on its own: the other files kept
+    # their v2 bytes through both)
     text = hashlib.sha256(b"".join(a[t].read_bytes() for t in sorted(a) if t != "chat")).hexdigest()
     assert text == "811f1320bb96c33e6e300c440036918bb8413404a9da233c1887b7509cf71187"
+    chat = hashlib.sha256(a["chat"].read_bytes()).hexdigest()
+    assert chat == "7f394799a915204aade0c8c6c4024df2ba8c7652bdfb2c5701c91e612856d4ce"
     c = generate_shapes(tmp_path / "c", 12, split="test", seed=3)
     assert c["vqa"].read_bytes() != a["vqa"].read_bytes()  # splits differ
     assert (tmp_path / "a/images/val-000000.png").read_bytes() != (
@@ -261,19 +264,29 @@ def test_scene_targets_read_the_scene():
     assert all(0 <= got[name] < n for name, n in SCENE_SLOTS)
 
 
-def test_chat_answers_the_vqa_questions_in_full_sentences(tmp_path):
-    from vlmtune.data.shapes import CHAT_PREFIXES, sentence_answer
+def test_chat_answers_the_vqa_questions_answer_first_then_why(tmp_path):
+    from vlmtune.data.shapes import explained_answer
+    from vlmtune.data.templates import VQA_PROMPT
 
-    assert sentence_answer("How many shapes are there?", "1", "number") == "I can see 1 shape."
-    assert sentence_answer("How many shapes are there?", "3", "number") == "I can see 3 shapes."
-    assert sentence_answer("What color is the circle?", "red", "other") == "It is red."
-    assert sentence_answer("What shape is on the left?", "square", "other") == "It is a square."
-    assert sentence_answer("Is there a red circle?", "yes", "yes/no") == "Yes, there is a red circle."
-    assert sentence_answer("Is there a red circle?", "no", "yes/no") == "No, there is no red circle."
+    assert explained_answer("How many shapes are there?", "1", "number") == "1. I can see 1 shape."
+    assert explained_answer("How many shapes are there?", "3", "number") == "3. I can see 3 shapes."
+    assert explained_answer("What color is the circle?", "red", "other") == "red. The circle is red."
+    assert explained_answer("What shape is blue?", "square", "other") == (
+        "square. The blue shape is a square."
+    )
+    assert explained_answer("What shape is on the left?", "square", "other") == (
+        "square. The shape on the left is a square."
+    )
+    assert explained_answer("What color is the shape on the right?", "green", "other") == (
+        "green. The shape on the right is green."
+    )
+    assert explained_answer("Is there a red circle?", "yes", "yes/no") == "yes. There is a red circle."
+    assert explained_answer("Is there a red circle?", "no", "yes/no") == "no. There is no red circle."
 
-    paths = generate_shapes(tmp_path, 30, tasks=["chat", "caption"])
-    chats, caps = read(paths["chat"]), read(paths["caption"])
+    paths = generate_shapes(tmp_path, 30, tasks=["chat", "vqa", "caption"])
+    chats, vqa, caps = read(paths["chat"]), read(paths["vqa"]), read(paths["caption"])
     assert len(chats) == 30
+    first_questions = set()  # a fixed question order would be learned: the first question varies
     for chat, cap in zip(chats, caps):
         assert chat["task"] == "conversation" and chat["image"] == cap["image"]
         turns = chat["conversations"]
@@ -281,19 +294,26 @@ def test_chat_answers_the_vqa_questions_in_full_sentences(tmp_path):
         assert turns[0]["value"].startswith("<image>\n") and "<image>" not in "".join(
             t["value"] for t in turns[1:]
         )
-        objects = cap["boxes"]
+        # the image's own VQA questions, shuffled, each with VQA's instruction; the gold answer
+        # comes first, so VQA's normalisation of the whole reply never equals it
+        gold = {r["question"]: r["answer"] for r in vqa if r["image"] == cap["image"]}
+        asked = [q["value"].removeprefix("<image>\n") for q in turns[::2]]
+        assert sorted(asked) == sorted(f"{q}\n{VQA_PROMPT}" for q in gold)
+        for q, a in zip(asked, turns[1::2]):
+            answer = gold[q.split("\n")[0]]
+            assert a["value"].startswith(answer + ". ")
+            assert a["value"].rstrip(".").lower() != answer
+        first_questions.add(asked[0].split("\n")[0].split()[0])
+        objects = {b["label"] for b in cap["boxes"]}
         for q, a in zip(turns[::2], turns[1::2]):
-            question = q["value"].removeprefix("<image>\n")
-            for prefix in CHAT_PREFIXES:
-                question = question.removeprefix(prefix)
-            question = question[: question.index("?") + 1]
+            question = q["value"].removeprefix("<image>\n").split("\n")[0]
             if question == "How many shapes are there?":
-                assert a["value"].startswith(f"I can see {len(objects)} shape")
+                assert a["value"].startswith(f"{len(objects)}. ")
             elif question.startswith("What color is the ") and "shape on" not in question:
                 shape = question.removeprefix("What color is the ").rstrip("?")
-                color = next(b["label"].split()[0] for b in objects if b["label"].endswith(shape))
-                assert a["value"] == f"It is {color}."
+                (color,) = [o.split()[0] for o in objects if o.endswith(shape)]
+                assert a["value"] == f"{color}. The {shape} is {color}."
             elif question.startswith("Is there a "):
                 thing = question.removeprefix("Is there a ").rstrip("?")
-                present = any(b["label"] == thing for b in objects)
-                assert a["value"].startswith("Yes" if present else "No")
+                assert a["value"].startswith("yes." if thing in objects else "no.")
+    assert first_questions == {"How", "What", "Is"}

@@ -13,9 +13,10 @@ docs/ARCHITECTURE.md, image paths relative to the JSONL):
 - ``caption``: 5 reference captions; ``captions[0]`` is canonical, left to right:
   "a red circle and a blue square".
 - ``vqg``: question generation from the non-yes/no VQA pairs (``answer`` -> ``question``).
-- ``chat``: one LLaVA-style ``conversation`` record per image: 5 questions (drawn like ``vqa``'s,
-  own random stream) answered in full sentences, "It is red.", "I can see 2 shapes.", "Yes, there is
-  a red circle." (:func:`sentence_answer`); the base model's instruction data, not VQA's short form.
+- ``chat``: one LLaVA-style ``conversation`` record per image: the image's ``vqa`` questions, with
+  VQA's "Answer the question using a single word or phrase." instruction, answered by a talkative
+  assistant: answer first, then why ("red. The circle is red.", :func:`explained_answer`). The
+  base model's instruction data: it teaches the answers, never the short-answer format.
 - ``grounding``: one record per shape; ``boxes[0]`` is the referred shape {label "red circle",
   bbox [x1, y1, x2, y2]} in pixels with x2/y2 exclusive (the shape covers x1..x2-1), and
   ``meta.width/height``.
@@ -39,8 +40,9 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from vlmtune.data.errors import DataError
+from vlmtune.data.templates import VQA_PROMPT
 
-SHAPES_VERSION = "v3"  # cache folder; bump when the set of generated files or their bytes change
+SHAPES_VERSION = "v4"  # cache folder; bump when the set of generated files or their bytes change
 RNG_TAG = "v2"  # part of every random stream's seed: changing it changes every scene
 SHAPES = ("circle", "square", "triangle")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -253,45 +255,35 @@ def vqa_pairs(scene: list[dict], rng: random.Random) -> list[tuple[str, str, str
     return pairs
 
 
-def sentence_answer(question: str, answer: str, answer_type: str) -> str:
-    """The full-sentence form of a :func:`vqa_pairs` answer, as a chat assistant would say it:
-    "I can see 2 shapes.", "It is red.", "It is a circle.", "Yes, there is a red circle."."""
+def explained_answer(question: str, answer: str, answer_type: str) -> str:
+    """A :func:`vqa_pairs` answer as a talkative assistant gives it: the answer word first, as VQA
+    writes it, then a sentence saying why. "red. The circle is red.", "2. I can see 2 shapes.",
+    "no. There is no red circle.", "circle. The shape on the left is a circle."."""
+    head = answer + "."
     if answer_type == "number":
-        return f"I can see {answer} shape{'s' if answer != '1' else ''}."
+        return f"{head} I can see {answer} shape{'s' if answer != '1' else ''}."
     if answer_type == "yes/no":
-        thing = question.removeprefix("Is there ").rstrip("?")
-        return (
-            f"Yes, there is {thing}." if answer == "yes" else f"No, there is no {thing.removeprefix('a ')}."
-        )
-    return f"It is a {answer}." if answer in SHAPES else f"It is {answer}."
+        thing = question.removeprefix("Is there a ").rstrip("?")
+        return f"{head} There is {'a' if answer == 'yes' else 'no'} {thing}."
+    subject = question.rstrip("?").split()[-1]  # the circle / blue / left
+    article = "a " if answer in SHAPES else ""
+    if question.startswith(("What shape is on the ", "What color is the shape on the ")):
+        return f"{head} The shape on the {subject} is {article}{answer}."
+    if question.startswith("What shape is "):
+        return f"{head} The {subject} shape is {article}{answer}."
+    return f"{head} The {subject} is {article}{answer}."
 
 
-# Chat phrasing around a question (never VQA's "single word or phrase" instruction): the answer is
-# then not at a fixed distance from the question, so a model must find the question by its content.
-CHAT_PREFIXES = ("", "", "", "Look at the image. ", "I have a question. ", "Tell me about the picture: ")
-CHAT_SUFFIXES = (
-    "",
-    "",
-    "",
-    " Answer in a full sentence.",
-    "\nPlease reply with a complete sentence.",
-    " Look carefully.",
-    "\nExplain briefly.",
-    " Thanks!",
-)
-
-
-def chat_turns(scene: list[dict], rng: random.Random) -> list[dict]:
-    """LLaVA ``conversations`` (image marker on the first turn) asking :func:`vqa_pairs` questions
-    in random order, each with a random :data:`CHAT_PREFIXES` / :data:`CHAT_SUFFIXES` phrasing,
-    answered by :func:`sentence_answer`."""
-    pairs = vqa_pairs(scene, rng)
-    rng.shuffle(pairs)
+def chat_turns(pairs: list[tuple[str, str, str]], rng: random.Random) -> list[dict]:
+    """LLaVA ``conversations`` (image marker on the first turn) asking an image's :func:`vqa_pairs`
+    in random order, with VQA's own instruction, answered by :func:`explained_answer`: the base
+    model's instruction data knows the answers but not the short-answer format."""
+    pairs = rng.sample(pairs, len(pairs))  # any question may come first (a fixed order is learned)
     turns = []
     for i, (question, answer, answer_type) in enumerate(pairs):
-        text = rng.choice(CHAT_PREFIXES) + question + rng.choice(CHAT_SUFFIXES)
-        turns.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + text})
-        turns.append({"from": "gpt", "value": sentence_answer(question, answer, answer_type)})
+        image = "<image>\n" if i == 0 else ""
+        turns.append({"from": "human", "value": f"{image}{question}\n{VQA_PROMPT}"})
+        turns.append({"from": "gpt", "value": explained_answer(question, answer, answer_type)})
     return turns
 
 
@@ -322,7 +314,8 @@ def image_records(split: str, seed: int, index: int, image_size: int) -> tuple[I
     base = f"shapes-{split}-{index:06d}"
     meta = {"width": image_size, "height": image_size, "objects": [_name(o) for o in scene]}
     vqa, vqg = [], []
-    for k, (question, answer, answer_type) in enumerate(vqa_pairs(scene, rng)):
+    pairs = vqa_pairs(scene, rng)
+    for k, (question, answer, answer_type) in enumerate(pairs):
         vqa.append(
             {
                 "id": f"{base}-q{k}",
@@ -358,7 +351,7 @@ def image_records(split: str, seed: int, index: int, image_size: int) -> tuple[I
             {
                 "id": f"{base}-chat",
                 "task": "conversation",
-                "conversations": chat_turns(scene, _rng(split, seed, index, "chat")),
+                "conversations": chat_turns(pairs, _rng(split, seed, index, "chat")),
             }
         ],
         "grounding": grounding,
