@@ -9,11 +9,12 @@
                 (:mod:`vlmtune.models.vision_pretrain`, a stand-in for CLIP's pretraining)
     stage 0b    language model + projector trained on shapes captions and question generation
                 (VQG) over the frozen vision tower
-    stage 0c    the same, on shapes chat: the VQA questions answered in full sentences ("It is
-                red.", "Yes, there is a red circle."), so the base model talks about the images
-                like a chat assistant but has never seen VQA's short-answer format (exact-match
-                VQA accuracy ~0). Stage 2 (``llava-dora``) teaches that format, the role LLaVA-1.5's
-                "Answer the question using a single word or phrase." data plays.
+    stage 0c    the same, on shapes chat: the VQA questions, with VQA's "Answer the question
+                using a single word or phrase." instruction, answered by a talkative assistant
+                that ignores it: the answer, then why ("red. The circle is red."). The base model
+                knows the answers but not the short-answer format (exact-match VQA accuracy 0);
+                stage 2 (``llava-dora``) teaches the format, as LLaVA-1.5's stage 2 does for a
+                chat model that answers at length.
 
 Everything is a pure function of the seed: :func:`build_shapes_tiny` run twice writes the same
 weights. The preset is looked up in ``vlmtune/assets/shapes-tiny`` (shipped) and then in
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-PRESET_VERSION = "v3"
+PRESET_VERSION = "v4"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
@@ -225,16 +226,15 @@ def pretrain_config(model_dir: Path, steps: int, seed: int = 0):
 
 
 def chat_config(model_dir: Path, steps: int, seed: int = 0):
-    """Stage 0c: :func:`pretrain_config` continued on shapes chat (5 full-sentence QA turns per
-    image, :func:`vlmtune.data.shapes.chat_turns`); this is where the LM learns to look up the
-    object a question names."""
-    from vlmtune.adapters.spec import AdapterSpec
-
+    """Stage 0c: :func:`pretrain_config` continued on shapes chat (an image's 5 VQA questions with
+    VQA's instruction, answered answer-first with a reason, :func:`vlmtune.data.shapes.chat_turns`).
+    This is where the LM learns to look up the object a question names; the answer's position
+    right after the prompt is what lets a 2-layer LM find it (a chat phrasing that moved the
+    answer around, tried in v3, never got past chance on which colour goes with which shape)."""
     cfg = pretrain_config(model_dir, steps, seed)
     cfg.recipe = "shapes-tiny-chat"
-    cfg.adapters.vision = AdapterSpec(method="full")  # the tower refines its shape features too
-    cfg.train.vision_lr = 2e-4
     cfg.data.train, cfg.data.max_length, cfg.train.log_every = "shapes:chat", 256, 100
+    cfg.train.lr = 1e-3
     return cfg
 
 
@@ -256,7 +256,7 @@ def build_shapes_tiny(
     out_dir: str | Path,
     steps: int = 1500,
     vision_steps: int = 2000,
-    chat_steps: int = 4000,
+    chat_steps: int = 7000,
     seed: int = 0,
     quiet: bool = True,
 ) -> Path:
@@ -295,7 +295,7 @@ def preset_path(name: str) -> Path:
     final = cache_root() / f"{name}-{PRESET_VERSION}"
     if not (final / "config.json").is_file():
         print(
-            f"building the {name} base model into {final} (first use; about 25 minutes on 2 CPU cores)...",
+            f"building the {name} base model into {final} (first use; about 45 minutes on 2 CPU cores)...",
             flush=True,
         )
         final.parent.mkdir(parents=True, exist_ok=True)
