@@ -13,10 +13,11 @@ docs/ARCHITECTURE.md, image paths relative to the JSONL):
 - ``caption``: 5 reference captions; ``captions[0]`` is canonical, left to right:
   "a red circle and a blue square".
 - ``vqg``: question generation from the non-yes/no VQA pairs (``answer`` -> ``question``).
-- ``chat``: one LLaVA-style ``conversation`` record per image: the image's ``vqa`` questions, with
-  VQA's "Answer the question using a single word or phrase." instruction, answered by a talkative
-  assistant: answer first, then why ("red. The circle is red.", :func:`explained_answer`). The
-  base model's instruction data: it teaches the answers, never the short-answer format.
+- ``chat``: one LLaVA-style ``conversation`` record per image: the image's ``vqa`` questions in
+  random order, with VQA's "Answer the question using a single word or phrase." instruction,
+  answered by a talkative assistant: answer first, then why ("red. The circle is red.",
+  :func:`explained_answer`). The base model's instruction data: it teaches the answers, never the
+  short-answer format.
 - ``grounding``: one record per shape; ``boxes[0]`` is the referred shape {label "red circle",
   bbox [x1, y1, x2, y2]} in pixels with x2/y2 exclusive (the shape covers x1..x2-1), and
   ``meta.width/height``.
