@@ -159,3 +159,34 @@ def test_paper_param_percentages() -> None:
     assert rows["lora"][0] == 8_786_688 and rows["lora"][1] == 148_234_752
     assert rows["dora"][0] - rows["lora"][0] == 36 * 768 + 32 * 768  # magnitudes + LayerNorm weights
     assert rows["ft"][2] == 100.0
+
+
+def test_explained_vqa_targets_answer_first_and_drop_human_answers() -> None:
+    from vlmtune.models.vlbart_presets import explained_vqa
+
+    q = {"id": "q", "task": "vqa", "question": "What color is the circle?", "answer": "red",
+         "answers": ["red"] * 10, "answer_type": "other"}  # fmt: skip
+    cap = {"id": "c", "task": "caption", "captions": ["a red circle"]}
+    out = explained_vqa([q, cap])
+    assert out[0]["answer"] == "red. The circle is red." and "answers" not in out[0]
+    assert train_target(out[0], random.Random(0)) == "red. The circle is red."
+    assert out[1] is cap and q["answers"] == ["red"] * 10  # inputs untouched
+
+
+def test_grid_encoder_pretraining_trains_the_trunk_then_freezes_it() -> None:
+    from vlmtune.models.visual_features import build_grid_encoder
+    from vlmtune.models.vlbart_presets import pretrain_grid_encoder
+
+    torch.manual_seed(0)
+    encoder = build_grid_encoder("tiny", 36)
+    before = {k: v.clone() for k, v in encoder.trunk.state_dict().items()}
+    pixels = torch.randn(2, 3, 224, 224)
+    frozen = encoder(pixels)
+    tokens = encoder.grid_tokens(pixels)  # the same tokens, with autograd
+    torch.testing.assert_close(tokens, frozen)
+    assert tokens.requires_grad is False  # frozen: no parameter needs a gradient
+    scores = pretrain_grid_encoder(encoder, steps=3, n_images=8)
+    assert set(scores) == {"patch_accuracy", "scene_accuracy", "scene_exact"}
+    after = encoder.trunk.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("conv1.weight"))
+    assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())

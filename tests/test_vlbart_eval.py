@@ -70,5 +70,5 @@ def test_shapes_vl_scores_each_task_on_its_own_records() -> None:
     rows = [_row(bench, r, t) for r, t in zip(recs, ["red", "square", "a red circle", "no"])]
     m = score_shapes_vl(rows, caption_metrics=("cider",), tokenizer="simple")
     assert m["accuracy"] == 50.0 and m["nlvr_accuracy"] == 0.0
-    assert m["per_task_count"] == {"vqa": 2, "caption": 1, "nlvr": 1}
+    assert m["per_task_count"] == {"vqa": 2, "caption": 1, "nlvr": 1} and m["count"] == 4
     assert "CIDEr" in m

@@ -84,7 +84,9 @@ def score_shapes_vl(
     if by_task.get("vqa"):
         out["accuracy"] = vqa.score_vqa(by_task["vqa"])["accuracy"]
     if by_task.get("caption"):
-        out.update(_score_captions(by_task["caption"], metrics=caption_metrics, tokenizer=tokenizer))
+        captions = _score_captions(by_task["caption"], metrics=caption_metrics, tokenizer=tokenizer)
+        captions.pop("count")  # the caption records only; ``count`` stays the number of all rows
+        out.update(captions)
     if by_task.get("nlvr"):
         out["nlvr_accuracy"] = score_nlvr2(by_task["nlvr"])["accuracy"]
     return out

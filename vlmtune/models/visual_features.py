@@ -57,13 +57,17 @@ class GridEncoder(nn.Module):
     def train(self, mode: bool = True) -> GridEncoder:  # noqa: ARG002 - frozen encoder
         return super().train(False)
 
-    @torch.no_grad()
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def grid_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (B, 3, S, S) -> (B, grid*grid, C) with autograd (stage-0 pretraining)."""
         t = self.trunk
         x = t.stem(pixels.to(t.conv1.weight.dtype))
         x = t.layer4(t.layer3(t.layer2(t.layer1(x))))  # (B, C, S/32, S/32)
         x = F.adaptive_avg_pool2d(x, self.grid)  # (B, C, grid, grid)
-        return x.flatten(2).transpose(1, 2).float()  # (B, grid*grid, C)
+        return x.flatten(2).transpose(1, 2).float()
+
+    @torch.no_grad()
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.grid_tokens(pixels)
 
     @property
     def has_public_weights(self) -> bool:

@@ -1,8 +1,18 @@
 """VL-BART presets built from configs (no download): the tiny shapes model and the real bart-base shape.
 
-* ``shapes-tiny``: 2+2-layer BART (d_model 128) with a byte-level BPE tokenizer trained offline on a
-  small built-in corpus, plus the ``tiny`` CLIP ResNet. Built once into a cache folder with
-  ``save_pretrained`` and always loaded back from it, so runs use the same files a user would.
+* ``shapes-tiny``: 4+4-layer BART (d_model 128) with a byte-level BPE tokenizer trained offline on a
+  small built-in corpus, plus the ``tiny`` CLIP ResNet. Shipped in ``vlmtune/assets/vlbart-shapes-tiny``
+  (written by ``python -m vlmtune.models.vlbart_presets OUT``; built into the cache on first use when
+  the asset is missing) and always loaded back with ``from_pretrained``:
+
+    stage 0a   the ResNet alone learns shapes patch labels and scene attributes
+               (:mod:`vlmtune.models.vision_pretrain`, a stand-in for CLIP's pretraining)
+    stage 0b   BART + visual embedding from random init on captions and on VQA answered by a
+               talkative assistant, answer first, then why ("red. the circle is red.",
+               :func:`explained_vqa`): the base knows the answers but not VQA's short-answer format
+               (exact-match VQA accuracy 0), like the LLaVA ``shapes-tiny`` base; fine-tuning
+               (``vlbart-dora``) teaches the format.
+
 * ``bart-base`` + ``RN101``: the paper model's structure (on the meta device) for the parameter
   report of the DoRA paper's Table 2.
 """
@@ -17,7 +27,13 @@ from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTok
 
 from vlmtune.adapters.inject import attach
 from vlmtune.adapters.spec import AdapterSpec
-from vlmtune.models.visual_features import FeatureExtractor, build_grid_encoder, grid_boxes
+from vlmtune.models.visual_features import (
+    FeatureExtractor,
+    GridEncoder,
+    build_grid_encoder,
+    grid_boxes,
+    preprocess,
+)
 from vlmtune.models.vlbart import (
     META_FILE,
     TOWERS,
@@ -29,8 +45,13 @@ from vlmtune.models.vlbart import (
 )
 
 PRESETS = ("shapes-tiny", "vlbart-shapes-tiny")
-PRESET_VERSION = "v2"
-PRETRAIN_STEPS = 400
+PRESET_VERSION = "v3"
+ASSET = Path(__file__).resolve().parent.parent / "assets" / "vlbart-shapes-tiny"
+SHAPES_IMAGE_SIZE = 64  # the shapes default's image size
+VISION_STEPS = 1000
+PRETRAIN_STEPS = 4000
+PRETRAIN_IMAGES = 8000
+LAYERS = 4  # with 2+2 layers the model stayed at chance on which colour goes with which shape
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # BART ids 0..3
 
 _WORDS = """
@@ -78,7 +99,7 @@ def build_tiny_tokenizer(vocab_size: int = 600) -> PreTrainedTokenizerFast:
     return fast
 
 
-def tiny_bart_config(vocab_size: int, d_model: int = 128, layers: int = 2) -> BartConfig:
+def tiny_bart_config(vocab_size: int, d_model: int = 128, layers: int = LAYERS) -> BartConfig:
     return BartConfig(
         vocab_size=vocab_size,
         d_model=d_model,
@@ -102,52 +123,105 @@ def tiny_bart_config(vocab_size: int, d_model: int = 128, layers: int = 2) -> Ba
     )
 
 
-def build_random_vlbart(folder: str | Path, seed: int = 0) -> Path:
-    """A randomly initialised tiny VL-BART from configs, saved to ``folder`` (no download)."""
+def build_random_vlbart(folder: str | Path, seed: int = 0, encoder: GridEncoder | None = None) -> Path:
+    """A randomly initialised tiny VL-BART from configs, saved to ``folder`` (no download); the
+    ``tiny`` CLIP ResNet is random too unless ``encoder`` (e.g. a pretrained one) is given."""
     g = torch.random.fork_rng()
     with g:
         torch.manual_seed(seed)
         tokenizer = build_tiny_tokenizer()
         bart = BartForConditionalGeneration(tiny_bart_config(len(tokenizer)))
         bart.generation_config.forced_bos_token_id = 0
-        encoder = build_grid_encoder("tiny", 36)
+        encoder = encoder or build_grid_encoder("tiny", 36)
         ve = VisualEmbedding(encoder.feat_dim, bart.config.d_model, n_images=2)
     extractor = FeatureExtractor(encoder)
     return save_vlbart(VLBart(bart, ve, extractor.boxes), tokenizer, extractor, folder)
 
 
+def pretrain_grid_encoder(
+    encoder: GridEncoder, steps: int = VISION_STEPS, n_images: int = PRETRAIN_IMAGES, seed: int = 0
+) -> dict[str, float]:
+    """Stage 0a: the CLIP ResNet trunk learns the shapes scenes' per-cell labels and scene
+    attributes from its pooled grid tokens (BatchNorm in train mode), then is frozen again.
+    Returns held-out accuracies."""
+    from vlmtune.models.vision_pretrain import pretrain_encoder, shapes_grid_data
+
+    def to_pixels(images: list) -> torch.Tensor:
+        return torch.stack([preprocess(im, encoder.image_size) for im in images])
+
+    encoder.trunk.train()
+    encoder.trunk.requires_grad_(True)
+    scores = pretrain_encoder(
+        encoder.grid_tokens,
+        list(encoder.trunk.parameters()),
+        encoder.feat_dim,
+        shapes_grid_data("train", n_images, SHAPES_IMAGE_SIZE, encoder.grid, to_pixels),
+        shapes_grid_data("val", 500, SHAPES_IMAGE_SIZE, encoder.grid, to_pixels),
+        steps=steps,
+        seed=seed,
+    )
+    encoder.requires_grad_(False)
+    encoder.eval()
+    return scores
+
+
+def explained_vqa(records: list[dict]) -> list[dict]:
+    """VQA records answered by a talkative assistant: the answer first, then why
+    (:func:`vlmtune.data.shapes.explained_answer`); the human ``answers`` are dropped so that this
+    is the only training target. Other records pass through unchanged."""
+    from vlmtune.data.shapes import explained_answer
+
+    out = []
+    for r in records:
+        if r.get("task") == "vqa":
+            r = {k: v for k, v in r.items() if k != "answers"}
+            r["answer"] = explained_answer(r["question"], r["answer"], r["answer_type"])
+        out.append(r)
+    return out
+
+
 def pretrain_config(model_dir: Path, steps: int, seed: int = 0):
-    """Stage 0 (like VL-BART's own pretraining): BART + visual embedding fully trained on shapes
-    captions only, so the base model knows the images and words but not the VQA task."""
+    """Stage 0b (like VL-T5's multi-task pretraining, which has QA too): BART + visual embedding
+    fully trained on shapes captions and :func:`explained_vqa` questions, round-robin."""
     from vlmtune.config import RunConfig
 
     cfg = RunConfig(recipe="vlbart-shapes-tiny-pretrain")
     cfg.model.pipeline, cfg.model.name_or_path, cfg.model.feature_cache = "vlbart", str(model_dir), "auto"
     cfg.adapters.language = AdapterSpec(method="full")
     cfg.adapters.projector = AdapterSpec(method="full")
-    cfg.data.train, cfg.data.max_length = "shapes:caption", 40
+    cfg.data.train, cfg.data.max_length, cfg.data.shapes_size = "shapes:caption,vqa", 40, PRETRAIN_IMAGES
     t = cfg.train
-    t.seed, t.max_steps, t.batch_size, t.lr = seed, steps, 32, 2e-3
-    t.warmup_ratio, t.schedule, t.log_every, t.weight_decay = 0.05, "cosine", 50, 0.0
+    # lr 3e-4: at 1e-3 the model stayed at chance on colour/shape lookups
+    t.seed, t.max_steps, t.batch_size, t.lr = seed, steps, 32, 3e-4
+    t.warmup_ratio, t.schedule, t.log_every, t.weight_decay = 0.05, "cosine", 100, 0.0
     return cfg
 
 
 def build_tiny_vlbart(
-    folder: str | Path, steps: int = PRETRAIN_STEPS, seed: int = 0, quiet: bool = True
+    folder: str | Path,
+    steps: int = PRETRAIN_STEPS,
+    vision_steps: int = VISION_STEPS,
+    seed: int = 0,
+    quiet: bool = True,
 ) -> Path:
-    """The ``shapes-tiny`` VL-BART: random init from configs, then ``steps`` of caption pretraining
-    with the shared trainer; written to ``folder`` with ``save_pretrained``."""
+    """The ``shapes-tiny`` VL-BART: stage 0a :func:`pretrain_grid_encoder`, a random BART from
+    configs, stage 0b :func:`pretrain_config` with the shared trainer; written to ``folder`` with
+    ``save_pretrained``. Deterministic in ``seed``."""
+    import shutil
     import tempfile
 
     from vlmtune.data.records import load_records
     from vlmtune.models.vlbart import build_vlbart_pipeline
     from vlmtune.train.trainer import Trainer, seed_everything
 
+    say = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
     with tempfile.TemporaryDirectory(prefix="vlbart-tiny-") as work:
-        init = build_random_vlbart(Path(work) / "init", seed=seed)
+        torch.manual_seed(seed)
+        encoder = build_grid_encoder("tiny", 36)
+        if vision_steps > 0:
+            say(f"stage 0a (vision): {pretrain_grid_encoder(encoder, vision_steps, seed=seed)}")
+        init = build_random_vlbart(Path(work) / "init", seed=seed, encoder=encoder)
         if steps <= 0:
-            import shutil
-
             shutil.copytree(init, folder)
             return Path(folder)
         cfg = pretrain_config(init, steps, seed)
@@ -155,13 +229,16 @@ def build_tiny_vlbart(
         pipe = build_vlbart_pipeline(cfg)
         attach(pipe.model, pipe.towers, cfg.adapters.specs())
         records = load_records(cfg.data.train, split="train", n_images=cfg.data.shapes_size)
-        Trainer(pipe, cfg, records, Path(work) / "run", quiet=quiet).fit()
+        Trainer(pipe, cfg, explained_vqa(records), Path(work) / "run", quiet=quiet).fit()
         pipe.model.requires_grad_(True)
         return pipe.save_merged(folder)
 
 
 def ensure_preset(name: str) -> Path:
-    """The preset's folder, building it on first use (atomic: build in a temp folder, rename)."""
+    """The shipped asset, else the cache folder, built there on first use (atomic: build in a
+    temp folder, then rename)."""
+    if (ASSET / META_FILE).is_file():
+        return ASSET
     folder = preset_dir(name)
     if (folder / META_FILE).is_file():
         return folder
@@ -235,5 +312,10 @@ def format_paper_table(rows: list[tuple[str, int, int, float, float]]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    print(format_paper_table(paper_param_table()))
+if __name__ == "__main__":  # python -m vlmtune.models.vlbart_presets [OUT_DIR [STEPS [VISION_STEPS]]]
+    import sys
+
+    if len(sys.argv) > 1:
+        build_tiny_vlbart(sys.argv[1], *(int(a) for a in sys.argv[2:4]), quiet=False)
+    else:
+        print(format_paper_table(paper_param_table()))
