@@ -216,8 +216,7 @@ def build_tiny_vlbart(
 
     say = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
     with tempfile.TemporaryDirectory(prefix="vlbart-tiny-") as work:
-        torch.manual_seed(seed)
-        encoder = build_grid_encoder("tiny", 36)
+        encoder = build_grid_encoder("tiny", 36)  # seeds its own RNG; pretraining seeds with ``seed``
         if vision_steps > 0:
             say(f"stage 0a (vision): {pretrain_grid_encoder(encoder, vision_steps, seed=seed)}")
         init = build_random_vlbart(Path(work) / "init", seed=seed, encoder=encoder)
