@@ -75,6 +75,22 @@ def test_truncation_in_collate_keeps_all_image_tokens(model_dir, vqa) -> None:
     assert torch.isfinite(pipe.loss(batch))  # nothing supervised left: 0, not 0/0
 
 
+def test_truncated_answers_are_counted_and_reported_once(model_dir, vqa, capsys) -> None:
+    full = pipeline_for(model_dir, "data.max_length=512").encode(vqa[0])
+    answer = sum(lab != IGNORE_INDEX for lab in full.labels)
+    pipe = pipeline_for(model_dir, f"data.max_length={len(full) - 1}")  # cuts the final </s>
+    pipe.collate(vqa[:1], train=True)
+    pipe.collate(vqa[:1], train=True)
+    pipe.collate(vqa[:1], train=False)  # prompts only: nothing to lose
+    assert pipe.truncated_answers == 2 and answer > 1
+    out = capsys.readouterr().out
+    assert out.count("warning:") == 1
+    assert f"record '{vqa[0]['id']}' is {len(full)} tokens" in out and "cuts 1 of its answer tokens" in out
+    roomy = pipeline_for(model_dir, f"data.max_length={len(full)}")
+    roomy.collate(vqa[:1], train=True)
+    assert roomy.truncated_answers == 0
+
+
 def test_generation_left_pads_and_matches_single_example(model_dir, vqa) -> None:
     pipe = pipeline_for(model_dir)
     records = [vqa[0], vqa[7]]  # different question lengths -> left padding

@@ -74,6 +74,11 @@ def truncate(enc: Encoded, max_length: int) -> Encoded:
     return Encoded(enc.input_ids[:cut], enc.labels[:cut], list(enc.image_spans))
 
 
+def supervised_tokens(enc: Encoded) -> int:
+    """Number of tokens that carry a label (the answer tokens the loss sees)."""
+    return sum(label != IGNORE_INDEX for label in enc.labels)
+
+
 def pad_batch(
     encoded: list[Encoded], pad_id: int, side: str = "right", with_labels: bool = True
 ) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ from vlmtune.data.collate import (
     encode_segments,
     pad_batch,
     prompt_segments,
+    supervised_tokens,
     truncate,
 )
 from vlmtune.generation import generate_text
@@ -111,6 +112,7 @@ class LlavaPipeline:
         self.num_image_tokens = num_image_tokens(self.model.config)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+        self.truncated_answers = 0  # training sequences whose answer tokens data.max_length cut
 
     # ------------------------------------------------------------------ data
     def segments(self, record: dict, train: bool = True) -> list[tuple[str, bool]]:
@@ -137,7 +139,23 @@ class LlavaPipeline:
                 f"{n_placeholders} '{IMAGE_PLACEHOLDER}' placeholder(s) in its text; they must match"
             )
         enc = encode_segments(segs, self.tokenizer, self.image_token_id, self.num_image_tokens)
-        return truncate(enc, self.cfg.data.max_length)
+        cut = truncate(enc, self.cfg.data.max_length)
+        if train and len(cut) < len(enc):
+            self._note_truncation(record, supervised_tokens(enc) - supervised_tokens(cut), len(enc))
+        return cut
+
+    def _note_truncation(self, record: dict, lost: int, length: int) -> None:
+        """Count training sequences whose answer tokens ``data.max_length`` cut; say so once."""
+        if lost <= 0:
+            return
+        if self.truncated_answers == 0:
+            print(
+                f"warning: record '{record.get('id')}' is {length} tokens; data.max_length="
+                f"{self.cfg.data.max_length} cuts {lost} of its answer tokens from the loss. Raise "
+                "data.max_length (the number of such sequences is reported after training)",
+                flush=True,
+            )
+        self.truncated_answers += 1
 
     def pixel_values(self, records: list[dict]) -> torch.Tensor | None:
         images = [load_image(p) for r in records for p in record_images(r)]

@@ -281,6 +281,13 @@ class Trainer:
         model.eval()
         if self.skipped_steps:
             self._log(f"skipped {self.skipped_steps} step(s) with a non-finite loss (train.nonfinite=skip)")
+        truncated = getattr(self.pipeline, "truncated_answers", 0)
+        if truncated and self.rank == 0:  # a data problem: reported even with --quiet
+            print(
+                f"warning: {truncated} training sequence(s) lost answer tokens to data.max_length="
+                f"{self.cfg.data.max_length}; raise it to train on whole answers",
+                flush=True,
+            )
         return {
             "step": self.step,
             "loss": last_loss,
