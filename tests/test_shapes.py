@@ -43,12 +43,14 @@ def small(tmp_path_factory) -> dict[str, Path]:
 def test_identical_bytes_for_identical_arguments(tmp_path):
     a = generate_shapes(tmp_path / "a", 12, split="val", seed=3)
     generate_shapes(tmp_path / "b", 12, split="val", seed=3)
-    assert set(a) == {"vqa", "caption", "vqg", "chat", "grounding", "classify"}
+    assert set(a) == {"vqa", "caption", "vqg", "chat", "grounding", "locate", "classify"}
     assert tree_hash(tmp_path / "a") == tree_hash(tmp_path / "b")
     # pinned: if this changes on purpose, bump SHAPES_VERSION (cached datasets are keyed by it)
     # (chat, added in cache v3 and rewritten in v4, is pinned on its own: the other files kept
-    # their v2 bytes through both)
-    text = hashlib.sha256(b"".join(a[t].read_bytes() for t in sorted(a) if t != "chat")).hexdigest()
+    # their v2 bytes through both; locate came in v5 and changed no other file)
+    text = hashlib.sha256(
+        b"".join(a[t].read_bytes() for t in sorted(a) if t not in ("chat", "locate"))
+    ).hexdigest()
     assert text == "811f1320bb96c33e6e300c440036918bb8413404a9da233c1887b7509cf71187"
     chat = hashlib.sha256(a["chat"].read_bytes()).hexdigest()
     assert chat == "7f394799a915204aade0c8c6c4024df2ba8c7652bdfb2c5701c91e612856d4ce"
@@ -147,6 +149,24 @@ def test_caption_and_vqg_and_classify(small):
         x1, y1, x2, y2 = r["boxes"][0]["bbox"]
         pixel = Image.open(root / r["image"]).getpixel(((x1 + x2) // 2, (y1 + y2) // 2))
         assert pixel == COLORS[r["meta"]["color"]]
+
+
+def test_locate_is_single_shape_grounding_with_medium_and_large_shapes(small):
+    loc = read(small["locate"])
+    root = Path(small["locate"]).parent
+    assert len(loc) == 40 and len({r["image"] for r in loc}) == 40
+    sides = []
+    for r in loc:
+        assert r["task"] == "grounding" and r["id"].startswith("shapes-train-loc-") and len(r["boxes"]) == 1
+        (box,) = r["boxes"]
+        assert r["meta"] == {"width": 64, "height": 64, "objects": [box["label"]]}
+        x1, y1, x2, y2 = box["bbox"]
+        sides.append(x2 - x1)
+        image = np.asarray(Image.open(root / r["image"]).convert("RGB"))
+        ys, xs = np.nonzero((image == COLORS[box["label"].split()[0]]).all(-1))
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x1, y1, x2, y2)  # tight box
+    assert min(sides) >= 6 and max(sides) <= 23
+    assert 0 < sum(s * s < 0.03 * 64 * 64 for s in sides) < 40  # some COCO-medium, some large
 
 
 def test_cache_generates_once_and_is_concurrency_safe(tmp_path, monkeypatch):

@@ -21,6 +21,9 @@ docs/ARCHITECTURE.md, image paths relative to the JSONL):
 - ``grounding``: one record per shape; ``boxes[0]`` is the referred shape {label "red circle",
   bbox [x1, y1, x2, y2]} in pixels with x2/y2 exclusive (the shape covers x1..x2-1), and
   ``meta.width/height``.
+- ``locate``: a separate single-shape image per index, shapes 6-23 px at 64 px (smaller than in the
+  scenes, so about a third are COCO-"medium"), with a ``grounding`` record (same schema): the
+  one-object localisation data PIN is trained and scored on (``vlmtune eval pin-loc``).
 - ``classify``: a separate single-shape image per index; ``label`` = colour*3 + shape index into
   :data:`CLASSES` (12 classes, name in ``meta.label_name``), ``meta.shape_label`` = index into
   :data:`SHAPES` (3 classes).
@@ -43,7 +46,7 @@ from PIL import Image, ImageDraw
 from vlmtune.data.errors import DataError
 from vlmtune.data.templates import VQA_PROMPT
 
-SHAPES_VERSION = "v4"  # cache folder; bump when the set of generated files or their bytes change
+SHAPES_VERSION = "v5"  # cache folder; bump when the set of generated files or their bytes change
 RNG_TAG = "v2"  # part of every random stream's seed: changing it changes every scene
 SHAPES = ("circle", "square", "triangle")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -54,7 +57,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 BACKGROUND = (245, 245, 245)
 CLASSES = tuple(f"{c} {s}" for c in COLORS for s in SHAPES)  # classify labels: "red circle", ...
-TASKS = ("vqa", "caption", "vqg", "chat", "grounding", "classify")
+TASKS = ("vqa", "caption", "vqg", "chat", "grounding", "locate", "classify")
 SPLITS = ("train", "val", "test")
 DEFAULT_IMAGES = {"train": 2000, "val": 200, "test": 500}
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
@@ -70,12 +73,18 @@ def _disjoint(a: list[int], b: list[int], gap: int) -> bool:
     return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
 
 
-def sample_scene(rng: random.Random, image_size: int, n_shapes: int | None = None) -> list[dict]:
-    """1-3 shapes ``{"shape", "color", "bbox": [x1, y1, x2, y2]}`` with distinct types and colours."""
+def sample_scene(
+    rng: random.Random,
+    image_size: int,
+    n_shapes: int | None = None,
+    sizes: tuple[float, float] = (0.22, 0.36),
+) -> list[dict]:
+    """1-3 shapes ``{"shape", "color", "bbox": [x1, y1, x2, y2]}`` with distinct types and colours;
+    square boxes whose side is ``sizes`` (fractions of the image side) at most."""
     n = n_shapes or rng.randint(1, 3)
     shapes = rng.sample(SHAPES, n)
     colors = rng.sample(list(COLORS), n)
-    lo, hi = max(4, round(0.22 * image_size)), max(5, round(0.36 * image_size))
+    lo, hi = max(4, round(sizes[0] * image_size)), max(5, round(sizes[1] * image_size))
     gap = max(1, image_size // 32)
     for _ in range(200):
         placed: list[dict] = []
@@ -378,6 +387,18 @@ def classify_record(split: str, seed: int, index: int, image_size: int) -> tuple
     return draw_scene([obj], image_size), record
 
 
+LOCATE_SIZES = (0.1, 0.36)  # 6-23 px at 64 px: about a third are COCO-"medium" (area < 3% of the image)
+
+
+def locate_record(split: str, seed: int, index: int, image_size: int) -> tuple[Image.Image, dict]:
+    """A single-shape image of any size in :data:`LOCATE_SIZES` and its ``grounding`` record."""
+    (obj,) = sample_scene(_rng(split, seed, index, "locate"), image_size, n_shapes=1, sizes=LOCATE_SIZES)
+    box = {"label": _name(obj), "bbox": list(obj["bbox"])}
+    meta = {"width": image_size, "height": image_size, "objects": [box["label"]]}
+    record = {"id": f"shapes-{split}-loc-{index:06d}", "task": "grounding", "boxes": [box], "meta": meta}
+    return draw_scene([obj], image_size), record
+
+
 def _check_args(split: str, n_images: int, image_size: int, tasks) -> tuple[str, ...]:
     if split not in SPLITS:
         raise DataError(f"unknown shapes split '{split}'; use one of {', '.join(SPLITS)}")
@@ -402,13 +423,13 @@ def generate_shapes(
 ) -> dict[str, Path]:
     """Write ``images/`` and ``<task>.jsonl`` for each task into ``out_dir``; returns task -> path.
 
-    ``n_images`` scene images (plus ``n_images`` single-shape images for ``classify``).
+    ``n_images`` scene images (plus ``n_images`` single-shape images each for ``classify`` and ``locate``).
     """
     tasks = _check_args(split, n_images, image_size, tasks)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     lines: dict[str, list[str]] = {t: [] for t in tasks}
-    scene_tasks = [t for t in tasks if t != "classify"]
+    scene_tasks = [t for t in tasks if t not in ("classify", "locate")]
     for i in range(n_images):
         if scene_tasks:
             image, records = image_records(split, seed, i, image_size)
@@ -422,6 +443,11 @@ def generate_shapes(
             rel = f"images/{split}-cls-{i:06d}.png"
             image.save(out / rel, format="PNG", compress_level=1)
             lines["classify"].append(json.dumps({"id": rec["id"], "task": "classify", "image": rel, **rec}))
+        if "locate" in tasks:
+            image, rec = locate_record(split, seed, i, image_size)
+            rel = f"images/{split}-loc-{i:06d}.png"
+            image.save(out / rel, format="PNG", compress_level=1)
+            lines["locate"].append(json.dumps({"id": rec["id"], "task": "grounding", "image": rel, **rec}))
     paths = {}
     for task in tasks:
         paths[task] = out / f"{task}.jsonl"

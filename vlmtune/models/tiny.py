@@ -295,7 +295,8 @@ def preset_path(name: str) -> Path:
     final = cache_root() / f"{name}-{PRESET_VERSION}"
     if not (final / "config.json").is_file():
         print(
-            f"building the {name} base model into {final} (first use; about 45 minutes on 2 CPU cores)...",
+            f"building the {name} base model into {final} (first use; about {BUILD_MINUTES[name]} "
+            "minutes on 2 CPU cores)...",
             flush=True,
         )
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -311,7 +312,15 @@ def preset_path(name: str) -> Path:
     return final
 
 
-PRESETS = {"shapes-tiny": build_shapes_tiny}
+def build_shapes_tiny_pin(out_dir: str | Path) -> Path:
+    """``shapes-tiny-pin``, the frozen base of ``llava-pin`` (:mod:`vlmtune.models.tiny_pin`)."""
+    from vlmtune.models.tiny_pin import build_shapes_tiny_pin as build
+
+    return build(out_dir)
+
+
+PRESETS = {"shapes-tiny": build_shapes_tiny, "shapes-tiny-pin": build_shapes_tiny_pin}
+BUILD_MINUTES = {"shapes-tiny": 45, "shapes-tiny-pin": 11}
 
 
 if __name__ == "__main__":  # python -m vlmtune.models.tiny OUT_DIR [STEPS [VISION_STEPS [CHAT_STEPS]]]
