@@ -12,9 +12,9 @@ so the tiny base learns both halves in one extra stage, from ``shapes-tiny``:
                shuffle (:func:`scrambled_positions`). The LM learns to write boxes and to read
                position from the features, never from token order.
 
-The code is a training scaffold: the shipped base has none. Frozen, it still writes a box of about
-the right size, but near the image centre: mIoU at the level of a constant box (README). ``llava-pin``
-trains a PIN from zero, with the whole VLM frozen, to give the position back.
+The code is a training scaffold: the shipped base has none. Frozen, it writes box text (80% of it
+parsable) in the wrong place: mIoU 0.03, below a constant box's 0.06. ``llava-pin`` trains a PIN from
+zero, with the whole VLM frozen, to give the position back: mIoU 0.45 (README).
 
 Measured, and why not a base that writes no box at all (the paper's frozen models score 0): a base
 that learned boxes only inside captions ("a red circle at [...]") scores 0 on the grounding prompt,
