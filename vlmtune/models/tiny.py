@@ -19,6 +19,8 @@
 Everything is a pure function of the seed: :func:`build_shapes_tiny` run twice writes the same
 weights. The preset is looked up in ``vlmtune/assets/shapes-tiny`` (shipped) and then in
 ``$VLMTUNE_CACHE/models`` (default ``~/.cache/vlmtune/models``), where it is built on first use.
+The second preset, ``shapes-tiny-pin`` (the frozen base of ``llava-pin``), is ``shapes-tiny`` plus
+stage 0d (:mod:`vlmtune.models.tiny_pin`) and is looked up the same way.
 """
 
 from __future__ import annotations
