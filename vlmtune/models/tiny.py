@@ -240,7 +240,11 @@ def chat_config(model_dir: Path, steps: int, seed: int = 0):
     return cfg
 
 
-def _train_stage(cfg, out: Path, run_dir: Path, quiet: bool) -> None:
+def train_stage(cfg, out: Path, run_dir: Path, quiet: bool, around=None) -> Path:
+    """Train ``cfg`` on its shapes data and write the merged model to ``out``. ``around(pipe,
+    records)``, when given, returns a context manager that the training runs inside."""
+    from contextlib import nullcontext
+
     from vlmtune.adapters.inject import attach
     from vlmtune.data.records import load_records
     from vlmtune.models.llava import LlavaPipeline
@@ -250,8 +254,9 @@ def _train_stage(cfg, out: Path, run_dir: Path, quiet: bool) -> None:
     pipe = LlavaPipeline(cfg)
     attach(pipe.model, pipe.towers, cfg.adapters.specs())
     records = load_records(cfg.data.train, split="train", n_images=cfg.data.shapes_size)
-    Trainer(pipe, cfg, records, run_dir, quiet=quiet).fit()
-    pipe.save_merged(out)
+    with around(pipe, records) if around else nullcontext():
+        Trainer(pipe, cfg, records, run_dir, quiet=quiet).fit()
+    return pipe.save_merged(out)
 
 
 def build_shapes_tiny(
@@ -277,8 +282,8 @@ def build_shapes_tiny(
             print(f"vision pretraining: {scores}", flush=True)
         model.save_pretrained(init)
         stage_b = Path(work) / "stage0b"
-        _train_stage(pretrain_config(init, steps, seed), stage_b, Path(work) / "run0b", quiet)
-        _train_stage(chat_config(stage_b, chat_steps, seed), out, Path(work) / "run0c", quiet)
+        train_stage(pretrain_config(init, steps, seed), stage_b, Path(work) / "run0b", quiet)
+        train_stage(chat_config(stage_b, chat_steps, seed), out, Path(work) / "run0c", quiet)
     return out
 
 

@@ -88,6 +88,15 @@ def feature_norm(pipe, records: list[dict]) -> float:
     return out.hidden_states[layer][:, 1:].norm(dim=-1).mean().item()  # CLS dropped ("default")
 
 
+def scramble_for_training(pipe, records: list[dict]):
+    """:func:`scrambled_positions` on ``pipe``'s projector, with the code scaled to the mean norm of
+    the vision features of ``records[:64]`` (as loud as the features)."""
+    vision = pipe.model.config.vision_config
+    code = position_code(vision.image_size // vision.patch_size, vision.hidden_size)
+    code *= feature_norm(pipe, records[:64]) / code.norm(dim=-1).mean()
+    return scrambled_positions(pipe.model.model.multi_modal_projector, code)
+
+
 def build_shapes_tiny_pin(
     out_dir: str | Path,
     steps: int = 3000,
@@ -98,26 +107,12 @@ def build_shapes_tiny_pin(
 ) -> Path:
     """Write ``shapes-tiny-pin`` to ``out_dir``: ``base`` (a preset name or LLaVA folder) + stage 0d
     on ``n_images`` single-shape images (module docstring)."""
-    from vlmtune.adapters.inject import attach
-    from vlmtune.data.records import load_records
-    from vlmtune.models.llava import LlavaPipeline
-    from vlmtune.models.tiny import PRESETS, preset_path
-    from vlmtune.train.trainer import Trainer, seed_everything
+    from vlmtune.models.tiny import PRESETS, preset_path, train_stage
 
     cfg = locate_config(preset_path(base) if base in PRESETS else Path(base), steps, seed)
     cfg.data.shapes_size = n_images
-    seed_everything(seed)
-    pipe = LlavaPipeline(cfg)
-    attach(pipe.model, pipe.towers, cfg.adapters.specs())
-    records = load_records(cfg.data.train, split="train", n_images=n_images)
-    vision = pipe.model.config.vision_config
-    grid = vision.image_size // vision.patch_size
-    code = position_code(grid, vision.hidden_size)
-    code *= feature_norm(pipe, records[:64]) / code.norm(dim=-1).mean()  # as loud as the features
     with tempfile.TemporaryDirectory(prefix="shapes-tiny-pin-") as work:
-        with scrambled_positions(pipe.model.model.multi_modal_projector, code):
-            Trainer(pipe, cfg, records, Path(work) / "run0d", quiet=quiet).fit()
-    return pipe.save_merged(out_dir)
+        return train_stage(cfg, Path(out_dir), Path(work) / "run0d", quiet, around=scramble_for_training)
 
 
 if __name__ == "__main__":  # python -m vlmtune.models.tiny_pin OUT_DIR [STEPS]
