@@ -110,7 +110,7 @@ def test_recipes_resolve_with_head_trained() -> None:
     for method in METHODS:
         cfg = load_config(f"vit-{method}")
         assert cfg.model.pipeline == "vit" and cfg.adapters.projector.method == "full", method
-    assert load_config("vit-vpt-deep").adapters.vision.options == {"length": 10, "deep": True}
+    assert load_config("vit-vpt-deep").adapters.vision.options == {"length": 50, "deep": True}
 
 
 def test_shared_trainer_lowers_loss_and_merged_model_roundtrips(tmp_path) -> None:
