@@ -12,6 +12,7 @@ from torch import nn
 from vlmtune.models.tiny import PRESETS
 from vlmtune.models.tiny_pin import (
     build_shapes_tiny_pin,
+    feature_norm,
     position_code,
     scrambled_positions,
 )
@@ -54,3 +55,20 @@ def test_build_trains_lm_and_projector_and_ships_no_code(model_dir, tmp_path, mo
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"language_model", "multi_modal_projector"}  # the vision tower stays frozen
     assert "shapes-tiny-pin" in PRESETS
+
+
+def test_feature_norm_reads_the_projector_input(model_dir, shapes_cache) -> None:
+    from vlmtune.config import load_config
+    from vlmtune.data.records import load_records
+    from vlmtune.models import build_pipeline
+
+    pipe = build_pipeline(load_config("llava-pin", [f"model.name_or_path={model_dir}"]))
+    records = load_records("shapes:locate", split="train", n_images=3, cache_dir=shapes_cache)
+    with torch.no_grad():
+        out = pipe.model.model.vision_tower(
+            pixel_values=pipe.pixel_values(records), output_hidden_states=True
+        )
+    patches = out.hidden_states[-1][:, 1:]  # LLaVA "default": last layer, CLS dropped
+    assert patches.shape[1] == pipe.num_image_tokens
+    assert feature_norm(pipe, records) == pytest.approx(patches.norm(dim=-1).mean().item(), rel=1e-6)
+    assert not pipe.model.model.multi_modal_projector._forward_pre_hooks

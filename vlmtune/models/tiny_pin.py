@@ -80,12 +80,20 @@ def locate_config(model_dir: Path, steps: int, seed: int = 0):
 
 
 def feature_norm(pipe, records: list[dict]) -> float:
-    """Mean norm of the vision features (B, N, D) the projector receives, over ``records``' images."""
-    pixels = pipe.pixel_values(records)
-    with torch.no_grad():
-        out = pipe.model.model.vision_tower(pixel_values=pixels, output_hidden_states=True)
-    layer = pipe.model.config.vision_feature_layer
-    return out.hidden_states[layer][:, 1:].norm(dim=-1).mean().item()  # CLS dropped ("default")
+    """Mean norm of the vision features (B, N, D) the projector receives, over ``records``' images
+    (read at the projector's input, so the model's own feature layer and CLS handling apply)."""
+    seen: list[torch.Tensor] = []
+
+    def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        seen.append(args[0] if args else next(iter(kwargs.values())))
+
+    handle = pipe.model.model.multi_modal_projector.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            pipe.model.model.get_image_features(pixel_values=pipe.pixel_values(records))
+    finally:
+        handle.remove()
+    return seen[0].norm(dim=-1).mean().item()
 
 
 def scramble_for_training(pipe, records: list[dict]):
