@@ -31,9 +31,7 @@ def test_position_code_is_a_2d_sinusoid() -> None:
 
 
 def test_scrambled_positions_adds_the_code_then_permutes_each_image() -> None:
-    seen = []
     module = nn.Identity()
-    module.register_forward_hook(lambda m, args, out: seen.append(out))
     x, code = torch.randn(3, 16, 8), torch.randn(16, 8)
     with scrambled_positions(module, code):
         torch.manual_seed(0)

@@ -399,6 +399,10 @@ def locate_record(split: str, seed: int, index: int, image_size: int) -> tuple[I
     return draw_scene([obj], image_size), record
 
 
+# tasks with their own single-shape image per index: (task, record maker, image file tag)
+SINGLE_SHAPE_TASKS = (("classify", classify_record, "cls"), ("locate", locate_record, "loc"))
+
+
 def _check_args(split: str, n_images: int, image_size: int, tasks) -> tuple[str, ...]:
     if split not in SPLITS:
         raise DataError(f"unknown shapes split '{split}'; use one of {', '.join(SPLITS)}")
@@ -429,7 +433,7 @@ def generate_shapes(
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     lines: dict[str, list[str]] = {t: [] for t in tasks}
-    scene_tasks = [t for t in tasks if t not in ("classify", "locate")]
+    scene_tasks = [t for t in tasks if t not in {task for task, _, _ in SINGLE_SHAPE_TASKS}]
     for i in range(n_images):
         if scene_tasks:
             image, records = image_records(split, seed, i, image_size)
@@ -438,16 +442,12 @@ def generate_shapes(
             for task in scene_tasks:
                 for rec in records[task]:
                     lines[task].append(json.dumps({"id": rec["id"], "task": task, "image": rel, **rec}))
-        if "classify" in tasks:
-            image, rec = classify_record(split, seed, i, image_size)
-            rel = f"images/{split}-cls-{i:06d}.png"
-            image.save(out / rel, format="PNG", compress_level=1)
-            lines["classify"].append(json.dumps({"id": rec["id"], "task": "classify", "image": rel, **rec}))
-        if "locate" in tasks:
-            image, rec = locate_record(split, seed, i, image_size)
-            rel = f"images/{split}-loc-{i:06d}.png"
-            image.save(out / rel, format="PNG", compress_level=1)
-            lines["locate"].append(json.dumps({"id": rec["id"], "task": "grounding", "image": rel, **rec}))
+        for task, make_record, tag in SINGLE_SHAPE_TASKS:
+            if task in tasks:
+                image, rec = make_record(split, seed, i, image_size)
+                rel = f"images/{split}-{tag}-{i:06d}.png"
+                image.save(out / rel, format="PNG", compress_level=1)
+                lines[task].append(json.dumps({"id": rec["id"], "task": rec["task"], "image": rel, **rec}))
     paths = {}
     for task in tasks:
         paths[task] = out / f"{task}.jsonl"
