@@ -169,6 +169,34 @@ TEXTVQA_CASES = [
     ("nike", humans("Nike", 2, "adidas"), 0.6),
     ("nike", humans("Nike!", 3, "adidas"), 0.9),
     ("dont", ["don't"] * 10, 1.0),
+    ("Yes.", ["yes"] * 10, 1.0),
+    ("YES!", ["yes"] * 10, 1.0),
+    ("yes\nno", ["yes"] * 10, 0.0),
+    ("Ten.", ["10"] * 10, 1.0),
+    ("None", ["0"] * 10, 1.0),
+    ("eleven", ["11"] * 10, 0.0),
+    ("2.5", ["2.5"] * 10, 1.0),
+    ("5.", ["5"] * 10, 1.0),
+    ("T-shirt.", ["t-shirt"] * 10, 1.0),  # both "t shirt" (0 under vqaEval, whose humans stay "t-shirt")
+    ("A", ["a"] * 10, 1.0),  # quirk: both sides become "" (article), and "" == ""
+    ("Cat", ["Cat"] * 10, 1.0),  # humans lower-cased too
+    ("Im", ["i'm"] * 10, 0.0),  # "im" (the map's "Im" key never matches) vs "i'm"
+    ("wont", ["won't"] * 10, 1.0),
+    ("frisbee (red)", ["frisbee red"] * 10, 1.0),
+    ("red/white", ["red white"] * 10, 1.0),
+    ("1/2", ["1/2"] * 10, 1.0),  # both "1 2"
+    ("x=y", ["x=y"] * 10, 1.0),
+    ("hot_dog", ["hot dog"] * 10, 1.0),
+    ("<3", ["<3"] * 10, 1.0),
+    ("@home", ["home"] * 10, 1.0),
+    ("`quote`", ['"quote"'] * 10, 1.0),
+    ("[left]", ["left"] * 10, 1.0),
+    ("red; white", ["red white"] * 10, 1.0),
+    ("back\\slash", ["back slash"] * 10, 1.0),
+    ("5 > 3", ["5 3"] * 10, 1.0),
+    ("Don\u2019t", ["don't"] * 10, 0.0),  # the curly apostrophe stays
+    ("The dog", ["dog"] * 10, 1.0),
+    ("a.m.", ["am"] * 10, 1.0),
 ]
 
 
@@ -210,6 +238,36 @@ VIZWIZ_CASES = [
     ("white, blue", ["white blue"] * 10, 1.0),
     ("grey", humans("grey", 2, "gray"), 0.6),
     ("", ["unanswerable"] * 10, 0.0),
+    ("Yes", ["yes"] * 10, 1.0),
+    ("Yes.", ["yes"] * 10, 1.0),
+    ("YES!", ["yes"] * 10, 1.0),
+    ("No, it is not.", ["no"] * 10, 0.0),  # "no it is not"
+    ("Ten", ["10"] * 10, 1.0),
+    ("1,000", ["1000"] * 10, 1.0),
+    ("1,000", ["1,000"] * 10, 0.0),  # the humans' "1,000" is compared as released
+    ("What?", ["what"] * 10, 1.0),
+    ("The dog", ["dog"] * 10, 1.0),
+    ("A", ["a"] * 10, 0.0),  # the prediction becomes "" (article)
+    ("dont", ["don't"] * 10, 1.0),
+    ("Cat", ["Cat"] * 10, 0.0),  # the humans are not lower-cased
+    ("Cat", ["cat"] * 10, 1.0),
+    ("joe's", ["joe's"] * 10, 0.0),  # the upload is EvalAI-processed: "joe 's"
+    ("T-shirt", ["t-shirt"] * 10, 0.0),
+    ("T-shirt", ["t shirt"] * 10, 1.0),
+    ("3:00", ["3:00"] * 10, 1.0),
+    ("2.5", ["2.5"] * 10, 1.0),
+    ("yes\nno", ["yes"] * 10, 0.0),
+    ("unanswerable", humans("unanswerable", 3, "blue"), 0.9),
+    ("blue", humans("blue", 1, "unanswerable"), 0.3),
+    ("Blue.", humans("blue", 2, "navy"), 0.6),
+    ("{red}", ["red"] * 10, 1.0),
+    ("red/white", ["red white"] * 10, 1.0),
+    ("hot_dog", ["hot dog"] * 10, 1.0),
+    ("Im", ["i'm"] * 10, 0.0),
+    ("None", ["0"] * 10, 1.0),
+    ("none", ["none"] * 10, 0.0),  # the prediction becomes "0", the humans' "none" stays
+    ("an apple", ["apple"] * 10, 1.0),
+    ("a.m.", ["am"] * 10, 1.0),
 ]
 
 
