@@ -12,7 +12,9 @@ with "the answer is x." in the lower-cased answer; else the only option whose te
 (case-insensitive; an empty answer is in every option, so it fails unless there is one option). LLaVA
 and the MMBench server then ask ChatGPT about what is left; vlmtune counts it wrong and reports
 ``unparsed``. The upload file is LLaVA's ``convert_mmbench_for_submission.py`` sheet (``submission.xlsx``:
-index, question, A-D, prediction, answer/split when present; one row per released row).
+index, question, A-D, prediction, answer/split when present; one row per released row). With
+``--all-rounds`` LLaVA's sheet keeps the last round's text for an index (its letters refer to rotated
+options); vlmtune writes round 0's, the one asked with the released option order.
 """
 
 from __future__ import annotations
