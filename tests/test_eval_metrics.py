@@ -13,7 +13,7 @@ from vlmtune.eval.scienceqa import parse_option, score_scienceqa
 
 
 def test_gqa_exact_match_after_normalisation():
-    assert gqa_norm("  Yes. ") == "yes"
+    assert gqa_norm("  Yes. ") == "yes"  # LLaVA: strip (answer file), rstrip("."), lower
     rows = [
         {"prediction": "Yes.", "answer": "yes", "types": {"structural": "verify", "semantic": "attr"}},
         {"prediction": "woman", "answer": "woman", "types": {"structural": "query", "semantic": "rel"}},
@@ -60,7 +60,8 @@ def test_pope_rejects_bad_label():
      ("the answer is (B)", "B"), ("E", ""), ("metaphor", ""), ("", "")],
 )  # fmt: skip
 def test_scienceqa_parser(text, letter):
-    assert parse_option(text, 4) == letter
+    # these are the lenient rules (--scoring lenient); the official LLaVA rules: test_eval_official_parsers.py
+    assert parse_option(text, 4, "lenient") == letter
 
 
 def test_scienceqa_score_and_groups():

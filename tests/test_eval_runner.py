@@ -26,8 +26,9 @@ class FakePipeline:
     name = "fake"
     towers: dict = {}
 
-    def __init__(self, answers: dict):
+    def __init__(self, answers: dict, suffix: str = ""):
         self.answers = answers
+        self.suffix = suffix  # e.g. "\nextra line": what a model that rambles past its answer adds
         self.model = torch.nn.Linear(1, 1)
         self.calls: list[dict] = []
 
@@ -42,7 +43,7 @@ class FakePipeline:
     def generate(self, batch, max_new_tokens=16, num_beams=1):
         self.last = {"max_new_tokens": max_new_tokens, "num_beams": num_beams}
         return [
-            self.answers.get(k, self.answers.get(i, "")) + "\nextra line"
+            self.answers.get(k, self.answers.get(i, "")) + self.suffix
             for k, i in zip(batch["keys"], batch["ids"])
         ]
 
@@ -231,3 +232,16 @@ def test_describe_prints_headline_split_and_secondary_metrics():
     multi = {"accuracy": 81.0, "CIDEr": 2.3456, "count": 10}
     assert describe(multi) == "accuracy 81.00  CIDEr 2.346"
     assert describe({"count": 3}) == "no metric"
+
+
+def test_vqav2_scores_the_whole_answer_officially_first_line_leniently(vqa_records):
+    # the fake model rambles: "Yes.\nextra line" etc. vqaEval turns the newline into a space, so the
+    # official answer is "yes extra line" (matches nobody: 0 on every question); lenient keeps the first
+    # line: yes -> 1.0, Two -> 0.6, a dog -> 0.9, skiing -> 0 = 62.5
+    pipe = FakePipeline(ANSWERS, suffix="\nextra line")
+    official = run_benchmark(pipe, "vqav2", vqa_records, None, progress=False)
+    lenient = run_benchmark(
+        pipe, "vqav2", vqa_records, None, progress=False, score_options={"scoring": "lenient"}
+    )
+    assert official["accuracy"] == 0.0 and official["scoring"] == "official"
+    assert lenient["accuracy"] == 62.5 and lenient["scoring"] == "lenient"

@@ -31,11 +31,23 @@ class Benchmark:
     submission: Callable[[list[dict]], list] | None = None  # rows -> official upload file
     description: str = ""
     defaults: dict = field(default_factory=dict)  # e.g. max_new_tokens
+    # (entries of a published answers/results file, records) -> [{"id": record id, "prediction": text}]
+    adapt_predictions: Callable[[list[dict], list[dict]], list[dict]] | None = None
+    submission_file: str = "submission.json"  # .json (a list), .jsonl (one object a line) or .xlsx (rows)
 
 
 BENCHMARKS: dict[str, Benchmark] = {}
 # modules that register more benchmarks when imported (owned by other areas); loaded on first lookup
-EXTENSIONS = ("vlmtune.eval.nlvr2", "vlmtune.eval.pin_loc", "vlmtune.eval.classify")
+EXTENSIONS = (
+    "vlmtune.eval.nlvr2",
+    "vlmtune.eval.pin_loc",
+    "vlmtune.eval.classify",
+    "vlmtune.eval.textvqa",
+    "vlmtune.eval.vizwiz",
+    "vlmtune.eval.mme",
+    "vlmtune.eval.mmbench",
+    "vlmtune.eval.seed",
+)
 
 
 def load_extensions() -> None:
@@ -95,6 +107,11 @@ def mcq_prompt(record: dict) -> str:
     return "\n".join(lines)
 
 
+def stripped(text: str, record: dict | None = None) -> str:
+    """The whole generated text, stripped (LLaVA's answer files: ``outputs.strip()``)."""
+    return str(text).strip()
+
+
 def first_line(text: str, record: dict | None = None) -> str:
     lines = str(text).strip().splitlines()
     return lines[0].strip() if lines else ""
@@ -117,7 +134,12 @@ def _vqa_submission(rows: list[dict]) -> list[dict]:
 
 
 def _gqa_refs(record: dict) -> dict:
-    return {"answer": record.get("answer"), "types": (record.get("meta") or {}).get("types") or {}}
+    meta = record.get("meta") or {}
+    return {
+        "answer": record.get("answer"),
+        "types": meta.get("types") or {},
+        "is_balanced": meta.get("is_balanced", True),
+    }
 
 
 def _pope_refs(record: dict) -> dict:
@@ -155,7 +177,7 @@ def _vqa(name: str, description: str, submission: bool) -> Benchmark:
         name=name,
         task="vqa",
         prompt=short_answer_prompt,
-        parse=first_line,
+        parse=stripped if submission else first_line,
         references=_vqa_refs,
         score=vqa.score_vqa,
         required=("answers",),
@@ -168,20 +190,20 @@ register(_vqa("vqav2", "VQAv2 official VQA accuracy (overall, per answer type) +
 register(_vqa("shapes-vqa", "VQA accuracy on the embedded shapes default", False))
 register(
     Benchmark(
-        "gqa", "vqa", short_answer_prompt, lambda t, r: gqa.normalize_answer(first_line(t)), _gqa_refs,
-        gqa.score_gqa, ("answer",), description="GQA exact match after normalisation",
+        "gqa", "vqa", short_answer_prompt, lambda t, r: gqa.normalize_answer(t), _gqa_refs,
+        gqa.score_gqa, ("answer",), description="GQA testdev accuracy (LLaVA conversion + official eval.py)",
     )
 )  # fmt: skip
 register(
     Benchmark(
         "pope", "vqa", short_answer_prompt, lambda t, r: pope.parse_yes_no(t), _pope_refs, pope.score_pope,
-        ("answer",), description="POPE accuracy, precision, recall, F1, yes-ratio",
+        ("answer",), description="POPE accuracy, precision, recall, F1, yes-ratio (LLaVA eval_pope.py parser)",
     )
 )  # fmt: skip
 register(
     Benchmark(
         "scienceqa", "mcq", mcq_prompt, lambda t, r: scienceqa.parse_option(t, len(r.get("choices") or [])),
-        _sqa_refs, scienceqa.score_scienceqa, ("answer",), description="ScienceQA option-letter accuracy",
+        _sqa_refs, scienceqa.score_scienceqa, ("answer",), description="ScienceQA option-letter accuracy (LLaVA eval_science_qa.py)",
     )
 )  # fmt: skip
 register(

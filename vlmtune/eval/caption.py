@@ -1,7 +1,9 @@
 """COCO caption metrics via ``pycocoevalcap`` (Chen et al., 2015): BLEU-1..4, METEOR, ROUGE-L, CIDEr.
 
 Captions are lower-cased and tokenised by the Stanford PTB tokenizer and punctuation tokens dropped,
-exactly as the COCO caption server does; that tokenizer and METEOR run on Java. Without Java, BLEU,
+exactly as the COCO caption server does; that tokenizer and METEOR run on Java. Quirk kept: the tokenizer's
+``-lowerCase`` also lower-cases its bracket escapes, so "-lrb-" / "-rrb-" / "-lcb-" / "-rcb-" tokens are not
+in pycocoevalcap's (upper-case) drop list and are scored, as are multi-character tokens like "!!!". Without Java, BLEU,
 ROUGE-L and CIDEr can still be computed with ``tokenizer="simple"`` (a regex approximation; the numbers
 are then not comparable with published ones, and the metrics say so).
 """

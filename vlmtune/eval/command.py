@@ -4,6 +4,7 @@
     vlmtune eval vqav2 --model merged/ --data vqav2_val.jsonl  # merged or plain model folder, preset name
     vlmtune eval vqav2 --predictions results.json --questions q.json --annotations a.json
     vlmtune eval pope --predictions answers.jsonl --data pope.jsonl
+    vlmtune eval --compare runs/llava-lora runs/llava-dora          # differences with bootstrap intervals
 
 Writes ``metrics.json``, ``predictions.jsonl`` (and ``submission.json`` for vqav2) under ``--out``.
 """
@@ -22,7 +23,7 @@ from vlmtune.eval.errors import EvalError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     load_extensions()
-    parser.add_argument("benchmark", metavar="BENCH", help=f"one of: {', '.join(BENCHMARKS)}")
+    parser.add_argument("benchmark", metavar="BENCH", nargs="?", help=f"one of: {', '.join(BENCHMARKS)}")
     parser.add_argument(
         "--model", help="run folder (adapter on its base), merged/plain model folder or preset"
     )
@@ -43,6 +44,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--caption-metrics", default="bleu,meteor,rouge,cider", help="coco-caption metrics")
     parser.add_argument(
         "--caption-tokenizer", default="ptb", choices=("ptb", "simple"), help="simple = no Java (approximate)"
+    )
+    parser.add_argument(
+        "--scoring",
+        default="official",
+        choices=("official", "lenient"),
+        help="official = the published scorer exactly (default); lenient = the documented deviations",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("RUN_A", "RUN_B"),
+        help="compare two eval outputs / run folders: B-A per benchmark and answer type, bootstrap 95%% CI",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -198,9 +211,29 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def scoring_options(benchmark, scoring: str) -> dict:
+    """``{"scoring": ...}`` for scorers that take it; ``lenient`` on one without variants is an error."""
+    import inspect
+
+    if "scoring" in inspect.signature(benchmark.score).parameters:
+        return {"scoring": scoring}
+    if scoring != "official":
+        raise EvalError(f"benchmark {benchmark.name} has no --scoring {scoring} variant; drop --scoring")
+    return {}
+
+
 def main(args: argparse.Namespace) -> int:
     from vlmtune.eval.runner import read_predictions, run_benchmark, score_predictions
 
+    if args.compare:
+        from vlmtune.eval.compare import compare_runs, format_table
+
+        if args.benchmark or args.model or args.predictions:
+            raise EvalError("--compare RUN_A RUN_B takes no BENCH, --model or --predictions")
+        print(format_table(compare_runs(*args.compare), *args.compare))
+        return 0
+    if not args.benchmark:
+        raise EvalError("give a benchmark (vlmtune eval BENCH ...) or --compare RUN_A RUN_B")
     benchmark = get_benchmark(args.benchmark)
     if bool(args.model) == bool(args.predictions):
         raise EvalError("give exactly one of --model (run a model) or --predictions (score a file)")
@@ -210,6 +243,7 @@ def main(args: argparse.Namespace) -> int:
     if benchmark.name == "coco-caption":
         metrics = tuple(m.strip() for m in args.caption_metrics.split(",") if m.strip())
         options = {"metrics": metrics, "tokenizer": args.caption_tokenizer}
+    options.update(scoring_options(benchmark, args.scoring))
 
     if args.predictions:
         records = load_data(args, None)
@@ -233,6 +267,8 @@ def main(args: argparse.Namespace) -> int:
             pipeline, benchmark.name, records, out, batch_size, max_new, num_beams, not args.quiet, options
         )
     print(format_metrics(metrics))
-    files = ["metrics.json", "predictions.jsonl"] + (["submission.json"] if benchmark.submission else [])
+    files = ["metrics.json", "predictions.jsonl"] + (
+        [benchmark.submission_file] if benchmark.submission else []
+    )
     print(f"wrote {', '.join(str(out / f) for f in files)}")
     return 0

@@ -1,5 +1,13 @@
-"""GQA accuracy (Hudson & Manning, CVPR 2019): exact match of the normalised answer, as LLaVA-1.5 scores
-testdev-balanced (lower-case, trailing period removed), with a breakdown by structural / semantic type."""
+"""GQA accuracy (Hudson & Manning, CVPR 2019) as LLaVA-1.5 reports testdev-balanced.
+
+``scoring="official"``: LLaVA's ``scripts/convert_gqa_for_eval.py`` turns an answer into
+``text.rstrip('.').lower()`` (after the answer file's ``.strip()``; a multi-line answer stays whole and
+whitespace is not collapsed), then the official GQA ``eval.py`` counts ``prediction == answer`` over the
+balanced questions (``isBalanced``; all of testdev-balanced), reporting ``accuracy``, ``binary``
+(structural type not ``query``) and ``open`` (``query``) and accuracy per structural / semantic type.
+Validity, plausibility, consistency and distribution need the choices / scene-graph files and are not
+computed. ``scoring="lenient"`` (off by default) keeps the first line and collapses whitespace first.
+"""
 
 from __future__ import annotations
 
@@ -7,38 +15,54 @@ import re
 from collections import defaultdict
 
 from vlmtune.eval.errors import EvalError
+from vlmtune.eval.vqa import check_scoring, percent
 
 _SPACES = re.compile(r"\s+")
 
 
-def normalize_answer(text: str) -> str:
-    """Lower-case, collapse whitespace, strip a trailing period: ``"Yes."`` -> ``"yes"``."""
-    return _SPACES.sub(" ", str(text)).strip().rstrip(".").strip().lower()
+def normalize_answer(text: str, scoring: str = "official") -> str:
+    """``"Yes."`` -> ``"yes"``; official: ``text.strip().rstrip('.').lower()``."""
+    text = str(text).strip()
+    if scoring == "lenient":
+        lines = text.splitlines()
+        text = _SPACES.sub(" ", lines[0] if lines else "").strip().rstrip(".").strip()
+    return text.rstrip(".").lower()
 
 
-def score_gqa(rows: list[dict]) -> dict:
-    """``rows``: dicts with ``prediction``, ``answer`` and optional ``types`` (``{"structural": ...}``)."""
+def score_gqa(rows: list[dict], scoring: str = "official") -> dict:
+    """``rows``: dicts with ``raw`` or ``prediction``, ``answer``, optional ``types``
+    (``{"structural": ..., "semantic": ...}``) and ``is_balanced`` (default true)."""
     if not rows:
         raise EvalError("no predictions to score")
+    check_scoring(scoring)
     groups: dict[str, dict[str, list[float]]] = {
         "structural": defaultdict(list),
         "semantic": defaultdict(list),
     }
-    hits = []
+    hits: list[float] = []
+    by_answer_type: dict[str, list[float]] = defaultdict(list)
     for row in rows:
-        hit = float(normalize_answer(row["prediction"]) == normalize_answer(row["answer"]))
+        row["prediction"] = normalize_answer(row.get("raw", row["prediction"]), scoring)
+        hit = float(row["prediction"] == str(row["answer"]))  # the gold answer is compared as released
         row["correct"] = bool(hit)
+        if row.get("is_balanced") is False:
+            continue
         hits.append(hit)
+        types = row.get("types") or {}
         for key, per_type in groups.items():
-            value = (row.get("types") or {}).get(key)
-            if value:
-                per_type[value].append(hit)
-
-    def pct(xs: list[float]) -> float:
-        return round(100.0 * sum(xs) / len(xs), 2)
-
-    out: dict = {"accuracy": pct(hits), "count": len(hits)}
+            if types.get(key):
+                per_type[types[key]].append(hit)
+        if types.get("structural"):
+            row["answer_type"] = "open" if types["structural"] == "query" else "binary"
+            by_answer_type[row["answer_type"]].append(hit)
+    if not hits:
+        raise EvalError("no balanced GQA question to score (every row has is_balanced false)")
+    out: dict = {"accuracy": percent(hits), "count": len(hits)}
+    for name in ("binary", "open"):
+        if by_answer_type.get(name):
+            out[name] = percent(by_answer_type[name])
     for key, per_type in groups.items():
         if per_type:
-            out[f"per_{key}_type"] = {k: pct(v) for k, v in sorted(per_type.items())}
+            out[f"per_{key}_type"] = {k: percent(v) for k, v in sorted(per_type.items())}
+    out["scoring"] = scoring
     return out

@@ -2,7 +2,14 @@
 
 accuracy = (TP + TN) / N, precision = TP / (TP + FP), recall = TP / (TP + FN),
 F1 = 2 P R / (P + R), yes-ratio = #predicted yes / N; reported overall and per category
-(adversarial / popular / random) as the POPE paper and LLaVA-1.5 do.
+(adversarial / popular / random) as the POPE paper and LLaVA-1.5 do; LLaVA-1.5's table reports the F1
+averaged over the three categories (``f1_mean_over_categories``).
+
+``scoring="official"`` parses answers exactly as LLaVA's ``llava/eval/eval_pope.py`` (after the answer
+file's ``.strip()``): keep the text before the first ``.``, delete commas, split on single spaces (not on
+newlines or tabs) and answer ``no`` iff one of the words is exactly ``No``, ``not`` or ``no`` (so "NO",
+"Not at all", "Nope" and "no\nthere is none" are ``yes``). ``scoring="lenient"`` (off by default) also
+lower-cases and splits on any whitespace.
 """
 
 from __future__ import annotations
@@ -10,16 +17,20 @@ from __future__ import annotations
 from collections import defaultdict
 
 from vlmtune.eval.errors import EvalError
+from vlmtune.eval.vqa import check_scoring
 
-_NEGATIONS = frozenset({"no", "not"})
+_NEGATIONS = frozenset({"No", "not", "no"})  # case-sensitive, as in eval_pope.py
 
 
-def parse_yes_no(text: str) -> str:
-    """LLaVA-1.5's POPE parser: first sentence, then ``no`` if it contains "no"/"not", else ``yes``."""
+def parse_yes_no(text: str, scoring: str = "official") -> str:
+    """LLaVA-1.5's POPE parser: first sentence, then ``no`` if a word is "No"/"not"/"no", else ``yes``."""
     text = str(text).strip()
     if "." in text:
         text = text.split(".")[0]
-    words = text.replace(",", " ").lower().split()
+    if scoring == "lenient":
+        words = text.replace(",", " ").lower().split()
+    else:
+        words = text.replace(",", "").split(" ")
     return "no" if any(w in _NEGATIONS for w in words) else "yes"
 
 
@@ -43,16 +54,18 @@ def binary_metrics(preds: list[str], labels: list[str]) -> dict:
     }
 
 
-def score_pope(rows: list[dict]) -> dict:
-    """``rows``: dicts with ``prediction`` (raw or parsed), ``answer`` (yes/no), optional ``category``."""
+def score_pope(rows: list[dict], scoring: str = "official") -> dict:
+    """``rows``: dicts with ``raw`` (the generated text) or ``prediction``, ``answer`` (yes/no), optional
+    ``category``."""
     if not rows:
         raise EvalError("no predictions to score")
+    check_scoring(scoring)
     for row in rows:
         label = str(row["answer"]).strip().lower()
         if label not in ("yes", "no"):
             raise EvalError(f"POPE record {row.get('id')}: answer must be yes or no, got {row['answer']!r}")
         row["answer"] = label
-        row["prediction"] = parse_yes_no(row["prediction"])
+        row["prediction"] = parse_yes_no(row.get("raw", row["prediction"]), scoring)
         row["correct"] = row["prediction"] == label
     out = binary_metrics([r["prediction"] for r in rows], [r["answer"] for r in rows])
     by_cat: dict[str, list[dict]] = defaultdict(list)
@@ -64,4 +77,7 @@ def score_pope(rows: list[dict]) -> dict:
             c: binary_metrics([r["prediction"] for r in rs], [r["answer"] for r in rs])
             for c, rs in sorted(by_cat.items())
         }
+        f1s = [m["f1"] for m in out["per_category"].values()]
+        out["f1_mean_over_categories"] = round(sum(f1s) / len(f1s), 2)
+    out["scoring"] = scoring
     return out

@@ -61,9 +61,36 @@ def _finish(benchmark: Benchmark, rows: list[dict], out_dir, score_options: dict
 
         atomic_write(out / "predictions.jsonl", write_jsonl)
         if benchmark.submission is not None:
-            atomic_write_json(benchmark.submission(rows), out / "submission.json")
+            write_submission(benchmark.submission(rows), out / benchmark.submission_file)
         atomic_write_json(metrics, out / "metrics.json")
     return metrics
+
+
+def write_submission(entries: list, path: Path) -> None:
+    """The upload file in its server's format: a JSON list, JSON lines, or an .xlsx sheet of row dicts."""
+    if path.suffix == ".jsonl":
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w") as f:
+                for entry in entries:
+                    f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+        atomic_write(path, write)
+    elif path.suffix == ".xlsx":
+        from openpyxl import Workbook
+
+        def write(tmp: str) -> None:
+            book = Workbook()
+            sheet = book.active
+            columns = list(entries[0]) if entries else []
+            sheet.append(columns)
+            for entry in entries:
+                sheet.append([entry.get(c) for c in columns])
+            book.save(tmp)
+
+        atomic_write(path, write)
+    else:
+        atomic_write_json(entries, path)
 
 
 def _row(benchmark: Benchmark, record: dict, raw: str) -> dict:
@@ -213,6 +240,8 @@ def score_predictions(
     Every record must have exactly one prediction.
     """
     benchmark = get_benchmark(benchmark_name)
+    if benchmark.adapt_predictions is not None:
+        predictions = benchmark.adapt_predictions(predictions, records)
     tables = _record_tables(records)
     by_record: dict[str, tuple[dict, str]] = {}
     for i, p in enumerate(predictions):

@@ -1,7 +1,19 @@
-"""ScienceQA (Lu et al., NeurIPS 2022) multiple-choice accuracy with LLaVA-1.5's option-letter parser.
+"""ScienceQA (Lu et al., NeurIPS 2022) multiple-choice accuracy as LLaVA-1.5's ``llava/eval/eval_science_qa.py``.
 
-Breakdown as in the paper: by subject (NAT / SOC / LAN), context (IMG = has an image, NO = none) and
-grade (G1-6, G7-12). An unparseable answer counts as wrong (LLaVA picks a random letter instead).
+``scoring="official"`` extracts the letter from the (stripped) answer with LLaVA-1.5's rules, in order:
+1. the whole text is one of the option letters ``A``-``E`` -> that letter;
+2. the text is at least 3 characters, starts with an option letter followed by ``". "`` -> that letter
+   ("B. duck" yes; "B." and "B)" no);
+3. the regex ``The answer is ([A-Z]).`` (case-sensitive; the ``.`` matches any character, so a letter
+   followed by at least one more character) has exactly one match -> that letter;
+4. else ``FAILED``. A letter beyond the problem's choices is also a failure.
+LLaVA then replaces a failure by ``random.choice`` over the choices (unseeded, not reproducible); vlmtune
+counts it wrong, reports ``unparsed`` and ``accuracy_expected_with_random_fallback`` = accuracy +
+100 * sum(1 / #choices over failures) / N, the expectation of LLaVA's number. ``IMG`` is the accuracy on
+problems with an image (LLaVA's "IMG-Accuracy"). The paper's breakdown by subject (NAT / SOC / LAN),
+context (IMG / NO) and grade (G1-6 / G7-12) is reported too.
+
+``scoring="lenient"`` (off by default) also accepts "(B)", "B)", "B:", "B." and "The answer is (B)".
 """
 
 from __future__ import annotations
@@ -10,25 +22,39 @@ import re
 from collections import defaultdict
 
 from vlmtune.eval.errors import EvalError
+from vlmtune.eval.vqa import check_scoring, percent
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_THE_ANSWER_IS = re.compile(r"[Tt]he answer is \(?([A-Z])\)?")
+OPTIONS = "ABCDE"  # eval_science_qa.py --options default
+_THE_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
+_LENIENT_ANSWER_IS = re.compile(r"[Tt]he answer is \(?([A-Z])\)?")
 SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
 
 
-def parse_option(text: str, num_choices: int) -> str:
-    """Option letter from a generation: ``"B"``, ``"B. text"``, ``"(B)"``, ``"The answer is B."``; else ``""``."""
-    text = str(text).strip()
-    options = LETTERS[:num_choices]
-    if len(text) == 1 and text in options:
+def _official_letter(text: str) -> str:
+    if text in OPTIONS:
+        return text
+    if len(text) >= 3 and text[0] in OPTIONS and text[1:3] == ". ":
+        return text[0]
+    found = _THE_ANSWER_IS.findall(text)
+    return found[0] if len(found) == 1 else ""
+
+
+def _lenient_letter(text: str) -> str:
+    if len(text) == 1 and text in LETTERS:
         return text
     m = re.match(r"^\(?([A-Z])[.):](\s|$)", text)
-    if m and m.group(1) in options:
+    if m:
         return m.group(1)
-    m = _THE_ANSWER_IS.search(text)
-    if m and m.group(1) in options:
-        return m.group(1)
-    return ""
+    m = _LENIENT_ANSWER_IS.search(text)
+    return m.group(1) if m else ""
+
+
+def parse_option(text: str, num_choices: int, scoring: str = "official") -> str:
+    """Option letter of a generation, or ``""`` when it cannot be parsed (LLaVA's ``FAILED``)."""
+    text = str(text).strip()
+    letter = _lenient_letter(text) if scoring == "lenient" else _official_letter(text)
+    return letter if letter and letter in LETTERS[:num_choices] else ""
 
 
 def _grade_group(grade: str) -> str:
@@ -38,18 +64,23 @@ def _grade_group(grade: str) -> str:
     return "G1-6" if int(m.group(0)) <= 6 else "G7-12"
 
 
-def score_scienceqa(rows: list[dict]) -> dict:
-    """``rows``: dicts with ``prediction`` (a letter or raw text), ``answer`` (letter), ``choices``, ``meta``."""
+def score_scienceqa(rows: list[dict], scoring: str = "official") -> dict:
+    """``rows``: dicts with ``raw`` or ``prediction``, ``answer`` (letter), ``choices``, ``has_image``, ``meta``."""
     if not rows:
         raise EvalError("no predictions to score")
+    check_scoring(scoring)
     groups: dict[str, list[float]] = defaultdict(list)
     hits = []
+    expected_extra = 0.0
     for row in rows:
-        pred = parse_option(row["prediction"], len(row.get("choices") or LETTERS))
+        n_choices = len(row.get("choices") or LETTERS)
+        pred = parse_option(row.get("raw", row["prediction"]), n_choices, scoring)
         row["prediction"] = pred
         hit = float(pred == str(row["answer"]).strip())
         row["correct"] = bool(hit)
         hits.append(hit)
+        if not pred:
+            expected_extra += 1.0 / n_choices
         meta = row.get("meta") or {}
         keys = [SUBJECTS.get(meta.get("subject", ""), ""), "IMG" if row.get("has_image") else "NO"]
         keys.append(_grade_group(meta.get("grade", "")))
@@ -57,13 +88,15 @@ def score_scienceqa(rows: list[dict]) -> dict:
             if k:
                 groups[k].append(hit)
 
-    def pct(xs: list[float]) -> float:
-        return round(100.0 * sum(xs) / len(xs), 2)
-
     order = ["NAT", "SOC", "LAN", "IMG", "NO", "G1-6", "G7-12"]
-    return {
-        "accuracy": pct(hits),
+    out = {
+        "accuracy": percent(hits),
         "unparsed": sum(not r["prediction"] for r in rows),
-        "per_group": {k: pct(groups[k]) for k in order if groups.get(k)},
+        "accuracy_expected_with_random_fallback": round(100.0 * (sum(hits) + expected_extra) / len(hits), 2),
+        "per_group": {k: percent(groups[k]) for k in order if groups.get(k)},
         "count": len(hits),
+        "scoring": scoring,
     }
+    if groups.get("IMG"):
+        out["img_accuracy"] = percent(groups["IMG"])
+    return out
