@@ -82,6 +82,7 @@ def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: b
     from vlmtune.models import build_pipeline
     from vlmtune.train import distributed as ddp
     from vlmtune.train.evaluate import describe, evaluate, headline
+    from vlmtune.train.fsdp import consolidated
     from vlmtune.train.run import write_config
     from vlmtune.train.trainer import Trainer, seed_everything
     from vlmtune.utils.io import atomic_write_json
@@ -119,11 +120,15 @@ def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: b
     attach(pipeline.model, pipeline.towers, cfg.adapters.specs())
     trainer = Trainer(pipeline, cfg, train_records, run_dir, quiet=quiet)
     summary["train"] = trainer.fit(resume_from=resume_from)
+    with consolidated(pipeline.model):  # FSDP: every process sends its shards to the main one
+        if main_proc:
+            save_adapter(pipeline.model, run_dir / "adapter", cfg.adapters.specs(), cfg.model.name_or_path)
     if not main_proc:
         ddp.barrier()  # wait for the main process's adapter and evaluation
         return summary
-    save_adapter(pipeline.model, run_dir / "adapter", cfg.adapters.specs(), cfg.model.name_or_path)
-    if eval_records and cfg.train.eval_at_end:
+    if eval_records and cfg.train.eval_at_end and trainer.sharded:
+        say(f"FSDP run: no evaluation in the training processes; run `vlmtune eval {run_dir}`")
+    elif eval_records and cfg.train.eval_at_end:
         tuned = evaluate(pipeline, eval_records, cfg.eval, run_dir / "eval" / "tuned", progress=not quiet)
         summary["tuned"] = tuned
         value = headline(tuned)[1]

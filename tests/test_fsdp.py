@@ -1,0 +1,107 @@
+"""FSDP2 (vlmtune.train.fsdp): 2 CPU processes (gloo) with parameters sharded per layer == 1 process,
+for LoRA and DoRA; the frozen base is sharded; resume under 2 and under 1 process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from test_distributed import logits, losses, overrides
+
+from vlmtune.config import ConfigError, load_config
+from vlmtune.train import command
+from vlmtune.train.checkpoint import checkpoint_dirs
+
+STEPS = 5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["VLMTUNE_CACHE"] = str(path)  # the forked processes read the same shapes images
+    yield path
+    os.environ.pop("VLMTUNE_CACHE", None)
+
+
+def fsdp_overrides(model_dir: Path, method: str) -> list[str]:
+    return [*overrides(model_dir), f"adapters.language.method={method}", f"train.max_steps={STEPS}"]
+
+
+def _worker(rank: int, recipe_args: list[str], run_dir: str, resume: str | None, port: int) -> None:
+    from accelerate.state import AcceleratorState
+
+    from vlmtune.train import distributed as ddp
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # the parent's single-process state
+    env = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": 2, "LOCAL_WORLD_SIZE": 2, "MASTER_PORT": port}
+    os.environ.update({k: str(v) for k, v in env.items()} | {"MASTER_ADDR": "127.0.0.1"})
+    torch.set_num_threads(1)
+    ddp.init_process_group()
+    cfg = load_config("llava-lora", recipe_args)
+    summary = command.run(cfg, Path(run_dir), Path(resume) if resume else None, quiet=True)
+    (Path(run_dir) / f"rank{rank}.json").write_text(json.dumps(summary["train"]))
+
+
+def run_two(recipe_args: list[str], run_dir: Path, resume: Path | None = None) -> list[dict]:
+    """2 processes forked from this one; returns each process's training summary."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = (recipe_args, str(run_dir), str(resume) if resume else None, port)
+    torch.multiprocessing.start_processes(_worker, args, nprocs=2, start_method="fork")
+    return [json.loads((run_dir / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_fsdp_two_processes_match_one_and_resume(model_dir, tmp_path, method, capsys) -> None:
+    args = fsdp_overrides(model_dir, method)
+    single = tmp_path / "single"
+    command.run(load_config("llava-lora", args), single, quiet=True)
+    ref = losses(single)
+    assert sorted(ref) == list(range(1, STEPS + 1)) and len({round(v, 4) for v in ref.values()}) == STEPS
+
+    sharded = tmp_path / "fsdp"
+    reports = run_two([*args, "train.fsdp=true"], sharded)
+    got = losses(sharded)
+    assert sorted(got) == sorted(ref)
+    for step in ref:
+        assert abs(got[step] - ref[step]) < 1e-4, (method, step, got[step], ref[step])
+    out_ref, out_fsdp = logits(model_dir, single / "adapter"), logits(model_dir, sharded / "adapter")
+    assert (out_ref - out_fsdp).abs().max() < 1e-4
+    first = logits(model_dir, checkpoint_dirs(sharded)[0] / "adapter")
+    assert (first - out_fsdp).abs().max() > 1e-3  # training moved the outputs: the check has teeth
+
+    # each process holds only its rows of every frozen base weight: half of the frozen elements
+    total = reports[0]["frozen_numel"]
+    local = [r["frozen_local_numel"] for r in reports]
+    assert sum(local) == total and all(abs(n - total / 2) < 0.01 * total for n in local), (local, total)
+
+    ckpt = checkpoint_dirs(sharded)[0]  # save_every=2, keep_last=2: steps 4 and 5 are kept
+    assert ckpt.name == "step-000004" and (ckpt / "optimizer").is_dir()
+    # resume under 2 processes from step 4: step 5 is the same
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    run_two([*args, "train.fsdp=true"], cut, resume=ckpt)
+    assert abs(losses(cut)[5] - got[5]) < 1e-6
+    assert (logits(model_dir, cut / "adapter") - out_fsdp).abs().max() < 1e-5
+
+    # resume under 1 process (plain, unsharded): adapter and re-sharded optimizer state restored
+    one = tmp_path / "one"
+    capsys.readouterr()
+    command.run(load_config("llava-lora", args), one, ckpt, quiet=False)
+    said = capsys.readouterr().out
+    assert "re-initialised per-process RNG streams (saved by 2 process(es), now 1)" in said
+    assert abs(losses(one)[5] - got[5]) < 1e-5
+    assert (logits(model_dir, one / "adapter") - out_fsdp).abs().max() < 1e-4
+
+
+def test_fsdp_refuses_fp16_with_one_line() -> None:
+    from vlmtune.train.fsdp import check_config
+
+    cfg = load_config("llava-lora", ["train.fsdp=true", "train.mixed_precision=fp16"])
+    with pytest.raises(ConfigError, match="^train.fsdp=true supports train.mixed_precision=bf16 or no"):
+        check_config(cfg)
