@@ -105,3 +105,43 @@ def test_fsdp_refuses_fp16_with_one_line() -> None:
     cfg = load_config("llava-lora", ["train.fsdp=true", "train.mixed_precision=fp16"])
     with pytest.raises(ConfigError, match="^train.fsdp=true supports train.mixed_precision=bf16 or no"):
         check_config(cfg)
+
+
+@pytest.mark.slow  # 4 interpreter start-ups (2 launchers, 2 workers): ~60 s on 2 cores
+def test_two_nodes_through_c10d_rendezvous_match_one_process(model_dir, tmp_path) -> None:
+    """2 "nodes" x 1 process on localhost, each its own ``torchrun`` meeting at a c10d rendezvous
+    (the multi-node command of the README with 127.0.0.1 as the endpoint), FSDP2 across nodes."""
+    import subprocess
+    import sys
+
+    from test_distributed import ROOT
+
+    args = fsdp_overrides(model_dir, "lora")
+    single = tmp_path / "single"
+    command.run(load_config("llava-lora", args), single, quiet=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = tmp_path / "nodes"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1"]
+    launcher += ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=vlmtune-test"]
+    train = ["-m", "vlmtune", "train", "llava-lora", *args, "train.fsdp=true", "--output-dir", str(nodes)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [*launcher, *train, "--quiet"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+    ref, got = losses(single), losses(nodes)
+    assert sorted(got) == sorted(ref)
+    for step in ref:
+        assert abs(got[step] - ref[step]) < 1e-4, (step, got[step], ref[step])
+    assert (logits(model_dir, single / "adapter") - logits(model_dir, nodes / "adapter")).abs().max() < 1e-4
