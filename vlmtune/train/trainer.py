@@ -133,11 +133,11 @@ class Trainer:
         model = pipeline.model
         if cfg.model.gradient_checkpointing:
             enable_checkpointing(model)
-        if not is_quantized(model):  # a 4-bit (QLoRA) model is placed on its GPU when loaded
-            model.to(self.accelerator.device)
-        if self.sharded:
+        if self.sharded:  # fully_shard moves one layer at a time to the device, then keeps its shard
             fsdp.check_config(cfg)
             fsdp.shard_model(model, cfg, self.accelerator.device)
+        elif not is_quantized(model):  # a 4-bit (QLoRA) model is placed on its GPU when loaded
+            model.to(self.accelerator.device)
         self.groups = param_groups(model, pipeline.towers, t, cfg.adapters.specs())
         self.params = [p for g in self.groups for p in g["params"]]
         self.optimizer = self.accelerator.prepare_optimizer(build_optimizer(self.groups, t))
