@@ -31,7 +31,9 @@ def fsdp_overrides(model_dir: Path, method: str) -> list[str]:
     return [*overrides(model_dir), f"adapters.language.method={method}", f"train.max_steps={STEPS}"]
 
 
-def _worker(rank: int, recipe_args: list[str], run_dir: str, resume: str | None, port: int) -> None:
+def _worker(
+    rank: int, recipe_args: list[str], run_dir: str, resume: str | None, port: int, recipe: str
+) -> None:
     from accelerate.state import AcceleratorState
 
     from vlmtune.train import distributed as ddp
@@ -41,17 +43,19 @@ def _worker(rank: int, recipe_args: list[str], run_dir: str, resume: str | None,
     os.environ.update({k: str(v) for k, v in env.items()} | {"MASTER_ADDR": "127.0.0.1"})
     torch.set_num_threads(1)
     ddp.init_process_group()
-    cfg = load_config("llava-lora", recipe_args)
+    cfg = load_config(recipe, recipe_args)
     summary = command.run(cfg, Path(run_dir), Path(resume) if resume else None, quiet=True)
     (Path(run_dir) / f"rank{rank}.json").write_text(json.dumps(summary["train"]))
 
 
-def run_two(recipe_args: list[str], run_dir: Path, resume: Path | None = None) -> list[dict]:
+def run_two(
+    recipe_args: list[str], run_dir: Path, resume: Path | None = None, recipe: str = "llava-lora"
+) -> list[dict]:
     """2 processes forked from this one; returns each process's training summary."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    args = (recipe_args, str(run_dir), str(resume) if resume else None, port)
+    args = (recipe_args, str(run_dir), str(resume) if resume else None, port, recipe)
     torch.multiprocessing.start_processes(_worker, args, nprocs=2, start_method="fork")
     return [json.loads((run_dir / f"rank{r}.json").read_text()) for r in range(2)]
 
@@ -97,6 +101,24 @@ def test_fsdp_two_processes_match_one_and_resume(model_dir, tmp_path, method, ca
     assert "re-initialised per-process RNG streams (saved by 2 process(es), now 1)" in said
     assert abs(losses(one)[5] - got[5]) < 1e-5
     assert (logits(model_dir, one / "adapter") - out_fsdp).abs().max() < 1e-4
+
+
+def test_fsdp_full_finetune_with_checkpointing_matches_one_process(model_dir, tmp_path) -> None:
+    """llava-ft (every language-model weight trainable) with gradient checkpointing: sharded trainable
+    weights, one consolidated file of all of them on rank 0, equal to the single-process run."""
+    from vlmtune.train.checkpoint import trainable_tensors
+
+    args = [*overrides(model_dir), "train.max_steps=2", "train.lr=1e-3", "model.gradient_checkpointing=true"]
+    single, sharded = tmp_path / "single", tmp_path / "fsdp"
+    command.run(load_config("llava-ft", args), single, quiet=True)
+    run_two([*args, "train.fsdp=true"], sharded, recipe="llava-ft")
+    ref, got = losses(single), losses(sharded)
+    assert sorted(got) == [1, 2] and all(abs(got[s] - ref[s]) < 1e-4 for s in ref), (got, ref)
+    want, have = trainable_tensors(single / "adapter"), trainable_tensors(sharded / "adapter")
+    assert sorted(have) == sorted(want) and len(want) > 10
+    assert any(".layers.0.self_attn.q_proj.weight" in name for name in want)  # a whole base weight
+    for name, tensor in want.items():
+        assert have[name].shape == tensor.shape and (have[name] - tensor).abs().max() < 1e-4, name
 
 
 def test_fsdp_refuses_fp16_with_one_line() -> None:
