@@ -177,3 +177,5 @@ def test_plan_errors_are_one_line(tmp_path):
     with pytest.raises(ConfigError, match="--gpu-mem: expected a size like 80GB, got 'lots'"):
         parse_memory("lots")
     assert parse_memory("80GB") == parse_memory("80") == 80 * GiB
+    with pytest.raises(ConfigError, match="model.pipeline=vit is not supported"):
+        make_plan(load_config("vit-lora"), 1, GiB)

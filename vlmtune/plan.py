@@ -380,6 +380,11 @@ class Plan:
 
 
 def make_plan(cfg: RunConfig, gpus: int, gpu_mem: int) -> Plan:
+    if cfg.model.pipeline != "llava":
+        raise ConfigError(
+            f"vlmtune plan: model.pipeline={cfg.model.pipeline} is not supported; it plans image-text-to-text "
+            "models (llava recipes: LLaVA and Qwen2.5-VL configs)"
+        )
     config = load_model_config(cfg.model.name_or_path)
     dtype = plan_dtype(cfg)
     with torch.device("meta"):
