@@ -28,7 +28,11 @@ def cache(tmp_path_factory) -> Path:
 
 
 def fsdp_overrides(model_dir: Path, method: str) -> list[str]:
-    return [*overrides(model_dir), f"adapters.language.method={method}", f"train.max_steps={STEPS}"]
+    """The data-parallel test's run with ``method`` on the language model; DoRA also goes on the
+    vision tower (its encoder layers are FSDP units too)."""
+    towers = ["language"] + (["vision"] if method == "dora" else [])
+    args = [f"adapters.{t}.{k}" for t in towers for k in (f"method={method}", "r=4", "alpha=8", "dropout=0")]
+    return [*overrides(model_dir), *args, f"train.max_steps={STEPS}"]
 
 
 def _worker(
@@ -134,12 +138,17 @@ def test_fsdp_bf16_mixed_precision_tracks_fp32(model_dir, tmp_path) -> None:
     assert any(abs(got[s] - ref[s]) > 1e-6 for s in ref), (got, ref)
 
 
-def test_fsdp_refuses_fp16_with_one_line() -> None:
+def test_fsdp_refuses_what_it_cannot_do_with_one_line() -> None:
     from vlmtune.train.fsdp import check_config
 
     cfg = load_config("llava-lora", ["train.fsdp=true", "train.mixed_precision=fp16"])
     with pytest.raises(ConfigError, match="^train.fsdp=true supports train.mixed_precision=bf16 or no"):
         check_config(cfg)
+    with pytest.raises(ConfigError, match="^train.fsdp=true with model.load_in_4bit=true is not supported"):
+        check_config(load_config("llava-lora", ["train.fsdp=true", "model.load_in_4bit=true"]))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="^train.fsdp_offload=true needs CUDA"):
+            check_config(load_config("llava-lora", ["train.fsdp=true", "train.fsdp_offload=true"]))
 
 
 @pytest.mark.slow  # 4 interpreter start-ups (2 launchers, 2 workers): ~60 s on 2 cores

@@ -166,6 +166,7 @@ def relaunch(args: argparse.Namespace, num_processes: int) -> int:
 
 def main(args: argparse.Namespace) -> int:
     from vlmtune.train import distributed as ddp
+    from vlmtune.train.fsdp import check_config as check_fsdp
     from vlmtune.train.qlora import check_4bit
     from vlmtune.train.run import new_run_dir
     from vlmtune.train.trainer import TrainingError
@@ -174,6 +175,8 @@ def main(args: argparse.Namespace) -> int:
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
     check_4bit(cfg)
+    if cfg.train.fsdp:  # before any process starts or loads weights
+        check_fsdp(cfg)
     num_processes = getattr(args, "num_processes", 0) or cfg.train.num_processes
     if num_processes > 1 and ddp.launched_world_size() == 1:
         return relaunch(args, num_processes)

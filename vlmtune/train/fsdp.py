@@ -50,6 +50,10 @@ def check_config(cfg: RunConfig) -> None:
             "train.fsdp=true with model.load_in_4bit=true is not supported (4-bit weights are not sharded); "
             "use one of them"
         )
+    if cfg.train.fsdp_offload and not torch.cuda.is_available():
+        raise ConfigError(
+            "train.fsdp_offload=true needs CUDA (it pins CPU memory for GPU copies); set it false"
+        )
     if cfg.train.mixed_precision == "fp16":
         raise ConfigError("train.fsdp=true supports train.mixed_precision=bf16 or no, not fp16")
 
