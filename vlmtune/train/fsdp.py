@@ -23,13 +23,11 @@ process count with its optimizer state.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from vlmtune.config import ConfigError, RunConfig
@@ -144,12 +142,6 @@ def shard_report(model: nn.Module) -> dict[str, int]:
     return {"frozen_numel": total, "frozen_local_numel": local}
 
 
-def expected_local_rows(rows: int, rank: int, world: int) -> int:
-    """Rows of a ``Shard(0)`` DTensor held by ``rank`` (``torch.chunk`` semantics)."""
-    size = math.ceil(rows / world)
-    return max(0, min(size, rows - rank * size))
-
-
 def copy_full_(param: torch.Tensor, full: torch.Tensor) -> None:
     """``param.copy_(full)`` for a plain or sharded parameter (``full`` is the whole tensor, present on
     every process: each takes its own rows, no communication)."""
@@ -215,7 +207,3 @@ def staging_dir(run_dir: Path, step: int) -> Path:
     them into the checkpoint folder (one path, chosen by the main process)."""
     path = Path(run_dir) / "checkpoints" / f".optim-step-{step:06d}" if ddp.is_main() else None
     return ddp.broadcast_object(path)
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
