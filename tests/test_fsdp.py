@@ -138,6 +138,23 @@ def test_fsdp_bf16_mixed_precision_tracks_fp32(model_dir, tmp_path) -> None:
     assert any(abs(got[s] - ref[s]) > 1e-6 for s in ref), (got, ref)
 
 
+def test_fsdp_in_one_process_matches_the_plain_run(model_dir, tmp_path) -> None:
+    """``train.fsdp=true`` without a launcher: a process group of one, the same sharded code path
+    (DTensors, DCP optimizer folder), the same losses as the plain run."""
+    import torch.distributed as dist
+
+    args = [*fsdp_overrides(model_dir, "dora"), "train.max_steps=2"]
+    command.run(load_config("llava-lora", args), tmp_path / "plain", quiet=True)
+    try:
+        command.run(load_config("llava-lora", [*args, "train.fsdp=true"]), tmp_path / "fsdp", quiet=True)
+    finally:
+        if dist.is_initialized():  # leave no group behind for the forked tests
+            dist.destroy_process_group()
+    ref, got = losses(tmp_path / "plain"), losses(tmp_path / "fsdp")
+    assert sorted(got) == [1, 2] and all(abs(got[s] - ref[s]) < 1e-6 for s in ref), (got, ref)
+    assert (checkpoint_dirs(tmp_path / "fsdp")[-1] / "optimizer").is_dir()
+
+
 def test_fsdp_refuses_what_it_cannot_do_with_one_line() -> None:
     from vlmtune.train.fsdp import check_config
 

@@ -23,6 +23,7 @@ process count with its optimizer state.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,11 +86,14 @@ def shard_model(model: nn.Module, cfg: RunConfig, device: torch.device) -> list[
     bf16 mixed precision: parameters gathered in bf16, gradients reduced in fp32 (sharded parameters
     and the optimizer stay fp32). ``train.fsdp_offload``: sharded parameters, gradients and the
     optimizer step live in CPU memory (CUDA only)."""
+    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-    world = ddp.world()[1]
-    mesh = init_device_mesh(device.type, (world,))
+    if not dist.is_initialized():  # one process: a group of one, so the same sharded code path runs
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    mesh = init_device_mesh(device.type, (ddp.world()[1],))
     bf16 = cfg.train.mixed_precision == "bf16" or (
         cfg.train.mixed_precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
     )
@@ -205,5 +209,8 @@ def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, folder: P
 def staging_dir(run_dir: Path, step: int) -> Path:
     """Where the processes write the optimizer shards of step ``step`` before the main process moves
     them into the checkpoint folder (one path, chosen by the main process)."""
-    path = Path(run_dir) / "checkpoints" / f".optim-step-{step:06d}" if ddp.is_main() else None
+    path = None
+    if ddp.is_main():
+        path = Path(run_dir) / "checkpoints" / f".optim-step-{step:06d}"
+        shutil.rmtree(path, ignore_errors=True)  # shards of a killed save
     return ddp.broadcast_object(path)
