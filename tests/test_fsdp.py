@@ -14,7 +14,7 @@ from test_distributed import logits, losses, overrides
 
 from vlmtune.config import ConfigError, load_config
 from vlmtune.train import command
-from vlmtune.train.checkpoint import checkpoint_dirs
+from vlmtune.train.checkpoint import checkpoint_dirs, trainable_tensors
 
 STEPS = 5
 
@@ -78,6 +78,9 @@ def test_fsdp_two_processes_match_one_and_resume(model_dir, tmp_path, method, ca
     assert sorted(got) == sorted(ref)
     for step in ref:
         assert abs(got[step] - ref[step]) < 1e-4, (method, step, got[step], ref[step])
+    want, have = trainable_tensors(single / "adapter"), trainable_tensors(sharded / "adapter")
+    assert sorted(have) == sorted(want)  # one consolidated file with every trainable tensor
+    assert all((have[n] - want[n]).abs().max() < 1e-4 for n in want)
     out_ref, out_fsdp = logits(model_dir, single / "adapter"), logits(model_dir, sharded / "adapter")
     assert (out_ref - out_fsdp).abs().max() < 1e-4
     first = logits(model_dir, checkpoint_dirs(sharded)[0] / "adapter")
@@ -110,8 +113,6 @@ def test_fsdp_two_processes_match_one_and_resume(model_dir, tmp_path, method, ca
 def test_fsdp_full_finetune_with_checkpointing_matches_one_process(model_dir, tmp_path) -> None:
     """llava-ft (every language-model weight trainable) with gradient checkpointing: sharded trainable
     weights, one consolidated file of all of them on rank 0, equal to the single-process run."""
-    from vlmtune.train.checkpoint import trainable_tensors
-
     args = [*overrides(model_dir), "train.max_steps=2", "train.lr=1e-3", "model.gradient_checkpointing=true"]
     single, sharded = tmp_path / "single", tmp_path / "fsdp"
     command.run(load_config("llava-ft", args), single, quiet=True)
