@@ -133,7 +133,7 @@ def test_tiny_folder_counts_match_the_real_model_and_activations_match_a_real_fo
     assert abs(plan.acts.saved - counter.total) <= 0.05 * counter.total, (plan.acts.saved, counter.total)
 
 
-@pytest.mark.parametrize("size", ["7b", pytest.param("13b", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("size", ["7b", "13b"])
 def test_llava_15_config_only_folder(tmp_path, size):
     folder = write_llava_15(tmp_path / f"llava-1.5-{size}", size)
     assert sorted(p.name for p in folder.iterdir()) == ["config.json"]
