@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("vlmtune.info", "show recipes, a resolved config, or an adapter folder"),
     "analyze": ("vlmtune.analysis.command", "DoRA weight-decomposition analysis of run folders"),
     "bench": ("vlmtune.bench", "built-in comparisons (e.g. `vlmtune bench vit`)"),
+    "plan": ("vlmtune.plan", "per-GPU memory of a recipe under DDP / FSDP2 / offload / QLoRA, from config.json"),
 }
 
 

@@ -80,7 +80,7 @@ class TrainConfig:
     vision_lr: float = 0.0  # 0 = same as lr
     lora_plus_ratio: float = 1.0  # LoRA+: lr of B = ratio * lr of A
     weight_decay: float = 0.0
-    optimizer: str = "adamw"  # adamw | sgd
+    optimizer: str = "adamw"  # adamw | sgd | paged_adamw | paged_adamw_8bit (bitsandbytes, CUDA)
     schedule: str = "cosine"  # cosine | linear | constant
     warmup_ratio: float = 0.03
     max_grad_norm: float = 1.0
@@ -92,6 +92,8 @@ class TrainConfig:
     eval_at_start: bool = True
     eval_at_end: bool = True
     num_processes: int = 1
+    fsdp: bool = False  # FSDP2: shard parameters, gradients and optimizer state per layer (vlmtune.train.fsdp)
+    fsdp_offload: bool = False  # FSDP2: keep the shards and the optimizer step in CPU memory (CUDA)
 
 
 @dataclass
@@ -321,7 +323,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         "data.on_error": ("raise", "skip"),
         "train.schedule": ("cosine", "linear", "constant"),
         "train.nonfinite": ("stop", "skip"),
-        "train.optimizer": ("adamw", "sgd"),
+        "train.optimizer": ("adamw", "sgd", "paged_adamw", "paged_adamw_8bit"),
         "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
         "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     }

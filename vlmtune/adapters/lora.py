@@ -147,7 +147,12 @@ class LoraLinear(WeightAdapter):
         self.r, self.alpha, self.rslora = r, alpha, rslora
         self.scaling = lora_scaling(r, alpha, rslora)
         w = base_layer.weight
-        dtype = w.dtype if w.is_floating_point() else torch.float32  # 4-bit bases: fp32 adapters
+        # 4-bit bases (QLoRA): adapters in the layer's compute dtype (bf16), fp32 without one
+        dtype = (
+            w.dtype
+            if w.is_floating_point()
+            else (getattr(base_layer, "compute_dtype", None) or torch.float32)
+        )
         self.lora_A = nn.Linear(base_layer.in_features, r, bias=False, device=w.device, dtype=dtype)
         self.lora_B = nn.Linear(r, base_layer.out_features, bias=False, device=w.device, dtype=dtype)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()

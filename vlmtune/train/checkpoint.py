@@ -3,6 +3,7 @@
     <run>/checkpoints/step-000100/
         adapter/              PEFT-format adapter (+ trainable_extras.safetensors): every trainable tensor
         trainer_state.pt      optimizer, scheduler, RNG states (python, numpy, torch, cuda), data position
+        optimizer/            FSDP runs: the sharded optimizer state (torch.distributed.checkpoint)
         done                  written last: a folder without it is incomplete and ignored
 
 A checkpoint is written into a temporary folder and renamed into place, so a crash mid-save leaves
@@ -83,8 +84,11 @@ def save_checkpoint(
     specs: dict[str, AdapterSpec] | None = None,
     base_name_or_path: str | None = None,
     keep_last: int = 2,
+    move_in: dict[str, Path] | None = None,
 ) -> Path:
-    """Write ``checkpoints/step-{step:06d}`` atomically; prune to the newest ``keep_last``."""
+    """Write ``checkpoints/step-{step:06d}`` atomically; prune to the newest ``keep_last``.
+
+    ``move_in``: folders written beforehand (e.g. sharded optimizer state) moved in under these names."""
     root = Path(run_dir) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
@@ -94,6 +98,8 @@ def save_checkpoint(
     try:
         save_adapter(model, tmp / "adapter", specs, base_name_or_path)
         atomic_torch_save({**trainer_state, "rng": rng_state()}, tmp / STATE_NAME)
+        for name, folder in (move_in or {}).items():
+            Path(folder).rename(tmp / name)
         atomic_write_text(f"{step}\n", tmp / DONE_NAME)
         if final.exists():
             shutil.rmtree(final)
@@ -129,8 +135,10 @@ def load_checkpoint(ckpt: str | Path, model: nn.Module) -> dict[str, Any]:
             f"{ckpt}: checkpoint lacks {len(missing)} trainable tensor(s), e.g. '{missing[0]}'; "
             "was it written by a run with other adapter settings?"
         )
+    from vlmtune.train.fsdp import copy_full_
+
     for name, p in params.items():
-        p.copy_(tensors[name].to(p.dtype))
+        copy_full_(p, tensors[name])  # plain or FSDP-sharded parameter
     state = torch.load(ckpt / STATE_NAME, map_location="cpu", weights_only=True)  # no pickled code
     set_rng_state(state["rng"])
     return state

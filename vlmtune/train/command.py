@@ -82,6 +82,7 @@ def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: b
     from vlmtune.models import build_pipeline
     from vlmtune.train import distributed as ddp
     from vlmtune.train.evaluate import describe, evaluate, headline
+    from vlmtune.train.fsdp import consolidated
     from vlmtune.train.run import write_config
     from vlmtune.train.trainer import Trainer, seed_everything
     from vlmtune.utils.io import atomic_write_json
@@ -119,11 +120,15 @@ def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: b
     attach(pipeline.model, pipeline.towers, cfg.adapters.specs())
     trainer = Trainer(pipeline, cfg, train_records, run_dir, quiet=quiet)
     summary["train"] = trainer.fit(resume_from=resume_from)
+    with consolidated(pipeline.model):  # FSDP: every process sends its shards to the main one
+        if main_proc:
+            save_adapter(pipeline.model, run_dir / "adapter", cfg.adapters.specs(), cfg.model.name_or_path)
     if not main_proc:
         ddp.barrier()  # wait for the main process's adapter and evaluation
         return summary
-    save_adapter(pipeline.model, run_dir / "adapter", cfg.adapters.specs(), cfg.model.name_or_path)
-    if eval_records and cfg.train.eval_at_end:
+    if eval_records and cfg.train.eval_at_end and trainer.sharded:
+        say(f"FSDP run: no evaluation in the training processes; run `vlmtune eval {run_dir}`")
+    elif eval_records and cfg.train.eval_at_end:
         tuned = evaluate(pipeline, eval_records, cfg.eval, run_dir / "eval" / "tuned", progress=not quiet)
         summary["tuned"] = tuned
         value = headline(tuned)[1]
@@ -161,6 +166,7 @@ def relaunch(args: argparse.Namespace, num_processes: int) -> int:
 
 def main(args: argparse.Namespace) -> int:
     from vlmtune.train import distributed as ddp
+    from vlmtune.train.fsdp import check_config as check_fsdp
     from vlmtune.train.qlora import check_4bit
     from vlmtune.train.run import new_run_dir
     from vlmtune.train.trainer import TrainingError
@@ -169,6 +175,8 @@ def main(args: argparse.Namespace) -> int:
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
     check_4bit(cfg)
+    if cfg.train.fsdp:  # before any process starts or loads weights
+        check_fsdp(cfg)
     num_processes = getattr(args, "num_processes", 0) or cfg.train.num_processes
     if num_processes > 1 and ddp.launched_world_size() == 1:
         return relaunch(args, num_processes)

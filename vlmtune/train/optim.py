@@ -84,6 +84,10 @@ def build_optimizer(groups: list[dict], train: TrainConfig) -> torch.optim.Optim
         raise ConfigError("nothing to train: every tower is frozen (set adapters.<tower>.method)")
     if train.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=train.lr, momentum=0.9)
+    if train.optimizer.startswith("paged_"):  # QLoRA's paged optimizers (CUDA + bitsandbytes)
+        from vlmtune.train.qlora import paged_optimizer
+
+        return paged_optimizer(groups, train.optimizer, train.lr)
     return torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.999), eps=1e-8)
 
 

@@ -1,8 +1,11 @@
 """QLoRA (Dettmers et al., 2023): the frozen language model in 4-bit NF4 through ``bitsandbytes``.
 
 Only the base weights change: ``W`` is stored as NF4 blocks (double-quantised scales) and
-dequantised to the compute dtype on the fly; adapters stay in full precision and their math is
-unchanged (``h = dequant(W) x + s B A x``). Needs a CUDA GPU and ``pip install vlmtune[qlora]``.
+dequantised to the compute dtype (bf16) on the fly; the LoRA matrices are created in that compute
+dtype and their math is unchanged (``h = dequant(W) x + s B A x``). Optional paged optimizers
+(``train.optimizer=paged_adamw`` with fp32 states, or ``paged_adamw_8bit``) move optimizer state to
+CPU memory under GPU memory pressure (QLoRA §3). DoRA on 4-bit layers is refused with one line (its
+column norm needs ``W0`` in full precision). Needs a CUDA GPU and ``pip install vlmtune[qlora]``.
 """
 
 from __future__ import annotations
@@ -31,9 +34,23 @@ def unavailable_reason() -> str | None:
 
 
 def check_4bit(cfg: RunConfig) -> None:
-    """Raise a one-line :class:`ConfigError` when ``model.load_in_4bit`` cannot be honoured."""
+    """Raise a one-line :class:`ConfigError` when ``model.load_in_4bit`` or a paged optimizer cannot
+    be honoured."""
     if cfg.model.load_in_4bit and (why := unavailable_reason()) is not None:
         raise ConfigError(REFUSAL.format(why=why))
+    if cfg.train.optimizer.startswith("paged_") and (why := unavailable_reason()) is not None:
+        raise ConfigError(
+            f"train.optimizer={cfg.train.optimizer} needs a CUDA GPU and bitsandbytes; {why}: run on a CUDA "
+            "machine with `pip install vlmtune[qlora]`, or set train.optimizer=adamw"
+        )
+
+
+def paged_optimizer(groups: list[dict], name: str, lr: float) -> torch.optim.Optimizer:
+    """bitsandbytes' paged AdamW: ``paged_adamw`` (32-bit states) or ``paged_adamw_8bit``."""
+    import bitsandbytes as bnb
+
+    cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.PagedAdamW32bit
+    return cls(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
 
 
 def quantization_kwargs(cfg: RunConfig) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from vlmtune.adapters.report import format_report, param_report
 from vlmtune.config import RunConfig
 from vlmtune.models.base import Pipeline, move_batch
 from vlmtune.train import distributed as ddp
+from vlmtune.train import fsdp
 from vlmtune.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from vlmtune.train.optim import build_optimizer, build_scheduler, param_groups
 from vlmtune.train.qlora import is_quantized
@@ -119,7 +120,8 @@ class Trainer:
         )
         self.rank, self.world_size = ddp.world()  # data parallel: see vlmtune.train.distributed
         kind = self.accelerator.distributed_type.value
-        if kind not in ddp.SUPPORTED:
+        self.sharded = fsdp.requested(cfg, kind)  # FSDP2 (vlmtune.train.fsdp)
+        if kind not in ddp.SUPPORTED and not self.sharded:
             raise TrainingError(
                 f"accelerate distributed_type {kind} is not supported by the vlmtune trainer yet; "
                 "launch with configs/accelerate/multi_gpu.yaml (data parallel) or train with model.load_in_4bit=true"
@@ -131,7 +133,10 @@ class Trainer:
         model = pipeline.model
         if cfg.model.gradient_checkpointing:
             enable_checkpointing(model)
-        if not is_quantized(model):  # a 4-bit (QLoRA) model is placed on its GPU when loaded
+        if self.sharded:  # fully_shard moves one layer at a time to the device, then keeps its shard
+            fsdp.check_config(cfg)
+            fsdp.shard_model(model, cfg, self.accelerator.device)
+        elif not is_quantized(model):  # a 4-bit (QLoRA) model is placed on its GPU when loaded
             model.to(self.accelerator.device)
         self.groups = param_groups(model, pipeline.towers, t, cfg.adapters.specs())
         self.params = [p for g in self.groups for p in g["params"]]
@@ -179,34 +184,63 @@ class Trainer:
         return {
             "step": self.step,
             "micro": self.micro,
-            "optimizer": self.optimizer.state_dict(),
+            **({} if self.sharded else {"optimizer": self.optimizer.state_dict()}),  # FSDP: DCP folder
             "scheduler": self.scheduler.state_dict(),
             **({"rng_ranks": ddp.gather_objects(rng_state())} if self.world_size > 1 else {}),
         }
 
     def resume(self, ckpt: str | Path) -> None:
+        """Trainable tensors, optimizer, scheduler, data position and RNG of checkpoint ``ckpt``; says
+        what it re-initialised (another process count, or a DDP checkpoint resumed with FSDP)."""
         state = load_checkpoint(ckpt, self.pipeline.model)
-        self.optimizer.load_state_dict(state["optimizer"])
+        sharded_optim = Path(ckpt) / fsdp.OPTIMIZER_DIR
+        reinit = []
+        if sharded_optim.is_dir():  # written by FSDP: re-sharded to this process count
+            fsdp.load_optimizer(self.pipeline.model, self._torch_optimizer(), sharded_optim)
+        elif self.sharded:
+            reinit.append("optimizer state (the checkpoint holds an unsharded one; this run shards it)")
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.micro = state["step"], state["micro"]
-        if len(state.get("rng_ranks", [])) == self.world_size:  # every process resumes its own RNG
+        saved_ranks = len(state.get("rng_ranks", [])) or 1
+        if saved_ranks == self.world_size and self.world_size > 1:  # every process resumes its own RNG
             set_rng_state(state["rng_ranks"][self.rank])
+        elif saved_ranks != self.world_size:
+            reinit.append(
+                f"per-process RNG streams (saved by {saved_ranks} process(es), now {self.world_size}): "
+                "dropout masks differ from an uninterrupted run"
+            )
+        if reinit:
+            self._log(f"resume: adapter weights restored; re-initialised {'; '.join(reinit)}")
+
+    def _torch_optimizer(self) -> torch.optim.Optimizer:
+        return getattr(self.optimizer, "optimizer", self.optimizer)  # unwrap accelerate's wrapper
 
     def save(self) -> Path:
         """Checkpoint from the main process (every process must call it: it gathers RNG states)."""
         state, path = self.state(), None
-        if self.rank == 0:
-            path = save_checkpoint(
-                self.run_dir,
-                self.step,
-                self.pipeline.model,
-                state,
-                self.cfg.adapters.specs(),
-                getattr(self.pipeline, "name_or_path", None),
-                keep_last=self.cfg.train.keep_last,
-            )
+        staged = fsdp.staging_dir(self.run_dir, self.step) if self.sharded else None
+        if staged is not None:  # every process writes its optimizer shards
+            fsdp.save_optimizer(self.pipeline.model, self._torch_optimizer(), staged)
+            ddp.barrier()
+        with fsdp.consolidated(self.pipeline.model):  # FSDP: whole trainable tensors on rank 0
+            if self.rank == 0:
+                path = self._save_checkpoint(state, {fsdp.OPTIMIZER_DIR: staged} if staged else None)
         ddp.barrier()
         return ddp.broadcast_object(path)
+
+    def _save_checkpoint(self, state: dict[str, Any], move_in: dict[str, Path] | None) -> Path:
+        return save_checkpoint(
+            self.run_dir,
+            self.step,
+            self.pipeline.model,
+            state,
+            self.cfg.adapters.specs(),
+            getattr(self.pipeline, "name_or_path", None),
+            keep_last=self.cfg.train.keep_last,
+            move_in=move_in,
+        )
 
     # ------------------------------------------------------------------ loop
     def _log(self, msg: str) -> None:
@@ -293,6 +327,7 @@ class Trainer:
             "loss": last_loss,
             "train_seconds": time.perf_counter() - t0,
             "skipped_nonfinite_steps": self.skipped_steps,
+            **(fsdp.shard_report(model) if self.sharded else {}),
         }
 
     def _optimizer_step(self, batches, t) -> tuple[float | None, tuple[float, int, int]]:
@@ -312,8 +347,8 @@ class Trainer:
                     loss = self.pipeline.loss(batch)
                 if not torch.isfinite(loss):
                     finite = False
-                    if self.world_size > 1:  # decided together after the loop (no rank may hang)
-                        continue
+                    if self.world_size > 1 and not self.sharded:  # decided together after the loop
+                        continue  # (FSDP: backward still runs, its collectives must match)
                     if t.nonfinite == "stop":
                         raise TrainingError(
                             f"non-finite loss ({loss.item()}) at step {self.step + 1}, records "
@@ -341,8 +376,12 @@ class Trainer:
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             return None, (0.0, 0, 0)
-        ddp.reduce_gradients(self.params)
-        norm = acc.clip_grad_norm_(self.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+        max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
+        if self.sharded:  # FSDP reduce-scattered the gradients in backward
+            norm = fsdp.clip_grad_norm_(self.params, max_norm)
+        else:
+            ddp.reduce_gradients(self.params)
+            norm = acc.clip_grad_norm_(self.params, max_norm)
         self.optimizer.step()
         if not acc.optimizer_step_was_skipped:
             self.scheduler.step()
