@@ -63,10 +63,12 @@ SUITES: dict[str, Suite] = {
             "data.max_eval_samples=100",
             "train.eval_at_start=false",
         ),
-        title="VL-BART shapes VQA: 60 steps, 100 images",
+        method_overrides={"vera": ("train.lr=1e-2",), "dvora": ("train.lr=1e-2",)},
+        title="VL-BART shapes-VQA: lr 1e-3 (VeRA/DVoRA 1e-2), 60 steps, 100 questions",
         note=(
-            "vlbart-dora recipe (q,v of all BART attention, alpha = r, lr 1e-3) for 60 steps instead "
-            "of 752, scored on 100 held-out images (recipe: every method at 100.0 VQA)"
+            "vlbart-dora recipe (q,v of all BART attention, alpha = r, lr 1e-3, VeRA/DVoRA 1e-2) for "
+            "60 steps instead of 752, scored on the first 100 held-out records, which are VQA "
+            "questions (recipe: every method at 100.0 VQA)"
         ),
     ),
 }
