@@ -87,6 +87,7 @@ def test_bench_llava_table_json_plot(tmp_path, monkeypatch, capsys) -> None:
         (["bench", "vlbart", "--ranks", "0"], "--ranks must be positive"),
         (["bench", "llava", "train.seed=3"], "train.seed is set by --seeds"),
         (["bench", "vit", "--seeds", "0"], "--seeds must be >= 1"),
+        (["bench", "vit", "--methods", "lora", "train.epochs=1"], "put key=value overrides before"),
     ],
 )
 def test_bench_bad_arguments_are_one_line_exit_2(argv, message, tmp_path, capsys) -> None:

@@ -124,7 +124,13 @@ def run_vit_bench(methods: list[str], overrides: list[str], say=print, seeds=(No
 
 def parse_methods(values: list[str]) -> list[str]:
     """``--methods lora dora`` and ``--methods lora,dora`` alike."""
-    return [m.strip() for v in values for m in v.split(",") if m.strip()]
+    from vlmtune.config import ConfigError
+
+    methods = [m.strip() for v in values for m in v.split(",") if m.strip()]
+    overrides = [m for m in methods if "=" in m]
+    if overrides:
+        raise ConfigError(f"--methods took {overrides[0]!r}: put key=value overrides before --methods")
+    return methods
 
 
 def main(args: argparse.Namespace) -> int:
