@@ -130,3 +130,27 @@ def test_bench_vit_seeds_reproduce_run_to_run(tmp_path, tmp_path_factory, monkey
     acc = {(r["method"], r["seed"]): r["accuracy"] for r in first["rows"]}
     diffs = [acc["dora", s] - acc["lora", s] for s in (0, 1)]
     assert dora["diff"]["mean"] == pytest.approx(sum(diffs) / 2) and dora["diff"]["n"] == 2
+
+
+@pytest.mark.slow
+def test_real_llava_sweep_is_reproducible(model_dir, tmp_path, tmp_path_factory, monkeypatch) -> None:
+    """Two 2-step sweeps on the random tiny LLaVA: same rows (loss and score) run to run."""
+    monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    tiny = [
+        f"model.name_or_path={model_dir}",
+        "train.max_steps=2",
+        "train.batch_size=4",
+        "data.shapes_size=16",
+        "data.max_eval_samples=4",
+        "train.save_every=0",
+    ]
+    rows = []
+    for name in ("a", "b"):
+        got, _ = sweep.run_sweep(
+            "llava", ["lora", "dora"], [2], [0, 1], tiny, tmp_path / name, say=lambda *_: None
+        )
+        rows.append([{k: v for k, v in r.items() if k != "seconds"} for r in got])
+    assert rows[0] == rows[1] and len(rows[0]) == 4
+    assert all(r["steps"] == 2 and r["eval_count"] == 4 and r["metric"] == "accuracy" for r in rows[0])
+    losses = {(r["method"], r["seed"]): r["final_loss"] for r in rows[0]}
+    assert losses["lora", 0] != losses["lora", 1]  # the seed changes init and data order
