@@ -86,6 +86,7 @@ def test_bench_llava_table_json_plot(tmp_path, monkeypatch, capsys) -> None:
         (["bench", "llava", "--methods", "lora", "nope"], "--methods: unknown nope"),
         (["bench", "vlbart", "--ranks", "0"], "--ranks must be positive"),
         (["bench", "llava", "train.seed=3"], "train.seed is set by --seeds"),
+        (["bench", "llava", "adapters.language.alpha=4"], "adapters.language.alpha is set by the sweep"),
         (["bench", "vit", "--seeds", "0"], "--seeds must be >= 1"),
         (["bench", "vit", "--methods", "lora", "train.epochs=1"], "put key=value overrides before"),
     ],

@@ -89,9 +89,13 @@ def run_overrides(suite: Suite, extra: list[str], method: str, r: int, seed: int
 
 def plan(suite: Suite, extra: list[str], methods: list[str], ranks: list[int], seeds: list[int]):
     """[(method, r, seed, config)] seed-major; every config is resolved before anything trains."""
-    for key in ("train.seed", f"adapters.{suite.tower}.method", f"adapters.{suite.tower}.r"):
+    t = suite.tower
+    for key in ("train.seed", f"adapters.{t}.method", f"adapters.{t}.r", f"adapters.{t}.alpha"):
         if any(o.startswith(f"{key}=") for o in extra):
-            raise ConfigError(f"{key} is set by the sweep (--seeds/--methods/--ranks); drop the override")
+            raise ConfigError(
+                f"{key} is set by the sweep (--seeds/--methods/--ranks, alpha = {suite.alpha_ratio:g} r); "
+                "drop the override"
+            )
     return [
         (m, r, s, load_config(suite.recipe, run_overrides(suite, extra, m, r, s)))
         for s in seeds
