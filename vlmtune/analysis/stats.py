@@ -16,6 +16,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ def t_cdf(t: float, df: int, intervals: int = 2000) -> float:
     return 0.5 + half if t >= 0 else 0.5 - half
 
 
+@lru_cache(maxsize=256)
 def t_quantile(p: float, df: int) -> float:
     """The ``p`` quantile of Student's t (0.5 < p < 1), e.g. t_quantile(0.975, 4) = 2.776."""
     if not 0.5 < p < 1 or df < 1:
