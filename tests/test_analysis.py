@@ -114,7 +114,7 @@ def test_finetuned_weights_lora_dora_ft(tmp_path) -> None:
         torch.testing.assert_close(wt["layers.1.v_proj"], expected.detach(), rtol=1e-5, atol=1e-6)
 
 
-def write_run(root, name: str, method: str, scales=(0.05, 0.1, 0.2, 0.4)):
+def write_run(root, name: str, method: str, scales=(0.05, 0.1, 0.2, 0.4, 0.8)):
     run = root / name
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(
@@ -135,12 +135,14 @@ def test_analyze_runs_and_command(tmp_path, monkeypatch, capsys) -> None:
     (runs[1] / "checkpoints" / "step-000099" / "adapter").mkdir(parents=True)
     monkeypatch.setattr(runs_mod, "build_base_model", lambda run, config: Toy())
     points, rows = runs_mod.analyze_runs(runs)
-    assert len(points) == 3 * 4 * 6  # runs x checkpoints x (3 layers x q,v)
+    assert len(points) == 3 * 5 * 6  # runs x checkpoints x (3 layers x q,v)
     assert {(r["run"], r["method"], r["module"]) for r in rows} == {
         (n, m, k) for n, m in (("ft", "FT"), ("lora", "LoRA"), ("dora", "DoRA")) for k in ("q", "v")
     }
     for r in rows:
-        assert r["n"] == 12 and r["checkpoints"] == [10, 20, 30, 40] and -1 <= r["correlation"] <= 1
+        assert r["n"] == 15 and r["checkpoints"] == [10, 20, 30, 40, 50] and -1 <= r["correlation"] <= 1
+        low, high = r["correlation_ci95"]
+        assert -1 <= low <= r["correlation"] <= high <= 1  # percentile bootstrap over the 5 checkpoints
     lora_q = next(r for r in rows if r["run"] == "lora" and r["module"] == "q")
     assert lora_q["paper_correlation"] == 0.83
     # bigger updates move both magnitude and direction: LoRA's (ΔD, ΔM) here rise together
@@ -154,7 +156,39 @@ def test_analyze_runs_and_command(tmp_path, monkeypatch, capsys) -> None:
     summary = json.loads((out / "weight_decomposition.json").read_text())
     assert summary["paper"]["correlation_q"] == {"FT": -0.62, "LoRA": 0.83, "DoRA": -0.31}
     assert len(summary["points"]) == len(points) and len(summary["fits"]) == 6
-    assert "LoRA" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "LoRA" in out_text and "95% CI (bootstrap over ckpts)" in out_text
+    assert f"[{lora_q['correlation_ci95'][0]:.2f}, {lora_q['correlation_ci95'][1]:.2f}]" in out_text
+
+
+def test_fewer_than_five_checkpoints_is_one_line_exit_2(tmp_path, monkeypatch, capsys) -> None:
+    from vlmtune.cli import main as cli_main
+
+    built = []
+    monkeypatch.setattr(runs_mod, "build_base_model", lambda run, config: built.append(run) or Toy())
+    good = write_run(tmp_path / "runs", "lora", "lora")
+    short = write_run(tmp_path / "runs", "dora", "dora", scales=(0.1, 0.4))
+    assert cli_main(["analyze", str(good), str(short), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "2 complete checkpoint(s)" in err and "at least 5" in err
+    assert built == [] and not (tmp_path / "out").exists()  # refused before any model was built
+
+
+def test_summarize_bootstrap_interval_resamples_checkpoints() -> None:
+    def pts(step, xy):
+        return [
+            runs_mod.Point("r", "LoRA", "q", f"l.{i}.q_proj", i, step, y, x) for i, (x, y) in enumerate(xy)
+        ]
+
+    # 5 checkpoints x 2 layers on the line dM = 2 dD: correlation 1 in every resample
+    line = [p for s in range(5) for p in pts(s, [(s + 1.0, 2 * s + 2.0), (s + 1.5, 2 * s + 3.0)])]
+    (row,) = runs_mod.summarize(line)
+    assert row["correlation"] == pytest.approx(1.0) and row["correlation_ci95"] == pytest.approx([1.0, 1.0])
+    # scattered checkpoints: the interval is wide and holds the point estimate
+    xy = [[(1, 1), (2, 3)], [(3, 2), (4, 5)], [(5, 4), (6, 4)], [(7, 9), (8, 6)], [(9, 7), (10, 10)]]
+    (row,) = runs_mod.summarize([p for s, g in enumerate(xy) for p in pts(s, g)])
+    low, high = row["correlation_ci95"]
+    assert low < row["correlation"] < high and high - low > 0.05
 
 
 def test_run_method_labels() -> None:

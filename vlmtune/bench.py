@@ -9,27 +9,50 @@ top-1 accuracy on the held-out target test split. Runs offline on CPU in a few m
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 METHODS = ("head", "full", "bitfit", "lora", "dora", "vpt-shallow", "vpt-deep")
 OPTIONAL = ("vera",)  # benchmarked when its recipe and adapter method exist
+SWEEP_METHODS = ("lora", "dora", "vera", "dvora")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("suite", choices=["vit"], help="which comparison to run")
+    parser.add_argument(
+        "suite",
+        choices=["vit", "llava", "vlbart"],
+        help="which comparison to run (llava/vlbart: rank sweeps)",
+    )
     parser.add_argument(
         "overrides", nargs="*", help="key=value overrides for every recipe, e.g. train.epochs=5"
     )
     parser.add_argument(
-        "--methods", default="", help=f"comma-separated subset (default: {','.join(METHODS)})"
+        "--methods",
+        nargs="+",
+        default=[],
+        help=f"methods, space- or comma-separated (vit default: {','.join(METHODS)}; "
+        f"llava/vlbart default: {' '.join(SWEEP_METHODS)})",
+    )
+    parser.add_argument(
+        "--ranks", nargs="+", type=int, default=[2, 8], help="llava/vlbart: adapter ranks (default 2 8)"
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="runs per cell with train.seed = 0..N-1 (default 3)"
+    )
+    parser.add_argument(
+        "--reference", default="lora", help="paired differences are against this method (default lora)"
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (1 is fastest for tiny models)"
     )
-    parser.add_argument("--json", default="", help="also write the rows to this JSON file")
+    parser.add_argument("--json", default="", help="vit: also write the rows and summary to this JSON file")
+    parser.add_argument(
+        "--out",
+        default="",
+        help="llava/vlbart: folder for bench_<suite>.json/.md/.png and run folders "
+        "(default runs/bench-<suite>; a rerun with the same setting resumes)",
+    )
 
 
 def available_methods() -> list[str]:
@@ -78,7 +101,8 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_vit_bench(methods: list[str], overrides: list[str], say=print) -> list[dict]:
+def run_vit_bench(methods: list[str], overrides: list[str], say=print, seeds=(None,)) -> list[dict]:
+    """One row per (seed, method); ``seeds`` None keeps the recipes' ``train.seed``."""
     from vlmtune.models.vit import pretrained_digits_tiny
 
     t0 = time.perf_counter()
@@ -86,11 +110,27 @@ def run_vit_bench(methods: list[str], overrides: list[str], say=print) -> list[d
     say(f"digits-tiny backbone: {folder} ({time.perf_counter() - t0:.1f}s)")
     rows = []
     with tempfile.TemporaryDirectory(prefix="vlmtune-bench-") as tmp:
-        for method in methods:
-            rows.append(run_method(method, overrides, Path(tmp)))
-            r = rows[-1]
-            say(f"  {method:<12} accuracy {r['accuracy']:.2f}%  ({r['seconds']:.1f}s)")
+        for seed in seeds:
+            seeded = overrides if seed is None else [*overrides, f"train.seed={seed}"]
+            for method in methods:
+                rows.append(run_method(method, seeded, Path(tmp) / f"seed-{seed}"))
+                r = rows[-1]
+                if seed is not None:
+                    r["seed"] = seed
+                at = "" if seed is None else f"seed {seed} "
+                say(f"  {at}{method:<12} accuracy {r['accuracy']:.2f}%  ({r['seconds']:.1f}s)")
     return rows
+
+
+def parse_methods(values: list[str]) -> list[str]:
+    """``--methods lora dora`` and ``--methods lora,dora`` alike."""
+    from vlmtune.config import ConfigError
+
+    methods = [m.strip() for v in values for m in v.split(",") if m.strip()]
+    overrides = [m for m in methods if "=" in m]
+    if overrides:
+        raise ConfigError(f"--methods took {overrides[0]!r}: put key=value overrides before --methods")
+    return methods
 
 
 def main(args: argparse.Namespace) -> int:
@@ -99,18 +139,26 @@ def main(args: argparse.Namespace) -> int:
     from vlmtune.config import ConfigError
 
     torch.set_num_threads(max(1, args.threads))
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] or available_methods()
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    if any(o.startswith("train.seed=") for o in args.overrides):
+        raise ConfigError("train.seed is set by --seeds (seeds 0..N-1); drop the train.seed override")
+    if args.suite != "vit":
+        from vlmtune.sweep import main_sweep
+
+        return main_sweep(args, parse_methods(args.methods) or list(SWEEP_METHODS))
+    methods = parse_methods(args.methods) or available_methods()
     unknown = [m for m in methods if m not in (*METHODS, *OPTIONAL)]
     if unknown:
         raise ConfigError(
             f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS + OPTIONAL)}"
         )
+    from vlmtune.sweep import report_vit
+
     t0 = time.perf_counter()
-    rows = run_vit_bench(methods, list(args.overrides))
+    rows = run_vit_bench(methods, list(args.overrides), seeds=range(args.seeds))
     print()
-    print("ViT adaptation, digits 0-4 -> 5-9 (target test split, top-1 %)")
+    print(f"ViT adaptation, digits 0-4 -> 5-9 (target test split, top-1 %), seeds 0..{args.seeds - 1}")
     print(format_table(rows))
-    print(f"total {time.perf_counter() - t0:.1f}s")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    report_vit(rows, args, total_seconds=time.perf_counter() - t0)
     return 0

@@ -22,14 +22,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def format_rows(rows: list[dict]) -> str:
-    head = f"{'run':<28} {'method':<7} {'mod':<4} {'pts':>4} {'slope':>9} {'corr':>7} {'paper':>6}"
+    head = (
+        f"{'run':<28} {'method':<7} {'mod':<4} {'pts':>4} {'ckpts':>5} {'slope':>9} {'corr':>7} "
+        f"{'95% CI (bootstrap over ckpts)':>30} {'paper':>6}"
+    )
     lines = [head]
     for r in rows:
         slope = "n/a" if r["slope"] is None else f"{r['slope']:.3g}"
         corr = "n/a" if r["correlation"] is None else f"{r['correlation']:.2f}"
+        low, high = r.get("correlation_ci95") or (None, None)
+        ci = "n/a" if low is None else f"[{low:.2f}, {high:.2f}]"
         paper = "" if r["paper_correlation"] is None else f"{r['paper_correlation']:.2f}"
         lines.append(
-            f"{r['run'][:28]:<28} {r['method']:<7} {r['module']:<4} {r['n']:>4} {slope:>9} {corr:>7} {paper:>6}"
+            f"{r['run'][:28]:<28} {r['method']:<7} {r['module']:<4} {r['n']:>4} {len(r['checkpoints']):>5} "
+            f"{slope:>9} {corr:>7} {ci:>30} {paper:>6}"
         )
     return "\n".join(lines)
 

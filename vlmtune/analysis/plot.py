@@ -36,8 +36,10 @@ def scatter(points: list[Point], rows: list[dict], out_png: str | Path) -> Path:
                 ax.plot(xs, [fit["slope"] * x + fit["intercept"] for x in xs], "k--", lw=1)
             method = sel[0].method if sel else "?"
             corr = fit["correlation"] if fit else None
+            low, high = (fit.get("correlation_ci95") if fit else None) or (None, None)
+            ci = f" [{low:.2f}, {high:.2f}]" if low is not None else ""
             ax.set_title(
-                f"{method} {module} ({run})\nr = {corr:.2f}" if corr is not None else f"{method} {module}"
+                f"{method} {module} ({run})\nr = {corr:.2f}{ci}" if corr is not None else f"{method} {module}"
             )
             ax.set_xlabel("ΔD")
             ax.set_ylabel("ΔM")

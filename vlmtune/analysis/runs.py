@@ -20,10 +20,15 @@ from torch import nn
 
 from vlmtune.adapters.spec import TARGET_ALIASES
 from vlmtune.analysis.decompose import Fit, decomposition_change, fit_line
+from vlmtune.analysis.stats import bootstrap_correlation
 from vlmtune.analysis.weights import finetuned_weights
+from vlmtune.config import ConfigError
 
 # Correlation of (ΔD, ΔM) for the query weights of VL-BART (DoRA paper §4.1, Figure 2).
 PAPER_CORRELATION = {"FT": -0.62, "LoRA": 0.83, "DoRA": -0.31}
+# A correlation over fewer checkpoints is not reported: with 2 it is +-1 whatever the weights do.
+MIN_CHECKPOINTS = 5
+BOOTSTRAP_RESAMPLES = 2000
 METHOD_LABELS = {
     "full": "FT",
     "lora": "LoRA",
@@ -110,20 +115,26 @@ def run_points(
 
 
 def summarize(points: list[Point]) -> list[dict]:
-    """One row per (run, module): slope, intercept and correlation of (ΔD, ΔM) over layers x steps."""
+    """One row per (run, module): slope, intercept and correlation of (ΔD, ΔM) over layers x steps,
+    with a 95% percentile bootstrap interval of the correlation that resamples checkpoints (all
+    layers of a drawn checkpoint together: points of one checkpoint are not independent)."""
     rows = []
     keys = sorted({(p.run, p.method, p.module) for p in points})
     for run, method, module in keys:
         sel = [p for p in points if (p.run, p.method, p.module) == (run, method, module)]
         fit: Fit = fit_line([p.dD for p in sel], [p.dM for p in sel])
+        steps = sorted({p.step for p in sel})
+        groups = [[(p.dD, p.dM) for p in sel if p.step == step] for step in steps]
+        _, low, high = bootstrap_correlation(groups, BOOTSTRAP_RESAMPLES)
         rows.append(
             {
                 "run": run,
                 "method": method,
                 "module": module,
-                "checkpoints": sorted({p.step for p in sel}),
+                "checkpoints": steps,
                 "layers": len({p.path for p in sel}),
                 **{k: _finite(v) for k, v in asdict(fit).items()},
+                "correlation_ci95": [_finite(low), _finite(high)],
                 "paper_correlation": PAPER_CORRELATION.get(method) if module == "q" else None,
             }
         )
@@ -145,16 +156,10 @@ def analyze_runs(
     load_base = load_base or build_base_model
     cache: dict[str, dict[str, torch.Tensor]] = {}
     points: list[Point] = []
+    for run in map(Path, run_dirs):  # check every run before loading any model
+        check_run(run)
     for run in map(Path, run_dirs):
-        cfg_path = run / "config.yaml"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"{run}: no config.yaml; is this a vlmtune run folder?")
-        config = yaml.safe_load(cfg_path.read_text()) or {}
-        if not checkpoint_steps(run):
-            raise FileNotFoundError(
-                f"{run}: no complete checkpoints under checkpoints/; train with train.save_every>0 and "
-                "train.keep_last>=4 to keep the intermediate steps the analysis needs"
-            )
+        config = yaml.safe_load((run / "config.yaml").read_text()) or {}
         key = yaml.safe_dump(config.get("model") or {}, sort_keys=True)
         if key not in cache:
             cache[key] = {
@@ -162,6 +167,24 @@ def analyze_runs(
             }
         points.extend(run_points(run, cache[key], run_method(config), modules))
     return points, summarize(points)
+
+
+def check_run(run: Path) -> None:
+    """A user error (one line) unless ``run`` has a config and >= MIN_CHECKPOINTS checkpoints."""
+    if not (run / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run}: no config.yaml; is this a vlmtune run folder?")
+    n = len(checkpoint_steps(run))
+    hint = (
+        f"train with train.save_every>0 and train.keep_last>={MIN_CHECKPOINTS} to keep the "
+        "intermediate steps the analysis needs"
+    )
+    if n == 0:
+        raise FileNotFoundError(f"{run}: no complete checkpoints under checkpoints/; {hint}")
+    if n < MIN_CHECKPOINTS:
+        raise ConfigError(
+            f"{run}: {n} complete checkpoint(s), a correlation needs at least {MIN_CHECKPOINTS} "
+            f"(with 2 it is +-1 whatever the weights do); {hint}"
+        )
 
 
 def build_base_model(run_dir: Path, config: dict) -> nn.Module:
