@@ -29,12 +29,15 @@ from tqdm.auto import tqdm
 
 from vlmtune.adapters.report import format_report, param_report
 from vlmtune.config import RunConfig
+from vlmtune.data.packing import num_samples
+from vlmtune.data.sampler import grouped_batches
 from vlmtune.models.base import Pipeline, move_batch
 from vlmtune.train import distributed as ddp
 from vlmtune.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from vlmtune.train.optim import build_optimizer, build_scheduler, param_groups
 from vlmtune.train.qlora import is_quantized
 from vlmtune.train.run import MetricsLogger, plot_loss_curve
+from vlmtune.train.timing import StepTimer, vision_modules
 
 
 class TrainingError(RuntimeError):
@@ -152,8 +155,23 @@ class Trainer:
         plan = getattr(self.pipeline, "epoch_batches", None)
         if plan is not None:
             return plan(self.records, epoch)
+        if self.cfg.data.group_by_length:
+            return grouped_batches(
+                self._signed_lengths(), self.cfg.train.batch_size, self.cfg.train.seed + epoch
+            )
         bs, order = self.cfg.train.batch_size, self._epoch_order(epoch)
         return [order[i : i + bs] for i in range(0, len(order), bs)]
+
+    def _signed_lengths(self) -> list[int]:
+        """Per record: tokens, negative when text-only (computed once, for data.group_by_length)."""
+        if getattr(self, "_lengths", None) is None:
+            if not hasattr(self.pipeline, "sample_length"):
+                raise TrainingError(
+                    f"data.group_by_length is not supported by the {self.cfg.model.pipeline} pipeline; "
+                    "set data.group_by_length=false"
+                )
+            self._lengths = [self.pipeline.sample_length(r) for r in self.records]
+        return self._lengths
 
     def _batches(self):
         """``(collated micro-batch, real)`` from position ``self.micro`` on, forever (epoch after
@@ -235,6 +253,7 @@ class Trainer:
             total=self.total_steps, initial=self.step, disable=self.quiet, desc="train", dynamic_ncols=True
         )
         batches = self._batches()
+        self.timer = StepTimer(self.accelerator.device, vision_modules(model, self.pipeline.towers))
         model.train()
         window_loss, window_steps, window_samples, window_tokens = 0.0, 0, 0, 0
         last_loss = float("nan")
@@ -271,7 +290,10 @@ class Trainer:
                     self.save()
                 if stop:
                     break
+            self._log(self.timer.format())
+            logger.log(self.timer.summary(), self.step)
         finally:
+            self.timer.close()
             bar.close()
             logger.close()
         if self.step >= self.total_steps:
@@ -300,15 +322,18 @@ class Trainer:
         acc = self.accelerator
         total, samples, tokens = 0.0, 0, 0
         finite = True
+        timer = self.timer
+        timer.steps += 1
         for _ in range(t.grad_accum):
-            batch, real = next(batches)
-            batch = move_batch(batch, acc.device)
+            with timer.phase("data"):
+                batch, real = next(batches)
+                batch = move_batch(batch, acc.device)
             self.micro += 1
             if self.world_size > 1:  # this process's share of the global mean loss
                 terms = ddp.loss_terms(batch, self.pipeline) if real else 0
                 scale = ddp.loss_weight(terms, ddp.all_reduce_sum([terms])[0], t.grad_accum)
             try:
-                with acc.autocast():
+                with acc.autocast(), timer.phase("forward"):
                     loss = self.pipeline.loss(batch)
                 if not torch.isfinite(loss):
                     finite = False
@@ -321,12 +346,12 @@ class Trainer:
                         )
                     self.skipped_steps += 1
                     break
-                acc.backward(loss / t.grad_accum if self.world_size == 1 else loss * scale)
+                with timer.phase("backward"):
+                    acc.backward(loss / t.grad_accum if self.world_size == 1 else loss * scale)
             except torch.OutOfMemoryError:
                 raise TrainingError(out_of_memory_message(self.step + 1, self.cfg)) from None
             total += loss.item() / t.grad_accum if self.world_size == 1 else loss.item() * scale
-            first = next(iter(batch.values()))
-            samples += len(first) if hasattr(first, "__len__") else 0
+            samples += num_samples(batch)
             mask = batch.get("attention_mask")
             tokens += int(mask.sum()) if isinstance(mask, torch.Tensor) else 0
         if self.world_size > 1:
@@ -341,10 +366,11 @@ class Trainer:
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             return None, (0.0, 0, 0)
-        ddp.reduce_gradients(self.params)
-        norm = acc.clip_grad_norm_(self.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
-        self.optimizer.step()
-        if not acc.optimizer_step_was_skipped:
-            self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with timer.phase("optimizer"):
+            ddp.reduce_gradients(self.params)
+            norm = acc.clip_grad_norm_(self.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+            self.optimizer.step()
+            if not acc.optimizer_step_was_skipped:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
         return total, (float(norm), samples, tokens)
