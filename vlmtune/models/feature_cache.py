@@ -140,7 +140,8 @@ class FeatureCache:
         if features is None and pixels is None:
             return inputs
         if features is None:
-            if any(p.requires_grad for p in model.model.vision_tower.parameters()):
+            tower = model.model.vision_tower
+            if torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters()):
                 raise ConfigError(
                     "data.cache_vision_features needs a frozen vision tower, but some of its weights "
                     "train; set data.cache_vision_features=false"
