@@ -150,3 +150,19 @@ def test_no_attention_crosses_samples(pipe, mixed) -> None:
     for r, s, e in where:
         if (r, s, e) != (row, a, b):
             torch.testing.assert_close(moved[r, s:e], base[r, s:e], atol=1e-6, rtol=0)
+
+
+def test_loss_on_supervised_positions_equals_the_full_logits_loss(pipe, mixed) -> None:
+    """The pipeline runs ``lm_head`` on supervised positions only; transformers' own loss (all
+    positions' logits) gives the same value and gradients."""
+    pipe.cfg.data.packing = False
+    try:
+        batch = pipe.collate(mixed, train=True)
+    finally:
+        pipe.cfg.data.packing = True
+    params = [p for p in pipe.model.parameters() if p.requires_grad]
+    mine = pipe.loss(batch)
+    ref = pipe.model(**model_inputs(batch), labels=batch["labels"]).loss
+    assert abs(mine.item() - ref.item()) < TOL
+    for g, rg in zip(grads(mine, params), grads(ref, params), strict=True):
+        torch.testing.assert_close(g, rg, atol=TOL, rtol=0)

@@ -355,6 +355,11 @@ def _validate_speed(cfg: RunConfig) -> None:
                 f"config key 'data.{key}' is supported for model.pipeline=llava only, got "
                 f"'{cfg.model.pipeline}'; set data.{key}=false"
             )
+    if cfg.data.packing and cfg.adapters.language.method == "prompt":
+        raise ConfigError(
+            "config key 'data.packing' cannot be combined with adapters.language.method=prompt (the soft "
+            "prompt would precede only the first sample of a row); set data.packing=false"
+        )
     if cfg.data.cache_vision_features and cfg.adapters.vision.method != "frozen":
         raise ConfigError(
             "config key 'data.cache_vision_features' needs a frozen vision tower, but "

@@ -1,8 +1,8 @@
 """Packing (``data.packing=true``): several tokenised samples share one row, attention isolated.
 
-A micro-batch of ``train.batch_size`` samples is laid into as few rows of at most
-``data.max_length`` tokens as first-fit-decreasing finds, instead of one row per sample padded to
-the longest. Each sample keeps its own ``position_ids`` (0, 1, ..., n-1) and its own labels; the
+A micro-batch of ``train.batch_size`` samples is laid into rows of at most ``data.max_length``
+tokens by first-fit decreasing, at the row width that leaves the fewest padded slots, instead of
+one row per sample padded to the longest. Each sample keeps its own ``position_ids`` (0, 1, ..., n-1) and its own labels; the
 first label of every sample is ``IGNORE_INDEX`` (a sample's first token is never a target when it
 runs alone, and in a packed row it would otherwise be predicted from the previous sample).
 
@@ -43,6 +43,20 @@ def plan_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
+def plan_batch(lengths: list[int], capacity: int, step: int = 64) -> list[list[int]]:
+    """:func:`plan_rows` at the row width ``W <= capacity`` (tried in steps of ``step`` tokens) that
+    minimises the padded slots ``R x W_used`` the linear layers pay for; ties: the narrower rows
+    (attention pays ``R x W^2``)."""
+    start = min(max(lengths), capacity)
+    best: tuple[int, list[list[int]]] | None = None
+    for width in sorted(set(range(start, capacity + 1, step)) | {capacity}):
+        rows = plan_rows(lengths, width)
+        slots = len(rows) * max(sum(lengths[i] for i in row) for row in rows)
+        if best is None or slots < best[0]:
+            best = (slots, rows)
+    return best[1]
+
+
 def pack_batch(
     encoded: list[Encoded], pad_id: int, capacity: int
 ) -> tuple[dict[str, torch.Tensor], list[int]]:
@@ -52,7 +66,7 @@ def pack_batch(
     longest row, and ``order``: the sample indices in the order they appear (row-major), which is
     the order their images must follow in ``pixel_values``.
     """
-    rows = plan_rows([len(e) for e in encoded], capacity)
+    rows = plan_batch([len(e) for e in encoded], capacity)
     width = max(sum(len(encoded[i]) for i in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)

@@ -204,19 +204,18 @@ class LlavaPipeline:
         """Next-token cross-entropy averaged over supervised tokens (label != -100):
         ``L = sum_t CE(logits[t], labels[t+1]) / max(1, #supervised)``; 0 (with a graph) when
         truncation left no supervised token, instead of 0/0. A packed batch (``position_ids``) runs
-        with a block-diagonal mask (vlmtune.data.packing); cached vision features skip the tower."""
+        with a block-diagonal mask (vlmtune.data.packing); cached vision features skip the tower.
+        Only the supervised positions go through ``lm_head`` (the (B, T, vocab) logits of every
+        position are never formed): the same value and gradients, less work and memory."""
         inputs = model_inputs(batch)
         if self.feature_cache is not None:
             inputs = self.feature_cache.model_inputs(self.model, inputs, batch)
-        logits = self.model(**inputs).logits[:, :-1]
-        labels = batch["labels"][:, 1:].to(logits.device)
-        total = F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]),
-            labels.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
-        return total / (labels != IGNORE_INDEX).sum().clamp_min(1)
+        hidden = self.model.model(**inputs).last_hidden_state[:, :-1]
+        labels = batch["labels"][:, 1:].to(hidden.device)
+        keep = labels != IGNORE_INDEX  # the LM head runs on these positions only (exact, no (B, T, V) logits)
+        logits = self.model.lm_head(hidden[keep])
+        total = F.cross_entropy(logits.float(), labels[keep], reduction="sum")
+        return total / keep.sum().clamp_min(1)
 
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 16, num_beams: int = 1) -> list[str]:
         inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
