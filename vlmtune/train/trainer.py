@@ -82,6 +82,28 @@ def _identity(batch):
     return batch
 
 
+class CollateInWorker:
+    """``pipeline.collate(records, train=True)`` inside a DataLoader worker (``data.num_workers > 0``):
+    image decoding and preprocessing overlap the step. A worker's truncation counter is a copy, so
+    the batch carries its count back (:meth:`received` adds it to the pipeline's)."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    def __call__(self, records: list[dict]) -> dict[str, Any]:
+        before = getattr(self.pipeline, "truncated_answers", 0)
+        batch = self.pipeline.collate(records, train=True)
+        batch["truncated_answers"] = getattr(self.pipeline, "truncated_answers", 0) - before
+        return batch
+
+    @staticmethod
+    def received(pipeline: Pipeline, batch: dict[str, Any]) -> dict[str, Any]:
+        cut = batch.pop("truncated_answers", 0)
+        if cut:
+            pipeline.truncated_answers = getattr(pipeline, "truncated_answers", 0) + cut
+        return batch
+
+
 def _ids(batch: dict[str, Any], limit: int = 8) -> str:
     ids = [str(i) for i in batch.get("ids", [])]
     if not ids:
@@ -182,15 +204,23 @@ class Trainer:
             full = self._epoch_batches(epoch)[start:]
             index_batches = [ddp.shard(b, self.rank, self.world_size) or b[:1] for b in full]
             real = [len(ddp.shard(b, self.rank, self.world_size)) > 0 for b in full]
+            workers = self.cfg.data.num_workers
             loader = DataLoader(
                 self.records,
                 batch_sampler=index_batches,
-                collate_fn=_identity,
-                num_workers=self.cfg.data.num_workers,
+                collate_fn=CollateInWorker(self.pipeline) if workers else _identity,
+                num_workers=workers,
                 generator=torch.Generator().manual_seed(0),  # keep the global RNG untouched
             )
-            for records, is_real in zip(loader, real, strict=True):
-                yield self.pipeline.collate(records, train=True), is_real
+            for item, is_real in zip(loader, real, strict=True):
+                yield (
+                    (
+                        CollateInWorker.received(self.pipeline, item)
+                        if workers
+                        else self.pipeline.collate(item, train=True)
+                    ),
+                    is_real,
+                )
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
