@@ -145,6 +145,16 @@ def run_vlmtune(args, cfg, records: list[dict], out: Path) -> dict:
     pipe = build_pipeline(cfg)
     attach(pipe.model, pipe.towers, cfg.adapters.specs())
     trainer = Trainer(pipe, cfg, records, out, quiet=True)
+    step_cpu: list[float] = []  # this process's CPU time per optimizer step (data wait included)
+    step = trainer._optimizer_step
+
+    def timed_step(*a, **k):
+        t = time.process_time()
+        out = step(*a, **k)
+        step_cpu.append(time.process_time() - t)
+        return out
+
+    trainer._optimizer_step = timed_step
     cpu, wall = time.process_time(), time.perf_counter()
     result = trainer.fit()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
@@ -158,6 +168,7 @@ def run_vlmtune(args, cfg, records: list[dict], out: Path) -> dict:
         "loss": result["loss"],
         "steps": result["step"],
         "step_wall_s": [m["samples_per_s"] and 1 / m["samples_per_s"] for m in steps],
+        "step_cpu_s": step_cpu,
         "breakdown": {k: v for k, v in breakdown.items() if k.startswith("time/")},
         **({"cache_hits": cache.hits, "cache_misses": cache.misses} if cache is not None else {}),
     }
@@ -326,7 +337,10 @@ def main(argv: list[str] | None = None) -> int:
                 row["samples_per_s"] = n["samples"] / res["wall_s"]
                 if "2ep" in name:
                     per = len(res["step_wall_s"]) // 2
-                    row["epoch2_over_epoch1"] = sum(res["step_wall_s"][per:]) / sum(res["step_wall_s"][:per])
+                    row["epoch2_over_epoch1"] = sum(res["step_cpu_s"][per:]) / sum(res["step_cpu_s"][:per])
+                    row["epoch2_over_epoch1_wall"] = sum(res["step_wall_s"][per:]) / sum(
+                        res["step_wall_s"][:per]
+                    )
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     print()
@@ -368,7 +382,7 @@ def summarize(rows: list[dict], args) -> None:
             for v in (f"vlmtune-2ep-{method}", f"vlmtune-2ep-cached-{method}"):
                 ratios = [r["epoch2_over_epoch1"] for r in rows if r["variant"] == v]
                 print(
-                    f"epoch 2 / epoch 1 time, {v}: {statistics.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})"
+                    f"epoch 2 / epoch 1 CPU time, {v}: {statistics.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})"
                 )
     for v in variants:
         if v.startswith("vlmtune"):
