@@ -320,12 +320,12 @@ class Trainer:
                     self.save()
                 if stop:
                     break
-            self._log(self.timer.format())
             logger.log(self.timer.summary(), self.step)
         finally:
             self.timer.close()
             bar.close()
             logger.close()
+        self._log(self.timer.format())
         if self.step >= self.total_steps:
             self.save()
         if self.rank == 0:
