@@ -65,6 +65,10 @@ class DataConfig:
     shapes_size: int = 2000  # number of synthetic training images for shapes:*
     turns_per_image: int = 1  # > 1: pack questions about one image into one multi-turn conversation
     task_batch_sizes: dict = field(default_factory=dict)  # multi-task: task -> batch size (vlbart)
+    packing: bool = False  # llava: pack a micro-batch's samples into rows of <= max_length tokens
+    group_by_length: bool = False  # LLaVA's modality-and-length grouped batches
+    cache_vision_features: bool = False  # llava, frozen vision tower: reuse its output across epochs
+    vision_cache_dir: str = ""  # "" = $VLMTUNE_CACHE/vision-features
 
 
 @dataclass
@@ -339,7 +343,30 @@ def validate(cfg: RunConfig) -> RunConfig:
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             raise ConfigError(f"config key '{dotted}' must be one of {', '.join(allowed)}, got '{value}'")
+    _validate_speed(cfg)
     return cfg
+
+
+def _validate_speed(cfg: RunConfig) -> None:
+    """``data.packing`` / ``data.cache_vision_features`` / ``data.num_workers`` (README "Speed")."""
+    if cfg.data.num_workers < 0:
+        raise ConfigError(f"config key 'data.num_workers' must be >= 0, got {cfg.data.num_workers}")
+    for key in ("packing", "cache_vision_features"):
+        if getattr(cfg.data, key) and cfg.model.pipeline != "llava":
+            raise ConfigError(
+                f"config key 'data.{key}' is supported for model.pipeline=llava only, got "
+                f"'{cfg.model.pipeline}'; set data.{key}=false"
+            )
+    if cfg.data.packing and cfg.adapters.language.method == "prompt":
+        raise ConfigError(
+            "config key 'data.packing' cannot be combined with adapters.language.method=prompt (the soft "
+            "prompt would precede only the first sample of a row); set data.packing=false"
+        )
+    if cfg.data.cache_vision_features and cfg.adapters.vision.method != "frozen":
+        raise ConfigError(
+            "config key 'data.cache_vision_features' needs a frozen vision tower, but "
+            f"adapters.vision.method='{cfg.adapters.vision.method}'; set one of them back"
+        )
 
 
 def load_config(recipe: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -28,6 +28,7 @@ from vlmtune.data.collate import (
     supervised_tokens,
     truncate,
 )
+from vlmtune.data.packing import model_inputs, pack_batch
 from vlmtune.generation import generate_text
 from vlmtune.models.base import register_pipeline
 
@@ -113,6 +114,13 @@ class LlavaPipeline:
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
         self.truncated_answers = 0  # training sequences whose answer tokens data.max_length cut
+        self.feature_cache = None  # frozen-tower feature cache (data.cache_vision_features)
+        if cfg.data.cache_vision_features:
+            from vlmtune.models.feature_cache import open_feature_cache
+
+            self.feature_cache = open_feature_cache(
+                self.model, self.image_processor, cfg.data.vision_cache_dir
+            )
 
     # ------------------------------------------------------------------ data
     def segments(self, record: dict, train: bool = True) -> list[tuple[str, bool]]:
@@ -157,6 +165,15 @@ class LlavaPipeline:
             )
         self.truncated_answers += 1
 
+    def sample_length(self, record: dict) -> int:
+        """Tokens of ``record`` (truncated to ``data.max_length``), negative for a text-only record:
+        the signed lengths of :func:`vlmtune.data.sampler.grouped_batches`."""
+        enc = encode_segments(
+            self.segments(record), self.tokenizer, self.image_token_id, self.num_image_tokens
+        )
+        n = len(truncate(enc, self.cfg.data.max_length))
+        return n if record_images(record) else -n
+
     def pixel_values(self, records: list[dict]) -> torch.Tensor | None:
         images = [load_image(p) for r in records for p in record_images(r)]
         if not images:
@@ -168,12 +185,17 @@ class LlavaPipeline:
         """Train: right-padded ids/mask/labels (B, T) + pixel_values (N_img, 3, H, W).
         Eval: left-padded prompts, no labels. Both carry ``ids`` (record ids, for error messages)."""
         encoded = [self.encode(r, train) for r in records]
-        batch: dict[str, Any] = pad_batch(
-            encoded, self.pad_id, side="right" if train else "left", with_labels=train
-        )
-        pixels = self.pixel_values(records)
-        if pixels is not None:
-            batch["pixel_values"] = pixels
+        if train and self.cfg.data.packing:  # samples share rows; images follow the packed order
+            batch, order = pack_batch(encoded, self.pad_id, self.cfg.data.max_length)
+            records = [records[i] for i in order]
+        else:
+            batch = pad_batch(encoded, self.pad_id, side="right" if train else "left", with_labels=train)
+        if train and self.feature_cache is not None:
+            batch.update(self.feature_cache.collate(records, self.pixel_values))
+        else:
+            pixels = self.pixel_values(records)
+            if pixels is not None:
+                batch["pixel_values"] = pixels
         batch["ids"] = [r["id"] for r in records]
         return batch
 
@@ -181,17 +203,19 @@ class LlavaPipeline:
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Next-token cross-entropy averaged over supervised tokens (label != -100):
         ``L = sum_t CE(logits[t], labels[t+1]) / max(1, #supervised)``; 0 (with a graph) when
-        truncation left no supervised token, instead of 0/0."""
-        inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
-        logits = self.model(**inputs).logits[:, :-1]
-        labels = batch["labels"][:, 1:].to(logits.device)
-        total = F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]),
-            labels.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
-        return total / (labels != IGNORE_INDEX).sum().clamp_min(1)
+        truncation left no supervised token, instead of 0/0. A packed batch (``position_ids``) runs
+        with a block-diagonal mask (vlmtune.data.packing); cached vision features skip the tower.
+        Only the supervised positions go through ``lm_head`` (the (B, T, vocab) logits of every
+        position are never formed): the same value and gradients, less work and memory."""
+        inputs = model_inputs(batch)
+        if self.feature_cache is not None:
+            inputs = self.feature_cache.model_inputs(self.model, inputs, batch)
+        hidden = self.model.model(**inputs).last_hidden_state[:, :-1]
+        labels = batch["labels"][:, 1:].to(hidden.device)
+        keep = labels != IGNORE_INDEX  # the LM head runs on these positions only (exact, no (B, T, V) logits)
+        logits = self.model.lm_head(hidden[keep])
+        total = F.cross_entropy(logits.float(), labels[keep], reduction="sum")
+        return total / keep.sum().clamp_min(1)
 
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 16, num_beams: int = 1) -> list[str]:
         inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}

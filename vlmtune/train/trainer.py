@@ -29,6 +29,8 @@ from tqdm.auto import tqdm
 
 from vlmtune.adapters.report import format_report, param_report
 from vlmtune.config import RunConfig
+from vlmtune.data.packing import num_samples
+from vlmtune.data.sampler import grouped_batches
 from vlmtune.models.base import Pipeline, move_batch
 from vlmtune.train import distributed as ddp
 from vlmtune.train import fsdp
@@ -36,6 +38,7 @@ from vlmtune.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from vlmtune.train.optim import build_optimizer, build_scheduler, param_groups
 from vlmtune.train.qlora import is_quantized
 from vlmtune.train.run import MetricsLogger, plot_loss_curve
+from vlmtune.train.timing import StepTimer, vision_modules
 
 
 class TrainingError(RuntimeError):
@@ -78,6 +81,28 @@ def enable_checkpointing(model) -> bool:
 
 def _identity(batch):
     return batch
+
+
+class CollateInWorker:
+    """``pipeline.collate(records, train=True)`` inside a DataLoader worker (``data.num_workers > 0``):
+    image decoding and preprocessing overlap the step. A worker's truncation counter is a copy, so
+    the batch carries its count back (:meth:`received` adds it to the pipeline's)."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    def __call__(self, records: list[dict]) -> dict[str, Any]:
+        before = getattr(self.pipeline, "truncated_answers", 0)
+        batch = self.pipeline.collate(records, train=True)
+        batch["truncated_answers"] = getattr(self.pipeline, "truncated_answers", 0) - before
+        return batch
+
+    @staticmethod
+    def received(pipeline: Pipeline, batch: dict[str, Any]) -> dict[str, Any]:
+        cut = batch.pop("truncated_answers", 0)
+        if cut:
+            pipeline.truncated_answers = getattr(pipeline, "truncated_answers", 0) + cut
+        return batch
 
 
 def _ids(batch: dict[str, Any], limit: int = 8) -> str:
@@ -157,8 +182,23 @@ class Trainer:
         plan = getattr(self.pipeline, "epoch_batches", None)
         if plan is not None:
             return plan(self.records, epoch)
+        if self.cfg.data.group_by_length:
+            return grouped_batches(
+                self._signed_lengths(), self.cfg.train.batch_size, self.cfg.train.seed + epoch
+            )
         bs, order = self.cfg.train.batch_size, self._epoch_order(epoch)
         return [order[i : i + bs] for i in range(0, len(order), bs)]
+
+    def _signed_lengths(self) -> list[int]:
+        """Per record: tokens, negative when text-only (computed once, for data.group_by_length)."""
+        if getattr(self, "_lengths", None) is None:
+            if not hasattr(self.pipeline, "sample_length"):
+                raise TrainingError(
+                    f"data.group_by_length is not supported by the {self.cfg.model.pipeline} pipeline; "
+                    "set data.group_by_length=false"
+                )
+            self._lengths = [self.pipeline.sample_length(r) for r in self.records]
+        return self._lengths
 
     def _batches(self):
         """``(collated micro-batch, real)`` from position ``self.micro`` on, forever (epoch after
@@ -169,15 +209,23 @@ class Trainer:
             full = self._epoch_batches(epoch)[start:]
             index_batches = [ddp.shard(b, self.rank, self.world_size) or b[:1] for b in full]
             real = [len(ddp.shard(b, self.rank, self.world_size)) > 0 for b in full]
+            workers = self.cfg.data.num_workers
             loader = DataLoader(
                 self.records,
                 batch_sampler=index_batches,
-                collate_fn=_identity,
-                num_workers=self.cfg.data.num_workers,
+                collate_fn=CollateInWorker(self.pipeline) if workers else _identity,
+                num_workers=workers,
                 generator=torch.Generator().manual_seed(0),  # keep the global RNG untouched
             )
-            for records, is_real in zip(loader, real, strict=True):
-                yield self.pipeline.collate(records, train=True), is_real
+            for item, is_real in zip(loader, real, strict=True):
+                yield (
+                    (
+                        CollateInWorker.received(self.pipeline, item)
+                        if workers
+                        else self.pipeline.collate(item, train=True)
+                    ),
+                    is_real,
+                )
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
@@ -269,6 +317,7 @@ class Trainer:
             total=self.total_steps, initial=self.step, disable=self.quiet, desc="train", dynamic_ncols=True
         )
         batches = self._batches()
+        self.timer = StepTimer(self.accelerator.device, vision_modules(model, self.pipeline.towers))
         model.train()
         window_loss, window_steps, window_samples, window_tokens = 0.0, 0, 0, 0
         last_loss = float("nan")
@@ -305,9 +354,12 @@ class Trainer:
                     self.save()
                 if stop:
                     break
+            logger.log(self.timer.summary(), self.step)
         finally:
+            self.timer.close()
             bar.close()
             logger.close()
+        self._log(self.timer.format())
         if self.step >= self.total_steps:
             self.save()
         if self.rank == 0:
@@ -335,15 +387,18 @@ class Trainer:
         acc = self.accelerator
         total, samples, tokens = 0.0, 0, 0
         finite = True
+        timer = self.timer
+        timer.steps += 1
         for _ in range(t.grad_accum):
-            batch, real = next(batches)
-            batch = move_batch(batch, acc.device)
+            with timer.phase("data"):
+                batch, real = next(batches)
+                batch = move_batch(batch, acc.device)
             self.micro += 1
             if self.world_size > 1:  # this process's share of the global mean loss
                 terms = ddp.loss_terms(batch, self.pipeline) if real else 0
                 scale = ddp.loss_weight(terms, ddp.all_reduce_sum([terms])[0], t.grad_accum)
             try:
-                with acc.autocast():
+                with acc.autocast(), timer.phase("forward"):
                     loss = self.pipeline.loss(batch)
                 if not torch.isfinite(loss):
                     finite = False
@@ -356,12 +411,12 @@ class Trainer:
                         )
                     self.skipped_steps += 1
                     break
-                acc.backward(loss / t.grad_accum if self.world_size == 1 else loss * scale)
+                with timer.phase("backward"):
+                    acc.backward(loss / t.grad_accum if self.world_size == 1 else loss * scale)
             except torch.OutOfMemoryError:
                 raise TrainingError(out_of_memory_message(self.step + 1, self.cfg)) from None
             total += loss.item() / t.grad_accum if self.world_size == 1 else loss.item() * scale
-            first = next(iter(batch.values()))
-            samples += len(first) if hasattr(first, "__len__") else 0
+            samples += num_samples(batch)
             mask = batch.get("attention_mask")
             tokens += int(mask.sum()) if isinstance(mask, torch.Tensor) else 0
         if self.world_size > 1:
@@ -376,14 +431,15 @@ class Trainer:
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             return None, (0.0, 0, 0)
-        max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
-        if self.sharded:  # FSDP reduce-scattered the gradients in backward
-            norm = fsdp.clip_grad_norm_(self.params, max_norm)
-        else:
-            ddp.reduce_gradients(self.params)
-            norm = acc.clip_grad_norm_(self.params, max_norm)
-        self.optimizer.step()
-        if not acc.optimizer_step_was_skipped:
-            self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with timer.phase("optimizer"):
+            max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
+            if self.sharded:  # FSDP reduce-scattered the gradients in backward
+                norm = fsdp.clip_grad_norm_(self.params, max_norm)
+            else:
+                ddp.reduce_gradients(self.params)
+                norm = acc.clip_grad_norm_(self.params, max_norm)
+            self.optimizer.step()
+            if not acc.optimizer_step_was_skipped:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
         return total, (float(norm), samples, tokens)

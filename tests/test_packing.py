@@ -1,0 +1,168 @@
+"""Packing (data.packing=true) is exact: a packed batch is its samples run alone.
+
+LLaVA only for now: the Qwen families (M-RoPE position ids) are not supported by vlmtune yet; a
+Qwen case belongs here once they are. fp32, tiny random LLaVA (TEST_SIZE), SDPA on CPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from vlmtune.config import load_config
+from vlmtune.data.collate import IGNORE_INDEX, Encoded
+from vlmtune.data.packing import model_inputs, pack_batch, plan_rows, segment_ids
+from vlmtune.data.records import load_records
+from vlmtune.models import build_pipeline
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def mixed(shapes_cache) -> list[dict]:
+    """Short VQA answers, longer captions and chat answers: lengths differ."""
+    recs = load_records("shapes:vqa,caption,chat", split="train", n_images=8, cache_dir=shapes_cache)
+    by_task: dict[str, list[dict]] = {}
+    for r in recs:
+        by_task.setdefault(r["task"], []).append(r)
+    return [r for task in sorted(by_task) for r in by_task[task][:2]]
+
+
+@pytest.fixture(scope="module")
+def pipe(model_dir):
+    cfg = load_config(
+        "llava-dora",
+        [
+            f"model.name_or_path={model_dir}",
+            "model.dtype=float32",
+            "data.packing=true",
+            "data.max_length=256",
+        ],
+    )
+    p = build_pipeline(cfg)
+    p.model.requires_grad_(True)
+    p.model.eval()  # no dropout: the comparison is exact arithmetic
+    return p
+
+
+def alone(pipe, record: dict) -> dict:
+    """``record`` collated on its own, unpacked."""
+    pipe.cfg.data.packing = False
+    try:
+        return pipe.collate([record], train=True)
+    finally:
+        pipe.cfg.data.packing = True
+
+
+def spans(batch: dict) -> list[tuple[int, int, int]]:
+    """(row, start, end) of every sample of a packed batch, in ``batch['ids']`` order."""
+    seg, out = segment_ids(batch["position_ids"]), []
+    real = batch["attention_mask"].bool()
+    for row in range(seg.shape[0]):
+        for s in seg[row][real[row]].unique().tolist():
+            cols = ((seg[row] == s) & real[row]).nonzero().flatten()
+            out.append((row, int(cols[0]), int(cols[-1]) + 1))
+    return out
+
+
+def sample_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token CE of one sample: logits (n, V), labels (n,)."""
+    return F.cross_entropy(logits[:-1], labels[1:], ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def grads(loss: torch.Tensor, params: list[torch.Tensor], keep: bool = False) -> list[torch.Tensor]:
+    """d loss / d params, zeros for parameters the loss does not use (e.g. CLIP's post-layernorm)."""
+    out = torch.autograd.grad(loss, params, retain_graph=keep, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(out, params, strict=True)]
+
+
+def test_plan_rows_fills_rows_first_fit_decreasing() -> None:
+    lengths = [50, 200, 120, 30, 100, 250]
+    rows = plan_rows(lengths, 256)
+    assert sorted(i for row in rows for i in row) == list(range(6))
+    assert all(sum(lengths[i] for i in row) <= 256 for row in rows)
+    assert rows == [[5], [1, 0], [2, 4, 3]]
+    assert plan_rows([300, 10], 256) == [[0], [1]]  # longer than a row: a row of its own
+
+
+def test_pack_batch_layout() -> None:
+    enc = [Encoded([1, 5, 6], [-100, 5, 6]), Encoded([1, 7], [7, 7])]
+    batch, order = pack_batch(enc, pad_id=0, capacity=8)
+    assert order == [0, 1]
+    assert batch["input_ids"].tolist() == [[1, 5, 6, 1, 7]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert batch["labels"].tolist() == [[-100, 5, 6, -100, 7]]  # a sample's first label never counts
+    assert "attention_mask" not in model_inputs(batch)  # the mask comes from the position ids
+
+
+def test_packed_losses_and_gradients_equal_each_sample_alone(pipe, mixed) -> None:
+    packed = pipe.collate(mixed, train=True)
+    assert packed["input_ids"].shape[0] < len(mixed)  # it packs
+    by_id = {r["id"]: r for r in mixed}
+    logits = pipe.model(**model_inputs(packed)).logits
+    params = [p for p in pipe.model.parameters() if p.requires_grad]
+    for (row, a, b), rid in zip(spans(packed), packed["ids"], strict=True):
+        single = alone(pipe, by_id[rid])
+        ref_logits = pipe.model(**model_inputs(single)).logits[0]
+        assert b - a == ref_logits.shape[0]
+        torch.testing.assert_close(logits[row, a:b], ref_logits, atol=TOL, rtol=0)
+        n = (single["labels"][0, 1:] != IGNORE_INDEX).sum()
+        mine = sample_loss_sum(logits[row, a:b], packed["labels"][row, a:b]) / n
+        ref = pipe.loss(single)
+        assert abs(mine.item() - ref.item()) < TOL
+        for g, rg in zip(grads(mine, params, keep=True), grads(ref, params), strict=True):
+            torch.testing.assert_close(g, rg, atol=TOL, rtol=0)
+
+
+def test_token_weighted_batch_loss_is_the_unpacked_one(pipe, mixed) -> None:
+    packed = pipe.collate(mixed, train=True)
+    pipe.cfg.data.packing = False
+    try:
+        padded = pipe.collate(mixed, train=True)
+    finally:
+        pipe.cfg.data.packing = True
+    assert packed["attention_mask"].sum() == padded["attention_mask"].sum()
+    assert (packed["labels"] != IGNORE_INDEX).sum() == (padded["labels"][:, 1:] != IGNORE_INDEX).sum()
+    params = [p for p in pipe.model.parameters() if p.requires_grad]
+    loss_p, loss_u = pipe.loss(packed), pipe.loss(padded)
+    assert abs(loss_p.item() - loss_u.item()) < TOL
+    for g, rg in zip(grads(loss_p, params), grads(loss_u, params), strict=True):
+        torch.testing.assert_close(g, rg, atol=TOL, rtol=0)
+
+
+@torch.no_grad()
+def test_no_attention_crosses_samples(pipe, mixed) -> None:
+    packed = pipe.collate(mixed, train=True)
+    where = spans(packed)
+    base = pipe.model(**model_inputs(packed)).logits
+    # perturb the text and the image of the first sample of a row that holds several samples
+    row = next(r for r, _, _ in where if sum(1 for r2, _, _ in where if r2 == r) > 1)
+    k, (_, a, b) = next((k, s) for k, s in enumerate(where) if s[0] == row)
+    changed = {k: v.clone() for k, v in packed.items() if isinstance(v, torch.Tensor)}
+    ids = changed["input_ids"]
+    text = (ids[row, a:b] != pipe.image_token_id).nonzero().flatten()[1:] + a  # keep BOS
+    ids[row, text] = (ids[row, text] + 7) % (pipe.image_token_id - 1)
+    assert changed["pixel_values"].shape[0] == len(where)  # one image per sample, in packed order
+    changed["pixel_values"][k] += torch.randn_like(changed["pixel_values"][k])
+    moved = pipe.model(**model_inputs(changed)).logits
+    assert (moved[row, a:b] - base[row, a:b]).abs().max() > 1e-3  # the perturbation is seen
+    for r, s, e in where:
+        if (r, s, e) != (row, a, b):
+            torch.testing.assert_close(moved[r, s:e], base[r, s:e], atol=1e-6, rtol=0)
+
+
+def test_loss_on_supervised_positions_equals_the_full_logits_loss(pipe, mixed) -> None:
+    """The pipeline runs ``lm_head`` on supervised positions only; transformers' own loss (all
+    positions' logits) gives the same value and gradients."""
+    pipe.cfg.data.packing = False
+    try:
+        batch = pipe.collate(mixed, train=True)
+    finally:
+        pipe.cfg.data.packing = True
+    params = [p for p in pipe.model.parameters() if p.requires_grad]
+    mine = pipe.loss(batch)
+    ref = pipe.model(**model_inputs(batch), labels=batch["labels"]).loss
+    assert abs(mine.item() - ref.item()) < TOL
+    for g, rg in zip(grads(mine, params), grads(ref, params), strict=True):
+        torch.testing.assert_close(g, rg, atol=TOL, rtol=0)

@@ -1,0 +1,128 @@
+"""The speed features in the training loop: grouped batches, packing, exact resume, step-time breakdown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vlmtune.adapters import attach
+from vlmtune.config import ConfigError, load_config
+from vlmtune.data.records import load_records
+from vlmtune.data.sampler import MEGABATCH, grouped_batches
+from vlmtune.models import build_pipeline
+from vlmtune.train.checkpoint import checkpoint_dirs
+from vlmtune.train.run import read_metrics
+from vlmtune.train.timing import PHASES
+from vlmtune.train.trainer import Trainer, seed_everything
+
+
+@pytest.fixture(scope="module")
+def records(shapes_cache) -> list[dict]:
+    return load_records("shapes:vqa,caption", split="train", n_images=8, cache_dir=shapes_cache)[:40]
+
+
+def make(model_dir: Path, *overrides: str):
+    cfg = load_config(
+        "llava-dora",
+        [
+            f"model.name_or_path={model_dir}",
+            "adapters.language.r=4",
+            "adapters.language.alpha=8",
+            "train.batch_size=4",
+            "train.grad_accum=2",
+            "train.max_steps=4",
+            "train.log_every=1",
+            "train.lr=1e-3",
+            *overrides,
+        ],
+    )
+    seed_everything(cfg.train.seed)
+    pipe = build_pipeline(cfg)
+    attach(pipe.model, pipe.towers, cfg.adapters.specs())
+    return cfg, pipe
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
+
+
+def test_grouped_batches_one_modality_similar_lengths_seeded() -> None:
+    lengths = [(-1) ** (i % 3 == 0) * (10 + (i * 37) % 90) for i in range(230)]  # a third text-only
+    batches = grouped_batches(lengths, 4, seed=3)
+    assert sorted(i for b in batches for i in b) == list(range(230))
+    assert all(len({lengths[i] > 0 for i in b}) == 1 for b in batches)  # never mixes modalities
+    assert sum(len(b) < 4 for b in batches) <= 2 and all(len(b) < 4 for b in batches[-2:] if len(b) < 4)
+    for b in batches:  # sorted within a megabatch, so sorted within each batch
+        assert [abs(lengths[i]) for i in b] == sorted((abs(lengths[i]) for i in b), reverse=True)
+    assert grouped_batches(lengths, 4, seed=3) == batches
+    assert grouped_batches(lengths, 4, seed=4) != batches
+    spread = sum(abs(lengths[b[0]]) - abs(lengths[b[-1]]) for b in batches) / len(batches)
+    assert spread < 10 and MEGABATCH * 4 >= 200  # similar lengths together (random batches: ~45)
+
+
+def test_grouped_packed_run_resumes_exactly(model_dir, records, tmp_path) -> None:
+    speed = ["data.group_by_length=true", "data.packing=true", "adapters.language.dropout=0.1"]
+    cfg, pipe = make(model_dir, *speed)
+    Trainer(pipe, cfg, records, tmp_path / "full", quiet=True).fit()
+    full = losses(tmp_path / "full")
+    cfg, pipe = make(model_dir, *speed, "train.save_every=2")
+    Trainer(pipe, cfg, records, tmp_path / "cut", quiet=True).fit(stop_after=2)
+    cfg, pipe = make(model_dir, *speed, "train.save_every=2")
+    Trainer(pipe, cfg, records, tmp_path / "cut", quiet=True).fit(
+        resume_from=checkpoint_dirs(tmp_path / "cut")[-1]
+    )
+    resumed = losses(tmp_path / "cut")
+    assert [resumed[s] for s in (3, 4)] == [full[s] for s in (3, 4)]
+
+
+def test_packed_training_follows_the_unpacked_run(model_dir, records, tmp_path) -> None:
+    """Same samples, same updates: the losses agree to fp32 rounding (no dropout)."""
+    cfg, pipe = make(model_dir, "adapters.language.dropout=0", "train.max_steps=3", "model.dtype=float32")
+    Trainer(pipe, cfg, records, tmp_path / "padded", quiet=True).fit()
+    cfg, pipe = make(
+        model_dir,
+        "adapters.language.dropout=0",
+        "train.max_steps=3",
+        "model.dtype=float32",
+        "data.packing=true",
+    )
+    Trainer(pipe, cfg, records, tmp_path / "packed", quiet=True).fit()
+    padded, packed = losses(tmp_path / "padded"), losses(tmp_path / "packed")
+    assert len(padded) == 3
+    for step in padded:
+        assert abs(padded[step] - packed[step]) < 1e-5, (step, padded[step], packed[step])
+    metrics = read_metrics(tmp_path / "packed")
+    assert metrics[0]["samples_per_s"] > 0
+
+
+def test_step_time_breakdown_is_printed_and_logged(model_dir, records, tmp_path, capsys) -> None:
+    cfg, pipe = make(model_dir, "train.max_steps=2")
+    Trainer(pipe, cfg, records, tmp_path).fit()
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("step time (2 steps"))
+    assert all(f"{phase} " in line for phase in PHASES)
+    final = read_metrics(tmp_path)[-1]
+    shares = [final[f"time/{p}_share"] for p in PHASES]
+    assert abs(sum(shares) - 1) < 1e-9 and all(s >= 0 for s in shares)
+    assert final["time/vision_ms"] > 0 and final["time/backward_ms"] > 0 and final["time/lm_forward_ms"] > 0
+
+
+def test_speed_keys_are_validated() -> None:
+    with pytest.raises(ConfigError, match="data.num_workers"):
+        load_config("llava-dora", ["data.num_workers=-1"])
+    with pytest.raises(ConfigError, match="llava only"):
+        load_config("vit-lora", ["data.packing=true"])
+    with pytest.raises(ConfigError, match="must be true or false"):
+        load_config("llava-dora", ["data.group_by_length=maybe"])
+
+
+def test_collation_in_workers_gives_the_same_run(model_dir, records, tmp_path) -> None:
+    """data.num_workers=2 decodes and collates in DataLoader workers; same batches, same losses."""
+    cfg, pipe = make(model_dir, "train.max_steps=2", "data.max_length=40")
+    Trainer(pipe, cfg, records, tmp_path / "main", quiet=True).fit()
+    cut_main = pipe.truncated_answers
+    cfg, pipe = make(model_dir, "train.max_steps=2", "data.max_length=40", "data.num_workers=2")
+    Trainer(pipe, cfg, records, tmp_path / "workers", quiet=True).fit()
+    assert losses(tmp_path / "workers") == losses(tmp_path / "main")
+    assert pipe.truncated_answers == cut_main > 0  # counted in the workers, reported in the main process
