@@ -27,6 +27,19 @@ EXPECTED_MODULES = {
 }
 
 
+@pytest.fixture(scope="module")
+def family_folder(tmp_path_factory):
+    """``family_folder(name)`` -> the family's tiny checkpoint folder, built once per test module."""
+    built: dict[str, object] = {}
+
+    def get(name: str):
+        if name not in built:
+            built[name] = build_family(name, tmp_path_factory.mktemp("families") / name)
+        return built[name]
+
+    return get
+
+
 def _prompt(name: str, processor) -> str:
     if processor.chat_template:
         messages = [
@@ -44,10 +57,10 @@ def _prompt(name: str, processor) -> str:
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_family_fixture_loads_through_auto_classes_and_trains(name, tmp_path):
+def test_family_fixture_loads_through_auto_classes_and_trains(name, family_folder):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    folder = build_family(name, tmp_path / name)
+    folder = family_folder(name)
     model = AutoModelForImageTextToText.from_pretrained(folder)
     processor = AutoProcessor.from_pretrained(folder)
     assert model.config.model_type == FAMILIES[name].model_type
@@ -65,3 +78,48 @@ def test_family_fixture_loads_through_auto_classes_and_trains(name, tmp_path):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in vision), (
         "no gradient reached the vision tower"
     )
+
+
+def _linear_leaves_under(model, prefixes: list[str]) -> set[str]:
+    return {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and any(name == p or name.startswith(p + ".") for p in prefixes)
+    }
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_family_table_matches_the_loaded_model(name, family_folder):
+    """Every tower prefix exists in the model, towers do not overlap, and every default target names a
+    Linear inside its own tower (the union lists of the Q-Former families: at least one per tower)."""
+    from transformers import AutoModelForImageTextToText
+
+    from vlmtune.models.families import family_for
+
+    model = AutoModelForImageTextToText.from_pretrained(family_folder(name))
+    family = family_for(model.config.model_type)
+    names = {n for n, _ in model.named_modules()} | {n for n, _ in model.named_parameters()}
+    for tower, prefixes in family.towers.items():
+        for prefix in prefixes:
+            assert any(n == prefix or n.startswith(prefix + ".") for n in names), (tower, prefix)
+    owners = {}
+    for n in names:
+        hits = [t for t, ps in family.towers.items() if any(n == p or n.startswith(p + ".") for p in ps)]
+        assert len(hits) <= 1, (n, hits)
+        owners[n] = hits
+    for tower, targets in family.targets.items():
+        leaves = _linear_leaves_under(model, family.towers[tower])
+        if family.model_type in ("blip-2", "instructblip"):
+            assert not targets or set(targets) & leaves, (tower, targets, leaves)
+        else:
+            assert set(targets) <= leaves, (tower, set(targets) - leaves)
+
+
+def test_unsupported_model_type_is_one_line_naming_the_supported_list():
+    from vlmtune.models.families import UnsupportedFamily, family_for
+
+    with pytest.raises(
+        UnsupportedFamily, match=r"model_type 'fuyu' is not a supported VLM family; supported: .*llava"
+    ):
+        family_for("fuyu")
