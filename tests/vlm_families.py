@@ -14,7 +14,7 @@ milliseconds; nothing is downloaded.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +28,9 @@ TEXT = dict(
     num_key_value_heads=1,
     max_position_embeddings=512,
     vocab_size=VOCAB,
+    # a real LM head separates tokens; at the default 0.02 a frozen tiny head caps every logit near 0.6 and
+    # no adapter could fit a batch
+    initializer_range=0.25,
 )
 CORPUS = [
     "What color is the circle? red. The circle is red.",
@@ -127,7 +130,7 @@ class Family:
     bos: str = "<s>"
     eos: str = "</s>"
     pad: str = "<pad>"
-    notes: dict = field(default_factory=dict)
+    stop: tuple[str, ...] = ()  # end-of-turn tokens besides eos (the checkpoint's generation_config lists them)
 
 
 def _ids(tok, **names: str) -> dict[str, int]:
@@ -632,6 +635,7 @@ FAMILIES.update(
             build_gemma3,
             bos="<bos>",
             eos="<eos>",
+            stop=("<end_of_turn>",),
         ),
         "idefics3": Family(
             "idefics3",
@@ -719,6 +723,8 @@ def build_family(name: str, out_dir: str | Path, seed: int = 0) -> Path:
     model, proc = fam.build(tok)
     if fam.chat_template:
         proc.chat_template = fam.chat_template
+    if fam.stop:
+        model.generation_config.eos_token_id = [tok.eos_token_id, *tok.convert_tokens_to_ids(list(fam.stop))]
     out = Path(out_dir)
     model.save_pretrained(out)
     proc.save_pretrained(out)

@@ -17,6 +17,10 @@ tokens and ``language_projection``), instead of a projector.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vlmtune.config import RunConfig
 
 LM_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CLIP_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
@@ -234,3 +238,64 @@ def family_for(model_type: str) -> Family:
         raise UnsupportedFamily(
             f"model_type '{model_type}' is not a supported VLM family; supported: {', '.join(sorted(FAMILIES))}"
         ) from None
+
+
+def tower_map(family: Family, overrides: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The family's towers with ``model.towers`` overrides applied (unknown tower names rejected)."""
+    from vlmtune.config import ConfigError
+
+    towers = {k: list(v) for k, v in family.towers.items()}
+    for tower, prefixes in overrides.items():
+        if tower not in towers:
+            raise ConfigError(
+                f"config key 'model.towers.{tower}': '{family.model_type}' has towers {sorted(towers)}"
+            )
+        towers[tower] = [prefixes] if isinstance(prefixes, str) else list(prefixes)
+    return towers
+
+
+def resolve_default_targets(cfg: RunConfig, family: Family) -> None:
+    """``targets: [default]`` on a tower -> that family's default targets for the tower (in place, so the
+    run folder's config.yaml records the modules that were meant)."""
+    for tower, spec in cfg.adapters.specs().items():
+        if "default" in spec.targets:
+            rest = [t for t in spec.targets if t != "default"]
+            spec.targets = list(dict.fromkeys([*family.targets.get(tower, []), *rest]))
+
+
+def unused_modules(model, towers: dict[str, list[str]], family: Family) -> list[str]:
+    """Module paths inside the towers that the VLM runs but never uses (adapters there get no gradient):
+
+    - the family's ``never_run`` modules (SigLIP's pooling ``head``) that exist in this model;
+    - vision encoder layers after ``config.vision_feature_layer`` (LLaVA-1.5 reads the penultimate
+      layer, ``-2``: the last layer's output is discarded).
+    """
+    names = dict(model.named_modules())
+    unused = [p for p in family.never_run if p in names]
+    feature_layer = getattr(model.config, "vision_feature_layer", None)
+    if feature_layer is None:
+        return unused
+    used = feature_layer if isinstance(feature_layer, (list, tuple)) else [feature_layer]
+    import torch.nn as nn
+
+    for prefix in towers.get("vision", []):
+        lists = [(n, m) for n, m in names.items() if n.startswith(prefix + ".") and n.endswith(".layers")
+                 and isinstance(m, nn.ModuleList)]  # fmt: skip
+        for path, layers in lists[:1]:  # hidden_states[j] is the output of layer j-1 (0: the embeddings)
+            last_used = max((j if j >= 0 else len(layers) + 1 + j) for j in used)
+            unused += [f"{path}.{i}" for i in range(last_used, len(layers))]
+    return unused
+
+
+def exclude(model, prefixes: list[str], excluded: list[str]) -> list[str]:
+    """``prefixes`` with every path in ``excluded`` carved out: a prefix that contains an excluded path is
+    replaced by its children (recursively), so targets resolve only in modules that are used."""
+    out: list[str] = []
+    for prefix in prefixes:
+        inside = [e for e in excluded if e == prefix or e.startswith(prefix + ".")]
+        if not inside:
+            out.append(prefix)
+        elif prefix not in inside:
+            children = [f"{prefix}.{c}" for c, _ in model.get_submodule(prefix).named_children()]
+            out += exclude(model, children, inside)
+    return out
