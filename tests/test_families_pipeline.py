@@ -211,8 +211,9 @@ def test_adapter_folder_loads_in_peft_with_the_same_logits(name, method, folders
     save_adapter(pipe.model, tmp_path / "adapter", cfg.adapters.specs(), str(folders(name)))
     base = AutoModelForImageTextToText.from_pretrained(folders(name))
     loaded = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
-    diff = (_logits(loaded, batch) - expected).abs().max()
-    assert diff < 1e-5, f"{name}/{method}: peft logits differ by {diff:.2e}"
+    # relative to the largest logit (|logits| reach ~10 here: absolute fp32 rounding is ~1e-6 per unit)
+    diff = (_logits(loaded, batch) - expected).abs().max() / expected.abs().max()
+    assert diff < 1e-5, f"{name}/{method}: peft logits differ by {diff:.2e} (relative)"
 
 
 def _edit_config(folder: Path, dst: Path, **changes) -> Path:
@@ -237,7 +238,7 @@ def mismatched_folders(folders, root: Path) -> dict[str, tuple[Path, str]]:
     LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                  num_attention_heads=2, vocab_size=64)).save_pretrained(text_only)  # fmt: skip
     return {
-        "next-as-llava": (next_as_llava, "unexpected tensor(s) (model.image_newline)"),
+        "next-as-llava": (next_as_llava, "1 unexpected tensor(s) (image_newline)"),
         "resized": (resized, "mis-sized tensor(s)"),
         "fuyu": (fuyu, "model_type 'fuyu' is not a supported VLM family"),
         "llama": (text_only, "model_type 'llama' is not a supported VLM family"),
@@ -252,3 +253,26 @@ def test_unsupported_or_mismatched_checkpoints_stop_with_one_line(folders, tmp_p
         message = str(err.value)
         assert "\n" not in message and words in message, (case, message)
         assert f"model.name_or_path='{folder}'" in message, (case, message)
+
+
+def test_train_eval_merge_commands_on_a_qwen2_vl_checkpoint(folders, records, tmp_path):
+    """The CLI end to end on a non-LLaVA family: train (per-tower) -> eval the run folder -> merge."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vlmtune.cli import main
+
+    data = tmp_path / "vqa.jsonl"
+    vqa = [r for r in records if r["task"] == "vqa"]
+    data.write_text("".join(json.dumps({**r, "id": f"q{i}"}) + "\n" for i, r in enumerate(vqa * 4)))
+    common = [f"model.name_or_path={folders('qwen2_vl')}", f"data.train={data}", f"data.eval={data}"]
+    run = tmp_path / "run"
+    argv = ["train", "llava-dora", *common, *PER_TOWER, "train.max_steps=2", "train.batch_size=2",
+            "eval.batch_size=2", "--output-dir", str(run), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert main(["eval", "shapes-vqa", "--model", str(run), "--data", str(data), "--out", str(tmp_path / "ev"),
+                 "--quiet"]) == 0  # fmt: skip
+    assert main(["merge", str(run), str(tmp_path / "merged")]) == 0
+    merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
+    assert merged.config.model_type == "qwen2_vl"
+    assert AutoProcessor.from_pretrained(tmp_path / "merged").chat_template

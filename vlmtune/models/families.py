@@ -226,17 +226,27 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+# Q-Former models: towers known here (for the tests and a later pipeline), not yet trainable by the llava pipeline
+QFORMER_TYPES = ("blip-2", "instructblip")
+LLAVA_STYLE = sorted(t for t in FAMILIES if t not in QFORMER_TYPES)
+
+
 class UnsupportedFamily(ValueError):
     """A checkpoint whose ``model_type`` has no :class:`Family`."""
 
 
 def family_for(model_type: str) -> Family:
     """The :class:`Family` of a transformers ``model_type``; one-line error naming the supported list."""
+    if model_type in QFORMER_TYPES:
+        raise UnsupportedFamily(
+            f"model_type '{model_type}' is a Q-Former model (BLIP-2/InstructBLIP), which the llava pipeline does "
+            f"not train yet; supported: {', '.join(LLAVA_STYLE)}"
+        )
     try:
         return FAMILIES[model_type]
     except KeyError:
         raise UnsupportedFamily(
-            f"model_type '{model_type}' is not a supported VLM family; supported: {', '.join(sorted(FAMILIES))}"
+            f"model_type '{model_type}' is not a supported VLM family; supported: {', '.join(LLAVA_STYLE)}"
         ) from None
 
 
@@ -299,3 +309,13 @@ def exclude(model, prefixes: list[str], excluded: list[str]) -> list[str]:
             children = [f"{prefix}.{c}" for c, _ in model.get_submodule(prefix).named_children()]
             out += exclude(model, children, inside)
     return out
+
+
+def model_towers(model, family: Family, overrides: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The towers of a loaded (or meta) ``model``: the family's prefixes without the modules the VLM never
+    uses (:func:`unused_modules`); ``model.towers`` overrides are taken as given."""
+    towers = tower_map(family, overrides)
+    if overrides:
+        return towers
+    unused = unused_modules(model, towers, family)
+    return {t: exclude(model, prefixes, unused) for t, prefixes in towers.items()}

@@ -29,7 +29,7 @@ from vlmtune.data.collate import (
     truncate,
 )
 from vlmtune.generation import generate_text
-from vlmtune.models.families import FAMILIES, resolve_default_targets, tower_map
+from vlmtune.models.families import FAMILIES, model_towers, resolve_default_targets
 from vlmtune.models.loading import load_strict
 
 TOWERS = FAMILIES["llava"].towers
@@ -110,7 +110,7 @@ class LlavaPipeline:
                 f"(a local folder with config.json, tokenizer and image processor, or a cached hub id): {first}"
             ) from None
         self.model.eval()
-        self.towers = tower_map(FAMILIES["llava"], cfg.model.towers)
+        self.towers = model_towers(self.model, FAMILIES["llava"], cfg.model.towers)
         resolve_default_targets(cfg, FAMILIES["llava"])
         self.image_token_id = int(self.model.config.image_token_id)
         self.num_image_tokens = num_image_tokens(self.model.config)

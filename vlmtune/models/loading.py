@@ -39,10 +39,20 @@ def _first(keys: list[str], n: int = 3) -> str:
 
 def load_strict(model_class, path: str, name: str, supported: list[str], **kwargs):
     """``model_class.from_pretrained(path, **kwargs)``; a ConfigError unless every tensor loaded."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report below replaces transformers' multi-line one
     try:
-        model, info = model_class.from_pretrained(path, output_loading_info=True, **kwargs)
+        # mis-sized tensors are reported in ``info`` (and refused below) instead of a RuntimeError that
+        # points at the silenced report
+        model, info = model_class.from_pretrained(
+            path, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
     except (OSError, ValueError, RuntimeError) as e:
         raise ConfigError(f"model.name_or_path='{name}' could not be loaded: {first_line(e)}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     mismatched = [m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys", [])]
     problems = [
         f"{len(keys)} {kind} tensor(s) ({_first(sorted(str(k) for k in keys))})"

@@ -33,13 +33,11 @@ from vlmtune.config import ConfigError, RunConfig
 from vlmtune.data.collate import IGNORE_INDEX, IMAGE_PLACEHOLDER
 from vlmtune.models.base import register_pipeline
 from vlmtune.models.families import (
-    FAMILIES,
+    LLAVA_STYLE,
     UnsupportedFamily,
-    exclude,
     family_for,
+    model_towers,
     resolve_default_targets,
-    tower_map,
-    unused_modules,
 )
 from vlmtune.models.llava import LlavaPipeline, load_image, model_path, record_images, resolve_dtype
 from vlmtune.models.loading import first_line, load_strict, read_model_type
@@ -59,7 +57,7 @@ def load_vlm(path: str, name: str, dtype: torch.dtype, **kwargs):
         family = family_for(model_type)
     except UnsupportedFamily as e:
         raise ConfigError(f"model.name_or_path='{name}': {e}") from None
-    model = load_strict(AutoModelForImageTextToText, path, name, sorted(FAMILIES), dtype=dtype, **kwargs)
+    model = load_strict(AutoModelForImageTextToText, path, name, LLAVA_STYLE, dtype=dtype, **kwargs)
     try:
         processor = AutoProcessor.from_pretrained(
             path, trust_remote_code=kwargs.get("trust_remote_code", False)
@@ -180,10 +178,7 @@ class FamilyPipeline(LlavaPipeline):
         self.model.eval()
         self.tokenizer = self.processor.tokenizer
         self.image_processor = getattr(self.processor, "image_processor", None)
-        self.towers = tower_map(self.family, cfg.model.towers)
-        if not cfg.model.towers:
-            unused = unused_modules(self.model, self.towers, self.family)
-            self.towers = {t: exclude(self.model, ps, unused) for t, ps in self.towers.items()}
+        self.towers = model_towers(self.model, self.family, cfg.model.towers)
         resolve_default_targets(cfg, self.family)
         self.image_token_id = int(getattr(self.model.config, "image_token_id", None) or -1)
         pad = self.tokenizer.pad_token_id
@@ -375,10 +370,7 @@ def describe_plan(cfg: RunConfig) -> str:
     config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
-    towers = tower_map(family, cfg.model.towers)
-    if not cfg.model.towers:
-        unused = unused_modules(model, towers, family)
-        towers = {t: exclude(model, ps, unused) for t, ps in towers.items()}
+    towers = model_towers(model, family, cfg.model.towers)
     resolve_default_targets(cfg, family)
     attached = attach(model, towers, cfg.adapters.specs())
     lines = [f"{cfg.model.name_or_path}: {type(model).__name__} (model_type '{model_type}')"]
