@@ -276,3 +276,16 @@ def test_train_eval_merge_commands_on_a_qwen2_vl_checkpoint(folders, records, tm
     merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
     assert merged.config.model_type == "qwen2_vl"
     assert AutoProcessor.from_pretrained(tmp_path / "merged").chat_template
+
+
+def test_info_prints_per_tower_modules_and_share_without_loading_weights(folders, capsys):
+    from vlmtune.cli import main
+
+    folder = folders("qwen2_vl")
+    assert main(["info", "llava-dora", f"model.name_or_path={folder}", "adapters.vision.method=lora"]) == 0
+    out = capsys.readouterr().out
+    assert "Qwen2VLForConditionalGeneration (model_type 'qwen2_vl')" in out
+    assert "vision     lora    fc1 x2, fc2 x2, proj x2, qkv x2" in out  # Qwen2-VL's own names, 2 blocks
+    assert "language   dora    down_proj x2, gate_proj x2, k_proj x2, o_proj x2, q_proj x2, up_proj x2" in out
+    assert "projector  full    merger x1" in out
+    assert "% of base" in out
