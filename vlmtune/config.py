@@ -38,6 +38,8 @@ class ModelConfig:
     num_classes: int = 0  # vit: 0 = from the dataset
     load_in_4bit: bool = False  # QLoRA (CUDA + bitsandbytes only)
     gradient_checkpointing: bool = False
+    # llava pipeline: tower name -> module-path prefixes, overriding the family's (model.towers.vision=[...])
+    towers: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -304,6 +306,9 @@ def apply_override(data: dict, keys: list[str], value: Any) -> None:
             node[key] = value
             return
         tp = _type_of(cls, key)
+        if (tp is dict or typing.get_origin(tp) is dict) and i == len(keys) - 2:
+            node.setdefault(key, {})[keys[-1]] = value  # a dict-valued key: model.towers.vision=[...]
+            return
         if not dataclasses.is_dataclass(tp):
             raise ConfigError(f"config key '{'.'.join(keys[: i + 1])}' is not a section")
         if not isinstance(node.get(key), dict):

@@ -20,8 +20,12 @@ def generate_text(
     max_new_tokens: int = 16,
     num_beams: int = 1,
     decoder_only: bool = True,
+    eos_token_id: int | list[int] | None = None,
 ) -> list[str]:
-    """``model.generate(**inputs)`` -> one stripped string per example (special tokens removed)."""
+    """``model.generate(**inputs)`` -> one stripped string per example (special tokens removed).
+
+    ``eos_token_id``: the stop token(s), default the tokenizer's eos (chat checkpoints list their
+    end-of-turn tokens in ``generation_config.eos_token_id``)."""
     was_training = model.training
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -33,7 +37,7 @@ def generate_text(
             do_sample=False,
             use_cache=True,
             pad_token_id=pad_id,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id if eos_token_id is None else eos_token_id,
         )
     finally:
         model.train(was_training)

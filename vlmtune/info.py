@@ -66,5 +66,11 @@ def main(args: argparse.Namespace) -> int:
         if (adapter / "adapter_model.safetensors").is_file():
             print(describe_adapter(adapter))
         return 0
-    print(yaml.safe_dump(to_dict(load_config(args.target, args.overrides)), sort_keys=False), end="")
+    cfg = load_config(args.target, args.overrides)
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    if cfg.model.pipeline == "llava" and any(o.startswith("model.name_or_path=") for o in args.overrides):
+        from vlmtune.models.vlm import describe_plan
+
+        print("\nadapters this recipe would attach (nothing is trained):")
+        print(describe_plan(cfg))
     return 0

@@ -95,6 +95,9 @@ def tower_modules(model: nn.Module, prefixes: list[str]) -> Iterator[tuple[str, 
             if name.startswith(prefix + "."):
                 yield name, name[len(prefix) + 1 :], module
                 break
+            if name == prefix:  # a tower that is itself one layer (lm_head, Mllama's projector)
+                yield name, name.rsplit(".", 1)[-1], module
+                break
 
 
 def _matches(rel_path: str, names: list[str]) -> bool:
@@ -131,6 +134,15 @@ def resolve_targets(model: nn.Module, prefixes: list[str], spec: AdapterSpec, to
     return found
 
 
+def set_trainable(model: nn.Module, path: str) -> None:
+    """Train the module or parameter at ``path`` (a tower prefix may name a bare parameter, e.g. LLaVA-NeXT's
+    ``model.image_newline`` or BLIP-2's ``query_tokens``)."""
+    try:
+        model.get_submodule(path).requires_grad_(True)
+    except AttributeError:
+        model.get_parameter(path).requires_grad_(True)
+
+
 def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, child = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
@@ -164,7 +176,7 @@ def attach(
             )
         if spec.method == "full":
             for p in prefixes:
-                model.get_submodule(p).requires_grad_(True)
+                set_trainable(model, p)
             attached.update({p: "full" for p in prefixes})
         elif spec.method in LAYER_METHODS:
             mag = resolve_magnitude_only(model, prefixes, spec, tower)

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from vlmtune.adapters.inject import tower_modules
-
 
 @dataclass
 class ParamCount:
@@ -51,16 +49,10 @@ def param_report(model: nn.Module, towers: dict[str, list[str]]) -> list[ParamCo
     rows = []
     for tower, prefixes in towers.items():
         params = []
-        for _, _, module in tower_modules(model, prefixes):
-            for p in module.parameters(recurse=False):
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    params.append(p)
-        for p in prefixes:  # parameters owned directly by the tower root
-            for q in model.get_submodule(p).parameters(recurse=False):
-                if id(q) not in seen:
-                    seen.add(id(q))
-                    params.append(q)
+        for name, p in model.named_parameters():
+            if id(p) not in seen and any(name == q or name.startswith(q + ".") for q in prefixes):
+                seen.add(id(p))
+                params.append(p)
         rows.append(_count(tower, params, extra))
     rest = [p for p in model.parameters() if id(p) not in seen]
     rows.append(_count("other", rest, extra))

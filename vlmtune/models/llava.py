@@ -30,13 +30,10 @@ from vlmtune.data.collate import (
 )
 from vlmtune.data.packing import model_inputs, pack_batch
 from vlmtune.generation import generate_text
-from vlmtune.models.base import register_pipeline
+from vlmtune.models.families import FAMILIES, model_towers, resolve_default_targets
+from vlmtune.models.loading import load_strict
 
-TOWERS = {
-    "language": ["model.language_model", "lm_head"],
-    "vision": ["model.vision_tower"],
-    "projector": ["model.multi_modal_projector"],
-}
+TOWERS = FAMILIES["llava"].towers
 
 
 def num_image_tokens(config) -> int:
@@ -95,10 +92,16 @@ class LlavaPipeline:
         self.name_or_path = cfg.model.name_or_path
         path = model_path(cfg.model.name_or_path)
         kwargs = {"trust_remote_code": cfg.model.trust_remote_code}
+        self.model = load_strict(
+            LlavaForConditionalGeneration,
+            path,
+            cfg.model.name_or_path,
+            ["llava"],
+            dtype=resolve_dtype(cfg.model.dtype),
+            **quantization_kwargs(cfg),
+            **kwargs,
+        )
         try:
-            self.model = LlavaForConditionalGeneration.from_pretrained(
-                path, dtype=resolve_dtype(cfg.model.dtype), **quantization_kwargs(cfg), **kwargs
-            )
             self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
             self.image_processor = AutoImageProcessor.from_pretrained(path, **kwargs)
         except (OSError, ValueError) as e:
@@ -108,7 +111,8 @@ class LlavaPipeline:
                 f"(a local folder with config.json, tokenizer and image processor, or a cached hub id): {first}"
             ) from None
         self.model.eval()
-        self.towers = {k: list(v) for k, v in TOWERS.items()}
+        self.towers = model_towers(self.model, FAMILIES["llava"], cfg.model.towers)
+        resolve_default_targets(cfg, FAMILIES["llava"])
         self.image_token_id = int(self.model.config.image_token_id)
         self.num_image_tokens = num_image_tokens(self.model.config)
         pad = self.tokenizer.pad_token_id
@@ -240,6 +244,3 @@ class LlavaPipeline:
             num_additional_image_tokens=1,
         ).save_pretrained(out)
         return out
-
-
-register_pipeline("llava", LlavaPipeline)

@@ -1,0 +1,291 @@
+"""Every supported VLM family through the llava pipeline: load strictly, adapt per tower, train, generate
+in batch, merge into the source class, load the adapter folder in peft.
+
+Each family is a tiny random checkpoint from ``tests/vlm_families.py`` (its own config class, image
+processor, processor and chat template), saved and loaded back the way a hub checkpoint is.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from vlm_families import build_family
+
+from vlmtune.adapters.inject import adapter_layers, attach
+from vlmtune.config import ConfigError, load_config
+from vlmtune.models import build_pipeline
+from vlmtune.models.vlm import FamilyPipeline
+
+FAMILY_NAMES = [
+    "llava",
+    "llava_next",
+    "llava_onevision",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "paligemma",
+    "gemma3",
+    "idefics3",
+    "smolvlm",
+    "mllama",
+    "internvl",
+]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """``folders(name)`` -> the family's checkpoint folder, built once per module."""
+    root = tmp_path_factory.mktemp("families")
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = build_family(name, root / name)
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> list[dict]:
+    """A single-turn VQA record and a two-turn conversation, on images of two sizes."""
+    root = tmp_path_factory.mktemp("images")
+    for i, (h, w) in enumerate([(40, 48), (56, 40)]):
+        pixels = (np.random.RandomState(i).rand(h, w, 3) * 255).astype("uint8")
+        Image.fromarray(pixels).save(root / f"{i}.png")
+    return [
+        {"id": "q0", "task": "vqa", "image": str(root / "0.png"), "question": "What color is the circle?",
+         "answers": ["red"] * 10},
+        {"id": "c1", "task": "conversation", "image": str(root / "1.png"), "conversations": [
+            {"from": "human", "value": "<image>\nHow many shapes?"}, {"from": "gpt", "value": "2"},
+            {"from": "human", "value": "Is there a triangle?"}, {"from": "gpt", "value": "no, there is none."}]},
+    ]  # fmt: skip
+
+
+PER_TOWER = [  # the README's per-tower example: DoRA on the LM, LoRA on the vision tower, projector trained
+    "adapters.language.method=dora",
+    "adapters.language.targets=[default]",
+    "adapters.language.r=8",
+    "adapters.language.alpha=16",
+    "adapters.vision.method=lora",
+    "adapters.vision.targets=[default]",
+    "adapters.vision.r=8",
+    "adapters.vision.alpha=16",
+    "adapters.projector.method=full",
+]
+
+
+def pipeline(folder: Path, *overrides: str):
+    torch.manual_seed(0)
+    cfg = load_config(
+        "llava-dora",
+        [f"model.name_or_path={folder}", "model.dtype=float32", "data.max_length=512", *overrides],
+    )
+    pipe = build_pipeline(cfg)
+    attach(pipe.model, pipe.towers, cfg.adapters.specs())
+    return cfg, pipe
+
+
+def under(name: str, prefixes: list[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_per_tower_adapters_train_and_every_adapter_gets_a_gradient(name, folders, records):
+    cfg, pipe = pipeline(folders(name), *PER_TOWER, "adapters.language.dropout=0")
+    assert isinstance(pipe, FamilyPipeline)
+    batch = pipe.collate(records, train=True)
+    assert (batch["labels"] != -100).sum() > 0
+    trainable = [p for p in pipe.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=3e-2, weight_decay=0.0)
+    pipe.model.train()
+    losses = []
+    for step in range(30):
+        loss = pipe.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        if step == 1:  # after one update lora_B != 0, so every adapter tensor has a gradient path
+            for tower in ("language", "vision"):
+                layers = [(n, m) for n, m in adapter_layers(pipe.model) if under(n, pipe.towers[tower])]
+                assert layers, f"no adapter attached in the {tower} tower"
+                for n, m in layers:
+                    for pn, p in m.named_parameters():
+                        if p.requires_grad:
+                            assert p.grad is not None and p.grad.abs().sum() > 0, f"{n}.{pn} got no gradient"
+            projector = [p for n, p in pipe.model.named_parameters() if under(n, pipe.towers["projector"])]
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in projector)
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_language_tower_alone_adapts_nothing_else(name, folders):
+    cfg, pipe = pipeline(
+        folders(name), "adapters.language.targets=[default]", "adapters.projector.method=frozen"
+    )
+    language = pipe.towers["language"]
+    trainable = [n for n, p in pipe.model.named_parameters() if p.requires_grad]
+    assert trainable and all(under(n, language) for n in trainable), [
+        n for n in trainable if not under(n, language)
+    ]
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_batched_left_padded_generation_equals_one_at_a_time(name, folders, records):
+    cfg, pipe = pipeline(folders(name), *PER_TOWER)
+    batch = pipe.collate(records, train=False)
+    assert (batch["attention_mask"][:, -1] == 1).all(), "prompts must be left-padded"
+    together = pipe.generate(batch, max_new_tokens=6)
+    alone = [pipe.generate(pipe.collate([r], train=False), max_new_tokens=6)[0] for r in records]
+    assert together == alone
+
+
+def _perturb(model) -> None:
+    """Make every adapter non-trivial (as after training): random B and magnitudes off ||W0||."""
+    with torch.no_grad():
+        for _, layer in adapter_layers(model):
+            for pn, p in layer.named_parameters():
+                if "lora_B" in pn:
+                    p.normal_(0, 0.05)
+                elif "magnitude" in pn:
+                    p.mul_(1 + 0.1 * torch.rand_like(p))
+
+
+def _logits(model, batch) -> torch.Tensor:
+    inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
+    with torch.no_grad():
+        return model(**inputs).logits.float()
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_merge_writes_the_source_class_with_its_processor_and_the_same_logits(
+    name, folders, records, tmp_path
+):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    cfg, pipe = pipeline(folders(name), *PER_TOWER)
+    _perturb(pipe.model)
+    pipe.model.eval()
+    batch = pipe.collate(records, train=True)
+    expected = _logits(pipe.model, batch)
+    out = pipe.save_merged(tmp_path / "merged")
+    merged = AutoModelForImageTextToText.from_pretrained(out).eval()
+    processor = AutoProcessor.from_pretrained(out)
+    source = json.loads((folders(name) / "config.json").read_text())
+    assert merged.config.model_type == source["model_type"]
+    assert type(merged).__name__ == source["architectures"][0]
+    assert type(processor).__name__ == type(pipe.processor).__name__
+    assert processor.chat_template == pipe.processor.chat_template
+    assert (out / "generation_config.json").is_file()
+    diff = (_logits(merged, batch) - expected).abs().max() / expected.abs().max()
+    assert diff < 1e-4, f"{name}: merged logits differ by {diff:.2e} (relative)"
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_adapter_folder_loads_in_peft_with_the_same_logits(name, method, folders, records, tmp_path):
+    import peft
+    from transformers import AutoModelForImageTextToText
+
+    from vlmtune.adapters.peft_io import save_adapter
+
+    cfg, pipe = pipeline(
+        folders(name),
+        f"adapters.language.method={method}",
+        "adapters.language.targets=[default]",
+        "adapters.language.r=4",
+        "adapters.language.alpha=8",
+        "adapters.projector.method=frozen",
+    )
+    _perturb(pipe.model)
+    pipe.model.eval()
+    batch = pipe.collate(records, train=True)
+    expected = _logits(pipe.model, batch)
+    save_adapter(pipe.model, tmp_path / "adapter", cfg.adapters.specs(), str(folders(name)))
+    base = AutoModelForImageTextToText.from_pretrained(folders(name))
+    loaded = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    # relative to the largest logit (|logits| reach ~10 here: absolute fp32 rounding is ~1e-6 per unit)
+    diff = (_logits(loaded, batch) - expected).abs().max() / expected.abs().max()
+    assert diff < 1e-5, f"{name}/{method}: peft logits differ by {diff:.2e} (relative)"
+
+
+def _edit_config(folder: Path, dst: Path, **changes) -> Path:
+    shutil.copytree(folder, dst)
+    config = json.loads((dst / "config.json").read_text())
+    config.update(changes)
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def mismatched_folders(folders, root: Path) -> dict[str, tuple[Path, str]]:
+    """Checkpoints that must not load, and the words their one-line error must contain."""
+    next_as_llava = _edit_config(folders("llava_next"), root / "next-as-llava", model_type="llava",
+                                 architectures=["LlavaForConditionalGeneration"])  # fmt: skip
+    llava = json.loads((folders("llava") / "config.json").read_text())
+    llava["text_config"]["intermediate_size"] = 96  # the weights were saved with 64
+    resized = _edit_config(folders("llava"), root / "resized", text_config=llava["text_config"])
+    fuyu = _edit_config(folders("llava"), root / "fuyu", model_type="fuyu")
+    text_only = root / "llama"
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, vocab_size=64)).save_pretrained(text_only)  # fmt: skip
+    return {
+        "next-as-llava": (next_as_llava, "1 unexpected tensor(s) (image_newline)"),
+        "resized": (resized, "mis-sized tensor(s)"),
+        "fuyu": (fuyu, "model_type 'fuyu' is not a supported VLM family"),
+        "llama": (text_only, "model_type 'llama' is not a supported VLM family"),
+        "missing": (root / "no-such-folder", "no such folder"),
+    }
+
+
+def test_unsupported_or_mismatched_checkpoints_stop_with_one_line(folders, tmp_path):
+    for case, (folder, words) in mismatched_folders(folders, tmp_path).items():
+        with pytest.raises(ConfigError) as err:
+            build_pipeline(load_config("llava-dora", [f"model.name_or_path={folder}"]))
+        message = str(err.value)
+        assert "\n" not in message and words in message, (case, message)
+        assert f"model.name_or_path='{folder}'" in message, (case, message)
+
+
+def test_train_eval_merge_commands_on_a_qwen2_vl_checkpoint(folders, records, tmp_path):
+    """The CLI end to end on a non-LLaVA family: train (per-tower) -> eval the run folder -> merge."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vlmtune.cli import main
+
+    data = tmp_path / "vqa.jsonl"
+    vqa = [r for r in records if r["task"] == "vqa"]
+    data.write_text("".join(json.dumps({**r, "id": f"q{i}"}) + "\n" for i, r in enumerate(vqa * 4)))
+    common = [f"model.name_or_path={folders('qwen2_vl')}", f"data.train={data}", f"data.eval={data}"]
+    run = tmp_path / "run"
+    argv = ["train", "llava-dora", *common, *PER_TOWER, "train.max_steps=2", "train.batch_size=2",
+            "eval.batch_size=2", "--output-dir", str(run), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert main(["eval", "shapes-vqa", "--model", str(run), "--data", str(data), "--out", str(tmp_path / "ev"),
+                 "--quiet"]) == 0  # fmt: skip
+    assert main(["merge", str(run), str(tmp_path / "merged")]) == 0
+    merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
+    assert merged.config.model_type == "qwen2_vl"
+    assert AutoProcessor.from_pretrained(tmp_path / "merged").chat_template
+
+
+def test_info_prints_per_tower_modules_and_share_without_loading_weights(folders, capsys):
+    from vlmtune.cli import main
+
+    folder = folders("qwen2_vl")
+    assert main(["info", "llava-dora", f"model.name_or_path={folder}", "adapters.vision.method=lora"]) == 0
+    out = capsys.readouterr().out
+    assert "Qwen2VLForConditionalGeneration (model_type 'qwen2_vl')" in out
+    assert "vision     lora    fc1 x2, fc2 x2, proj x2, qkv x2" in out  # Qwen2-VL's own names, 2 blocks
+    assert "language   dora    down_proj x2, gate_proj x2, k_proj x2, o_proj x2, q_proj x2, up_proj x2" in out
+    assert "projector  full    merger x1" in out
+    assert "% of base" in out

@@ -1,0 +1,384 @@
+"""Any LLaVA-style VLM family, loaded by its own class and driven by its own processor.
+
+``model.pipeline: llava`` dispatches here (:func:`build_llava_style`): a checkpoint is loaded with
+``AutoModelForImageTextToText`` (the class of its ``model_type``) and ``AutoProcessor``; weights that do
+not load cleanly into that class (unexpected, missing or mis-sized tensors) and unsupported
+``model_type`` s stop with one line. A LLaVA-1.5 checkpoint without a chat template (the embedded shapes
+presets, original LLaVA-1.5 conversions) keeps the vicuna_v1 path of :class:`LlavaPipeline`; every other
+checkpoint takes :class:`FamilyPipeline`:
+
+- prompts come from the checkpoint's chat template, rendered turn by turn, so that labels cover the
+  assistant turns only (``[(text, is_assistant), ...]`` segments, see :func:`chat_segments`);
+- the processor expands the image placeholders (anyres, Qwen's grid, Gemma 3's fixed count, Mllama's
+  single token...) and returns every extra input the model needs (``image_sizes``, ``image_grid_thw``
+  + ``mm_token_type_ids``, ``pixel_attention_mask``, ``aspect_ratio_ids``/``cross_attention_mask``,
+  ``token_type_ids``); :func:`stack_inputs` pads and stacks them per key;
+- towers and default targets come from :mod:`vlmtune.models.families` (``model.towers`` overrides);
+- ``save_merged`` writes the source class and ``model_type`` with its processor and chat template.
+
+PaliGemma has no chat template: its processor's prefix/suffix format is used (prefix = the user turns,
+suffix = the last answer, which the processor labels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from vlmtune.config import ConfigError, RunConfig
+from vlmtune.data.collate import IGNORE_INDEX, IMAGE_PLACEHOLDER
+from vlmtune.models.base import register_pipeline
+from vlmtune.models.families import (
+    LLAVA_STYLE,
+    UnsupportedFamily,
+    family_for,
+    model_towers,
+    resolve_default_targets,
+)
+from vlmtune.models.llava import LlavaPipeline, load_image, model_path, record_images, resolve_dtype
+from vlmtune.models.loading import first_line, load_strict, read_model_type
+
+# Processor outputs aligned with the token sequence (dim 1 = tokens): padded along dim 1.
+TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "cross_attention_mask")
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+# ---------------------------------------------------------------- loading
+def load_vlm(path: str, name: str, dtype: torch.dtype, **kwargs):
+    """``(model, processor, family)`` of a checkpoint, loaded strictly by the class of its ``model_type``."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model_type = read_model_type(path, name, kwargs.get("trust_remote_code", False))
+    try:
+        family = family_for(model_type)
+    except UnsupportedFamily as e:
+        raise ConfigError(f"model.name_or_path='{name}': {e}") from None
+    model = load_strict(AutoModelForImageTextToText, path, name, LLAVA_STYLE, dtype=dtype, **kwargs)
+    try:
+        processor = AutoProcessor.from_pretrained(
+            path, trust_remote_code=kwargs.get("trust_remote_code", False)
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"model.name_or_path='{name}': its processor could not be loaded: {first_line(e)}"
+        ) from None
+    return model, processor, family
+
+
+# ---------------------------------------------------------------- prompts
+def turns_to_messages(turns: list[tuple[str, str]]) -> list[dict]:
+    """``[("human", "<image>\\nQ"), ("gpt", "A")]`` -> chat messages with ``{"type": "image"}`` parts where
+    the text had ``<image>`` (a newline right after a placeholder belongs to the template, not the text)."""
+    messages = []
+    for role, text in turns:
+        parts: list[dict] = []
+        for k, piece in enumerate(text.split(IMAGE_PLACEHOLDER)):
+            if k > 0:
+                parts.append({"type": "image"})
+                piece = piece.removeprefix("\n")
+            if piece:
+                parts.append({"type": "text", "text": piece})
+        messages.append({"role": ROLES[role], "content": parts})
+    return messages
+
+
+def chat_segments(processor, messages: list[dict], train: bool = True) -> list[tuple[str, bool]]:
+    """The chat template rendered as ``[(text, is_assistant), ...]``, turn by turn.
+
+    Assistant segment k = ``render(messages[:k+1]) - render(messages[:k], add_generation_prompt=True)``
+    (its content and end-of-turn marker); everything else is prompt. Eval: the prompt up to the last
+    answer, with the generation prompt.
+    """
+
+    def render(msgs: list[dict], gen: bool) -> str:
+        return processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+    if not train:
+        return [(render(messages[:last], True), False)]
+    segments: list[tuple[str, bool]] = []
+    done = ""
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        head, full = render(messages[:k], True), render(messages[: k + 1], False)
+        if not (head.startswith(done) and full.startswith(head)):
+            raise ConfigError(
+                "the checkpoint's chat template does not render a conversation turn by turn (a prefix of the "
+                "messages does not render as a prefix of the text), so answer tokens cannot be labelled"
+            )
+        segments += [(head[len(done) :], False), (full[len(head) :], True)]
+        done = full
+    tail = render(messages, False)[len(done) :]
+    return segments + ([(tail, False)] if tail else [])
+
+
+# ---------------------------------------------------------------- batches
+@dataclass
+class Example:
+    """One processed record: processor outputs with batch dim 1 and its labels (None at eval)."""
+
+    tensors: dict[str, torch.Tensor]
+    labels: list[int] | None
+
+    def __len__(self) -> int:
+        return self.tensors["input_ids"].shape[1]
+
+
+def _pad_to(t: torch.Tensor, sizes: list[int], value: float, left_dim: int | None = None) -> torch.Tensor:
+    """Pad every dim of ``t`` up to ``sizes`` at the end (dim ``left_dim``: at the start)."""
+    pad: list[int] = []
+    for d in reversed(range(t.dim())):
+        extra = sizes[d] - t.shape[d]
+        pad += [extra, 0] if d == left_dim else [0, extra]
+    return F.pad(t, pad, value=value) if any(pad) else t
+
+
+def stack_inputs(examples: list[Example], pad_id: int, side: str) -> dict[str, torch.Tensor]:
+    """Per key: token-aligned tensors padded along dim 1 (``side``) and stacked; the rest (pixels,
+    grids, image sizes) concatenated along dim 0, every other dim zero-padded to the batch maximum
+    (the models drop padded patches/tiles by ``image_sizes``/``pixel_attention_mask``/all-zero tiles)."""
+    batch: dict[str, torch.Tensor] = {}
+    keys = dict.fromkeys(k for e in examples for k in e.tensors)
+    for key in keys:
+        ts = [e.tensors[key] for e in examples if key in e.tensors]
+        sizes = [max(t.shape[d] for t in ts) for d in range(ts[0].dim())]
+        if key in TOKEN_KEYS:
+            value = pad_id if key == "input_ids" else 0
+            left = 1 if side == "left" else None
+            batch[key] = torch.cat([_pad_to(t, [1, *sizes[1:]], value, left) for t in ts])
+        else:
+            batch[key] = torch.cat([_pad_to(t, [t.shape[0], *sizes[1:]], 0) for t in ts])
+    return batch
+
+
+class FamilyPipeline(LlavaPipeline):
+    """A VLM of any supported family (see :mod:`vlmtune.models.families`), loaded by its own class.
+
+    Shares the loss, generation and truncation report of :class:`LlavaPipeline`; differs in loading,
+    prompts (chat template), collation (the processor) and export (the source class + processor).
+    """
+
+    def __init__(self, cfg: RunConfig) -> None:  # noqa: D107 - LlavaPipeline's loading is replaced
+        self.cfg = cfg
+        self.name_or_path = cfg.model.name_or_path
+        from vlmtune.train.qlora import quantization_kwargs
+
+        kwargs = {"trust_remote_code": cfg.model.trust_remote_code, **quantization_kwargs(cfg)}
+        self.model, self.processor, self.family = load_vlm(
+            model_path(cfg.model.name_or_path),
+            cfg.model.name_or_path,
+            resolve_dtype(cfg.model.dtype),
+            **kwargs,
+        )
+        self.model.eval()
+        self.tokenizer = self.processor.tokenizer
+        self.image_processor = getattr(self.processor, "image_processor", None)
+        self.towers = model_towers(self.model, self.family, cfg.model.towers)
+        resolve_default_targets(cfg, self.family)
+        self.image_token_id = int(getattr(self.model.config, "image_token_id", None) or -1)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+        self.truncated_answers = 0
+        if self.family.model_type != "paligemma" and not self.processor.chat_template:
+            raise ConfigError(
+                f"model.name_or_path='{cfg.model.name_or_path}' ({self.family.model_type}) has no chat template; "
+                "add the family's chat_template.jinja to the folder"
+            )
+
+    # ------------------------------------------------------------------ data
+    def _turns(self, record: dict, train: bool) -> list[tuple[str, str]]:
+        from vlmtune.data.templates import record_to_turns
+
+        if not train and record.get("prompt"):
+            images = "".join(f"{IMAGE_PLACEHOLDER}\n" for _ in record_images(record))
+            return [("human", images + record["prompt"])]
+        return record_to_turns(record, self.cfg.data.template_seed)
+
+    def segments(self, record: dict, train: bool = True) -> list[tuple[str, bool]]:
+        messages = turns_to_messages(self._turns(record, train))
+        if not train and messages[-1]["role"] != "assistant":
+            messages = [*messages, {"role": "assistant", "content": []}]
+        return chat_segments(self.processor, messages, train)
+
+    def _process(self, text: str, images: list, **kw) -> dict[str, torch.Tensor]:
+        bos = self.tokenizer.bos_token
+        kw.setdefault("add_special_tokens", not (bos and text.startswith(bos)))
+        out = self.processor(text=[text], images=images or None, return_tensors="pt", **kw)
+        return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+    def encode(self, record: dict, train: bool = True) -> Example:
+        images = [load_image(p) for p in record_images(record)]
+        if self.family.model_type == "paligemma":
+            example = self._encode_prefix_suffix(record, images, train)
+        else:
+            segments = self.segments(record, train)
+            text = "".join(t for t, _ in segments)
+            tensors = self._process(text, images)
+            labels = self._labels(segments, tensors["input_ids"][0].tolist(), images) if train else None
+            example = Example(tensors, labels)
+        return self._truncate(record, example, train)
+
+    def _encode_prefix_suffix(self, record: dict, images: list, train: bool) -> Example:
+        """PaliGemma: prefix = the user turns (placeholders dropped: the processor puts the image tokens and
+        BOS first), suffix = the last answer; the processor labels the suffix (``token_type_ids == 1``)."""
+        turns = self._turns(record, train)
+        answers = [t for role, t in turns if ROLES[role] == "assistant"]
+        prefix = "\n".join(
+            t.replace(IMAGE_PLACEHOLDER, "").strip() for role, t in turns if ROLES[role] == "user"
+        )
+        if not train:
+            return Example(self._process(prefix, images), None)
+        out = self.processor(text=[prefix], images=images or None, suffix=[answers[-1]], return_tensors="pt")
+        labels = out.pop("labels")[0].tolist()
+        return Example({k: v for k, v in out.items() if isinstance(v, torch.Tensor)}, labels)
+
+    def _labels(self, segments: list[tuple[str, bool]], ids: list[int], images: list) -> list[int]:
+        """Labels of the processed ids: the tokens of assistant segments, ``IGNORE_INDEX`` elsewhere.
+
+        The processor only expands image placeholders, so when no placeholder follows the first answer the
+        answers keep their distance from the end: they are located on the unexpanded tokenisation (char
+        offsets) and read from the end of ``ids``, after checking that both tails agree token for token.
+        Otherwise each answer's start and end are measured by processing the text before them.
+        """
+        text = "".join(t for t, _ in segments)
+        spans, pos = [], 0
+        for t, is_assistant in segments:
+            if is_assistant:
+                spans.append((pos, pos + len(t)))
+            pos += len(t)
+        bos = self.tokenizer.bos_token
+        add_special = not (bos and text.startswith(bos))
+        plain = self.tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
+        supervised = [any(a <= s < b for a, b in spans) and e > s for s, e in plain["offset_mapping"]]
+        first = supervised.index(True) if any(supervised) else len(supervised)
+        tail = len(supervised) - first
+        placeholder = getattr(self.processor, "image_token", IMAGE_PLACEHOLDER)
+        if (
+            placeholder not in text[spans[0][0] :]
+            and tail <= len(ids)
+            and ids[len(ids) - tail :] == plain["input_ids"][first:]
+        ):
+            head = [IGNORE_INDEX] * (len(ids) - tail)
+            return head + [
+                i if s else IGNORE_INDEX for i, s in zip(plain["input_ids"][first:], supervised[first:])
+            ]
+        labels = [IGNORE_INDEX] * len(ids)
+        for a, b in spans:
+            start, end = (len(self._prefix_ids(text[:c], images, placeholder)) for c in (a, b))
+            labels[start:end] = ids[start:end]
+        return labels
+
+    def _prefix_ids(self, prefix: str, images: list, placeholder: str) -> list[int]:
+        return self._process(prefix, images[: prefix.count(placeholder)])["input_ids"][0].tolist()
+
+    def _truncate(self, record: dict, example: Example, train: bool) -> Example:
+        """Keep the first ``data.max_length`` tokens, never cutting before the last image token."""
+        n, limit = len(example), self.cfg.data.max_length
+        if n <= limit:
+            return example
+        ids = example.tensors["input_ids"][0]
+        image_positions = (ids == self.image_token_id).nonzero()
+        cut = max(limit, int(image_positions.max()) + 1 if len(image_positions) else 0)
+        if cut >= n:
+            return example
+        tensors = {k: (v[:, :cut] if k in TOKEN_KEYS else v) for k, v in example.tensors.items()}
+        labels = example.labels[:cut] if example.labels is not None else None
+        if train and labels is not None:
+            lost = sum(x != IGNORE_INDEX for x in example.labels) - sum(x != IGNORE_INDEX for x in labels)
+            self._note_truncation(record, lost, n)
+        return Example(tensors, labels)
+
+    def collate(self, records: list[dict], train: bool = True) -> dict[str, Any]:
+        """Train: right-padded model inputs + ``labels`` (B, T). Eval: left-padded prompts. Both carry
+        ``ids`` (record ids) and every extra input the family's forward/generate needs."""
+        examples = [self.encode(r, train) for r in records]
+        batch: dict[str, Any] = stack_inputs(examples, self.pad_id, "right" if train else "left")
+        if train:
+            width = batch["input_ids"].shape[1]
+            batch["labels"] = torch.tensor(
+                [e.labels + [IGNORE_INDEX] * (width - len(e.labels)) for e in examples], dtype=torch.long
+            )
+        batch["ids"] = [r["id"] for r in records]
+        return batch
+
+    def generate(self, batch: dict[str, Any], max_new_tokens: int = 16, num_beams: int = 1) -> list[str]:
+        """Batched greedy/beam generation on left-padded prompts with every extra input; stops at the
+        checkpoint's own end-of-turn tokens (``generation_config.eos_token_id``) or the tokenizer's eos."""
+        from vlmtune.generation import generate_text
+
+        inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
+        stop = self.model.generation_config.eos_token_id
+        return generate_text(self.model, self.tokenizer, inputs, max_new_tokens, num_beams, eos_token_id=stop)
+
+    # ------------------------------------------------------------------ export
+    def save_merged(self, out_dir: str | Path) -> Path:
+        """Fold adapters into the weights; write the source class (same ``model_type``) with its
+        processor (tokenizer, image processor, chat template) and generation config."""
+        from vlmtune.adapters.inject import merge as merge_adapters
+
+        out = Path(out_dir)
+        merge_adapters(self.model)
+        self.model.requires_grad_(False)
+        self.model.save_pretrained(out)
+        self.processor.save_pretrained(out)
+        return out
+
+
+def build_llava_style(cfg: RunConfig):
+    """``model.pipeline: llava``: the vicuna_v1 :class:`LlavaPipeline` for LLaVA-1.5 checkpoints without a
+    chat template (the shapes presets), :class:`FamilyPipeline` for everything else."""
+    path = model_path(cfg.model.name_or_path)
+    model_type = read_model_type(path, cfg.model.name_or_path, cfg.model.trust_remote_code)
+    if model_type == "llava" and not _has_chat_template(path, cfg.model.trust_remote_code):
+        return LlavaPipeline(cfg)
+    return FamilyPipeline(cfg)
+
+
+def _has_chat_template(path: str, trust_remote_code: bool) -> bool:
+    from transformers import AutoProcessor
+
+    try:
+        return bool(AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code).chat_template)
+    except (OSError, ValueError):
+        return False  # LlavaPipeline says what is missing
+
+
+register_pipeline("llava", build_llava_style)
+
+
+def describe_plan(cfg: RunConfig) -> str:
+    """Per tower: which modules the recipe would adapt (counts by leaf name) and the trainable share,
+    from the checkpoint's config alone (the model is built on the meta device: no weights are read)."""
+    from collections import Counter
+
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from vlmtune.adapters.inject import attach
+    from vlmtune.adapters.report import format_report, param_report
+
+    path = model_path(cfg.model.name_or_path)
+    model_type = read_model_type(path, cfg.model.name_or_path, cfg.model.trust_remote_code)
+    try:
+        family = family_for(model_type)
+    except UnsupportedFamily as e:
+        raise ConfigError(f"model.name_or_path='{cfg.model.name_or_path}': {e}") from None
+    config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    towers = model_towers(model, family, cfg.model.towers)
+    resolve_default_targets(cfg, family)
+    attached = attach(model, towers, cfg.adapters.specs())
+    lines = [f"{cfg.model.name_or_path}: {type(model).__name__} (model_type '{model_type}')"]
+    for tower, prefixes in towers.items():
+        spec = cfg.adapters.specs().get(tower)
+        method = spec.method if spec is not None else "frozen"
+        paths = [p for p in attached if any(p == q or p.startswith(q + ".") for q in prefixes)]
+        leaves = Counter(p.rsplit(".", 1)[-1] for p in paths)
+        what = ", ".join(f"{leaf} x{n}" for leaf, n in sorted(leaves.items())) or "-"
+        lines.append(f"  {tower:<10} {method:<7} {what}   (prefixes: {', '.join(prefixes)})")
+    return "\n".join([*lines, format_report(param_report(model, towers))])
