@@ -130,7 +130,9 @@ class Family:
     bos: str = "<s>"
     eos: str = "</s>"
     pad: str = "<pad>"
-    stop: tuple[str, ...] = ()  # end-of-turn tokens besides eos (the checkpoint's generation_config lists them)
+    stop: tuple[
+        str, ...
+    ] = ()  # end-of-turn tokens besides eos (the checkpoint's generation_config lists them)
 
 
 def _ids(tok, **names: str) -> dict[str, int]:

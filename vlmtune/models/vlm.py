@@ -184,6 +184,13 @@ class FamilyPipeline(LlavaPipeline):
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
         self.truncated_answers = 0
+        self.feature_cache = None
+        for key in ("packing", "cache_vision_features"):
+            if getattr(cfg.data, key):
+                raise ConfigError(
+                    f"config key 'data.{key}' is implemented for LLaVA-1.5 checkpoints only, not for "
+                    f"'{self.family.model_type}'; set data.{key}=false"
+                )
         if self.family.model_type != "paligemma" and not self.processor.chat_template:
             raise ConfigError(
                 f"model.name_or_path='{cfg.model.name_or_path}' ({self.family.model_type}) has no chat template; "
@@ -305,6 +312,17 @@ class FamilyPipeline(LlavaPipeline):
             )
         batch["ids"] = [r["id"] for r in records]
         return batch
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Next-token cross-entropy over supervised tokens, ``sum_t CE(logits[t], labels[t+1]) / #supervised``,
+        through the model's own forward: its head applies whatever the family adds after the last hidden
+        state (PaliGemma 2's final logit soft-capping), which :meth:`LlavaPipeline.loss` skips."""
+        inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
+        logits = self.model(**inputs).logits[:, :-1]
+        labels = batch["labels"][:, 1:].to(logits.device)
+        keep = labels != IGNORE_INDEX
+        total = F.cross_entropy(logits[keep].float(), labels[keep], reduction="sum")
+        return total / keep.sum().clamp_min(1)
 
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 16, num_beams: int = 1) -> list[str]:
         """Batched greedy/beam generation on left-padded prompts with every extra input; stops at the
