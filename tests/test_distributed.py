@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from vlmtune.adapters import load_adapter
-from vlmtune.config import ConfigError, load_config
+from vlmtune.core.config import ConfigError, load_config
 from vlmtune.models import build_pipeline
+from vlmtune.models.qlora import unavailable_reason
 from vlmtune.train import command
 from vlmtune.train.checkpoint import checkpoint_dirs
 from vlmtune.train.distributed import loss_weight, shard
-from vlmtune.train.qlora import unavailable_reason
 from vlmtune.train.run import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,7 +174,7 @@ def test_qlora_refuses_on_cpu_with_one_line(capsys) -> None:
 
 @pytest.mark.skipif(unavailable_reason() is not None, reason=f"QLoRA: {unavailable_reason()}")
 def test_qlora_trains_adapters_on_a_4bit_language_model(model_dir, tmp_path) -> None:
-    from vlmtune.train.qlora import is_quantized
+    from vlmtune.models.qlora import is_quantized
 
     cfg = load_config("llava-lora", [*overrides(model_dir), "model.load_in_4bit=true", "train.max_steps=2"])
     summary = command.run(cfg, tmp_path, quiet=True)

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from vlmtune.adapters import attach
-from vlmtune.config import ConfigError, load_config
+from vlmtune.core.config import ConfigError, load_config
 from vlmtune.data.errors import ErrorLog
 from vlmtune.data.records import load_records
 from vlmtune.models import build_pipeline

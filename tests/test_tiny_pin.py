@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from vlmtune.models.tiny import PRESETS
-from vlmtune.models.tiny_pin import (
+from vlmtune.presets.shapes_tiny import PRESETS
+from vlmtune.presets.shapes_tiny_pin import (
     build_shapes_tiny_pin,
     feature_norm,
     position_code,
@@ -56,7 +56,7 @@ def test_build_trains_lm_and_projector_and_ships_no_code(model_dir, tmp_path, mo
 
 
 def test_feature_norm_reads_the_projector_input(model_dir, shapes_cache) -> None:
-    from vlmtune.config import load_config
+    from vlmtune.core.config import load_config
     from vlmtune.data.records import load_records
     from vlmtune.models import build_pipeline
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from vlmtune.data.shapes import SCENE_SLOTS
-from vlmtune.models.vision_pretrain import N_PATCH_CLASSES, pretrain_encoder, shapes_grid_data
+from vlmtune.presets.vision_pretrain import N_PATCH_CLASSES, pretrain_encoder, shapes_grid_data
 
 
 def to_pixels(images) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from vlmtune.adapters import AdapterSpec, attach, param_report
-from vlmtune.config import load_config
+from vlmtune.core.config import load_config
 from vlmtune.data.classification import class_names, digits_split_indices, read_classification
 from vlmtune.data.errors import DataError
 from vlmtune.models.vit import ViTPipeline, load_backbone, load_vit_folder

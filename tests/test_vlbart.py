@@ -17,7 +17,7 @@ from vlmtune.models.vlbart import (
     train_target,
     vqa_answer_scores,
 )
-from vlmtune.models.vlbart_presets import build_random_vlbart, format_paper_table, paper_param_table
+from vlmtune.presets.vlbart_shapes_tiny import build_random_vlbart, format_paper_table, paper_param_table
 
 
 def shape_image(color: tuple[int, int, int], shape: str = "circle", x: int = 16) -> Image.Image:
@@ -162,7 +162,7 @@ def test_paper_param_percentages() -> None:
 
 
 def test_explained_vqa_targets_answer_first_and_drop_human_answers() -> None:
-    from vlmtune.models.vlbart_presets import explained_vqa
+    from vlmtune.presets.vlbart_shapes_tiny import explained_vqa
 
     q = {"id": "q", "task": "vqa", "question": "What color is the circle?", "answer": "red",
          "answers": ["red"] * 10, "answer_type": "other"}  # fmt: skip
@@ -175,7 +175,7 @@ def test_explained_vqa_targets_answer_first_and_drop_human_answers() -> None:
 
 def test_grid_encoder_pretraining_trains_the_trunk_then_freezes_it() -> None:
     from vlmtune.models.visual_features import build_grid_encoder
-    from vlmtune.models.vlbart_presets import pretrain_grid_encoder
+    from vlmtune.presets.vlbart_shapes_tiny import pretrain_grid_encoder
 
     torch.manual_seed(0)
     encoder = build_grid_encoder("tiny", 36)

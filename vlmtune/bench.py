@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def available_methods() -> list[str]:
     from vlmtune.adapters.inject import known_methods
-    from vlmtune.config import list_recipes
+    from vlmtune.core.config import list_recipes
 
     recipes = list_recipes()
     extra = [m for m in OPTIONAL if f"vit-{m}" in recipes and m in known_methods()]
@@ -44,7 +44,7 @@ def available_methods() -> list[str]:
 def run_method(method: str, overrides: list[str], work: Path) -> dict:
     """Train ``vit-<method>`` and return {method, trainable, total, percent, accuracy, seconds}."""
     from vlmtune.adapters import attach, param_report
-    from vlmtune.config import load_config
+    from vlmtune.core.config import load_config
     from vlmtune.data.classification import read_classification
     from vlmtune.models.base import build_pipeline
     from vlmtune.train.trainer import Trainer, seed_everything
@@ -96,7 +96,7 @@ def run_vit_bench(methods: list[str], overrides: list[str], say=print) -> list[d
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from vlmtune.config import ConfigError
+    from vlmtune.core.config import ConfigError
 
     torch.set_num_threads(max(1, args.threads))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] or available_methods()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from vlmtune.config import list_recipes, load_config, recipe_description, to_dict
+from vlmtune.core.config import list_recipes, load_config, recipe_description, to_dict
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from vlmtune.config import ConfigError, RunConfig, from_dict, load_config
+from vlmtune.core.config import ConfigError, RunConfig, from_dict, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

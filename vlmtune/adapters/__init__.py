@@ -17,8 +17,8 @@ from vlmtune.adapters.lora_plus import adapter_param_groups
 from vlmtune.adapters.peft_io import load_adapter, save_adapter
 from vlmtune.adapters.prompt_tuning import SoftPrompt
 from vlmtune.adapters.report import format_report, param_report
-from vlmtune.adapters.spec import AdapterSpec
 from vlmtune.adapters.vera import DVoraLinear, VeraLinear, VeraProjection
+from vlmtune.core.adapter_spec import AdapterSpec
 
 __all__ = [
     "AdapterError",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from vlmtune.adapters.inject import AdapterError, register_tower_method
-from vlmtune.adapters.spec import AdapterSpec
+from vlmtune.core.adapter_spec import AdapterSpec
 
 
 def bitfit_hook(model: nn.Module, tower: nn.Module, spec: AdapterSpec, tower_name: str) -> None:

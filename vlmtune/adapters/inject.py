@@ -18,8 +18,8 @@ from vlmtune.adapters.dora import DoraLinear
 from vlmtune.adapters.dylora import DyLoraLinear, RankSampler
 from vlmtune.adapters.granularity import MagnitudeOnlyLinear
 from vlmtune.adapters.lora import LoraLinear
-from vlmtune.adapters.spec import WHOLE_TOWER_METHODS, AdapterSpec, expand_targets
 from vlmtune.adapters.vera import DVoraLinear, VeraLinear, VeraProjection
+from vlmtune.core.adapter_spec import WHOLE_TOWER_METHODS, AdapterSpec, expand_targets
 
 LayerFactory = Callable[..., nn.Module]  # (base: nn.Linear, spec[, shared]) -> wrapper
 TowerHook = Callable[[nn.Module, nn.Module, AdapterSpec, str], None]

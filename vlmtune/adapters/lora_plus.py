@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from vlmtune.adapters.inject import tower_modules
-from vlmtune.adapters.spec import AdapterSpec
+from vlmtune.core.adapter_spec import AdapterSpec
 
 
 def _group_of(name: str, p: nn.Parameter) -> str:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from vlmtune.adapters.inject import TOWER_CHECKS, AdapterError, register_tower_method
-from vlmtune.adapters.spec import AdapterSpec
+from vlmtune.core.adapter_spec import AdapterSpec
 
 
 class SoftPrompt(nn.Module):

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from vlmtune.adapters.inject import AdapterError, register_tower_method
-from vlmtune.adapters.spec import AdapterSpec
+from vlmtune.core.adapter_spec import AdapterSpec
 
 
 @dataclass

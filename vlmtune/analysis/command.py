@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vlmtune.analysis.plot import scatter
 from vlmtune.analysis.runs import PAPER_CORRELATION, analyze_runs
-from vlmtune.utils.io import atomic_write_json
+from vlmtune.core.io import atomic_write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

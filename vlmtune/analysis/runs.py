@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlmtune.adapters.spec import TARGET_ALIASES
 from vlmtune.analysis.decompose import Fit, decomposition_change, fit_line
 from vlmtune.analysis.weights import finetuned_weights
+from vlmtune.core.adapter_spec import TARGET_ALIASES
 
 # Correlation of (ΔD, ΔM) for the query weights of VL-BART (DoRA paper §4.1, Figure 2).
 PAPER_CORRELATION = {"FT": -0.62, "LoRA": 0.83, "DoRA": -0.31}
@@ -166,7 +166,7 @@ def analyze_runs(
 
 def build_base_model(run_dir: Path, config: dict) -> nn.Module:
     """The run's pretrained model (no adapters), from its ``config.yaml``."""
-    from vlmtune.config import load_config
+    from vlmtune.core.config import load_config
     from vlmtune.models.base import build_pipeline
 
     return build_pipeline(load_config(str(run_dir / "config.yaml"))).model

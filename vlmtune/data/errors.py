@@ -47,7 +47,7 @@ class ErrorLog:
 
     def write(self, path: str | Path) -> Path:
         """Write ``{"skipped": N, "first_reasons": [...]}`` atomically to ``path``."""
-        from vlmtune.utils.io import atomic_write_text
+        from vlmtune.core.io import atomic_write_text
 
         return atomic_write_text(json.dumps(self.to_dict(), indent=2) + "\n", path)
 

@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------- model loading
 def read_run_config(run_dir: Path):
-    from vlmtune.config import RunConfig, from_dict, validate
+    from vlmtune.core.config import RunConfig, from_dict, validate
 
     try:
         data = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
@@ -67,7 +67,7 @@ def load_model(model: str):
     base model of a default LLaVA config.
     """
     from vlmtune.adapters import load_adapter
-    from vlmtune.config import RunConfig
+    from vlmtune.core.config import RunConfig
     from vlmtune.models import build_pipeline
 
     path = Path(model)

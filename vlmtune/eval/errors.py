@@ -1,6 +1,6 @@
-"""Evaluation errors: one line for the user (a :class:`~vlmtune.config.ConfigError`, so the CLI prints it)."""
+"""Evaluation errors: one line for the user (a :class:`~vlmtune.core.config.ConfigError`, so the CLI prints it)."""
 
-from vlmtune.config import ConfigError
+from vlmtune.core.config import ConfigError
 
 
 class EvalError(ConfigError):

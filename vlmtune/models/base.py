@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from vlmtune.config import RunConfig
+    from vlmtune.core.config import RunConfig
 
 
 @runtime_checkable
@@ -65,7 +65,7 @@ def _load_builtin() -> None:
 
 def build_pipeline(cfg: RunConfig) -> Pipeline:
     """Instantiate ``cfg.model.pipeline`` (``llava`` | ``vlbart`` | ``vit``) from ``cfg``."""
-    from vlmtune.config import ConfigError
+    from vlmtune.core.config import ConfigError
 
     _load_builtin()
     name = cfg.model.pipeline

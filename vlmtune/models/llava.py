@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from vlmtune.adapters.inject import merge as merge_adapters
-from vlmtune.config import ConfigError, RunConfig
+from vlmtune.core.config import ConfigError, RunConfig
 from vlmtune.data.collate import (
     IGNORE_INDEX,
     IMAGE_PLACEHOLDER,
@@ -56,7 +56,7 @@ def resolve_dtype(choice: str) -> torch.dtype:
 
 def model_path(name_or_path: str) -> str:
     """An embedded preset name (``shapes-tiny``) -> its folder; anything else as is."""
-    from vlmtune.models.tiny import PRESETS, preset_path
+    from vlmtune.presets.shapes_tiny import PRESETS, preset_path
 
     return str(preset_path(name_or_path)) if name_or_path in PRESETS else name_or_path
 
@@ -88,7 +88,7 @@ class LlavaPipeline:
     def __init__(self, cfg: RunConfig) -> None:
         from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
-        from vlmtune.train.qlora import quantization_kwargs
+        from vlmtune.models.qlora import quantization_kwargs
 
         self.cfg = cfg
         self.name_or_path = cfg.model.name_or_path

@@ -37,7 +37,7 @@ from vlmtune.data.errors import DataError
 from vlmtune.models.base import register_pipeline
 
 if TYPE_CHECKING:
-    from vlmtune.config import RunConfig
+    from vlmtune.core.config import RunConfig
 
 VIT_CACHE_VERSION = "v1"
 DIGITS_TINY = {
@@ -297,8 +297,8 @@ def pretrained_digits_tiny(quiet: bool = True) -> Path:
 
 
 def pretrain_config() -> RunConfig:
-    from vlmtune.adapters.spec import AdapterSpec
-    from vlmtune.config import RunConfig
+    from vlmtune.core.adapter_spec import AdapterSpec
+    from vlmtune.core.config import RunConfig
 
     cfg = RunConfig(recipe="digits-tiny-pretrain")
     cfg.model.pipeline, cfg.model.name_or_path = "vit", "digits-tiny-scratch"

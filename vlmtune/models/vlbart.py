@@ -27,9 +27,9 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
 
+from vlmtune.core.io import atomic_write_json, atomic_write_safetensors
 from vlmtune.models.base import register_pipeline
 from vlmtune.models.visual_features import FeatureExtractor, VisionEncoderError, build_grid_encoder
-from vlmtune.utils.io import atomic_write_json, atomic_write_safetensors
 
 VIS_EXTRA_IDS = 100  # <vis_extra_id_k> tokens at the end of the vocabulary (object-order embedding)
 TASK_PREFIXES = {"vqa": "vqa:", "gqa": "gqa:", "nlvr": "nlvr:", "caption": "caption:"}
@@ -247,8 +247,8 @@ def build_vlbart_pipeline(cfg) -> VLBartPipeline:
     import os
 
     import vlmtune.eval.nlvr2  # noqa: F401  (registers the nlvr2 and shapes-vl benchmarks)
-    from vlmtune.config import ConfigError
-    from vlmtune.models.vlbart_presets import PRESETS, ensure_preset
+    from vlmtune.core.config import ConfigError
+    from vlmtune.presets.vlbart_shapes_tiny import PRESETS, ensure_preset
 
     name = cfg.model.name_or_path
     path = ensure_preset(name) if name in PRESETS else name

@@ -18,8 +18,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from vlmtune.adapters.spec import AdapterSpec
-from vlmtune.config import TrainConfig
+from vlmtune.core.adapter_spec import AdapterSpec
+from vlmtune.core.config import TrainConfig
 
 
 def tower_of(name: str, towers: dict[str, list[str]]) -> str:
@@ -79,7 +79,7 @@ def param_groups(
 
 def build_optimizer(groups: list[dict], train: TrainConfig) -> torch.optim.Optimizer:
     if not groups:
-        from vlmtune.config import ConfigError
+        from vlmtune.core.config import ConfigError
 
         raise ConfigError("nothing to train: every tower is frozen (set adapters.<tower>.method)")
     if train.optimizer == "sgd":

@@ -16,10 +16,10 @@ from typing import Any
 
 import yaml
 
-from vlmtune.adapters.spec import AdapterSpec
+from vlmtune.core.adapter_spec import AdapterSpec
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+PACKAGED_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 class ConfigError(ValueError):

@@ -2,11 +2,11 @@
 
 * ``shapes-tiny``: 4+4-layer BART (d_model 128) with a byte-level BPE tokenizer trained offline on a
   small built-in corpus, plus the ``tiny`` CLIP ResNet. Shipped in ``vlmtune/assets/vlbart-shapes-tiny``
-  (written by ``python -m vlmtune.models.vlbart_presets OUT``; built into the cache on first use when
+  (written by ``python -m vlmtune.presets.vlbart_shapes_tiny OUT``; built into the cache on first use when
   the asset is missing) and always loaded back with ``from_pretrained``:
 
     stage 0a   the ResNet alone learns shapes patch labels and scene attributes
-               (:mod:`vlmtune.models.vision_pretrain`, a stand-in for CLIP's pretraining)
+               (:mod:`vlmtune.presets.vision_pretrain`, a stand-in for CLIP's pretraining)
     stage 0b   BART + visual embedding from random init on captions and on VQA answered by a
                talkative assistant, answer first, then why ("red. the circle is red.",
                :func:`explained_vqa`): the base knows the answers but not VQA's short-answer format
@@ -26,7 +26,7 @@ import torch
 from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
 
 from vlmtune.adapters.inject import attach
-from vlmtune.adapters.spec import AdapterSpec
+from vlmtune.core.adapter_spec import AdapterSpec
 from vlmtune.models.visual_features import (
     FeatureExtractor,
     GridEncoder,
@@ -144,7 +144,7 @@ def pretrain_grid_encoder(
     """Stage 0a: the CLIP ResNet trunk learns the shapes scenes' per-cell labels and scene
     attributes from its pooled grid tokens (BatchNorm in train mode), then is frozen again.
     Returns held-out accuracies."""
-    from vlmtune.models.vision_pretrain import pretrain_encoder, shapes_grid_data
+    from vlmtune.presets.vision_pretrain import pretrain_encoder, shapes_grid_data
 
     def to_pixels(images: list) -> torch.Tensor:
         return torch.stack([preprocess(im, encoder.image_size) for im in images])
@@ -183,7 +183,7 @@ def explained_vqa(records: list[dict]) -> list[dict]:
 def pretrain_config(model_dir: Path, steps: int, seed: int = 0):
     """Stage 0b (like VL-T5's multi-task pretraining, which has QA too): BART + visual embedding
     fully trained on shapes captions and :func:`explained_vqa` questions, round-robin."""
-    from vlmtune.config import RunConfig
+    from vlmtune.core.config import RunConfig
 
     cfg = RunConfig(recipe="vlbart-shapes-tiny-pretrain")
     cfg.model.pipeline, cfg.model.name_or_path, cfg.model.feature_cache = "vlbart", str(model_dir), "auto"
@@ -311,7 +311,7 @@ def format_paper_table(rows: list[tuple[str, int, int, float, float]]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m vlmtune.models.vlbart_presets [OUT_DIR [STEPS [VISION_STEPS]]]
+if __name__ == "__main__":  # python -m vlmtune.presets.vlbart_shapes_tiny [OUT_DIR [STEPS [VISION_STEPS]]]
     import sys
 
     if len(sys.argv) > 1:

@@ -1,0 +1,1 @@
+"""Toy-model presets: builders that pretrain the embedded models, and preset name -> model folder."""
