@@ -15,6 +15,7 @@ import torch
 
 from vlmtune.adapters import load_adapter
 from vlmtune.core.config import ConfigError, load_config
+from vlmtune.data.records import load_split
 from vlmtune.models import build_pipeline
 from vlmtune.models.qlora import unavailable_reason
 from vlmtune.train import command
@@ -93,7 +94,7 @@ def logits(model_dir: Path, adapter: Path) -> torch.Tensor:
     cfg = load_config("llava-lora", [f"model.name_or_path={model_dir}", "data.shapes_size=5"])
     pipe = build_pipeline(cfg)
     load_adapter(pipe.model, adapter, pipe.towers)
-    records = command.load_split(cfg, "shapes:vqa", "train", 4, errors=None)
+    records = load_split(cfg, "shapes:vqa", "train", 4, errors=None)
     batch = pipe.collate(records, train=True)
     inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
     with torch.no_grad():

@@ -18,9 +18,8 @@ from safetensors.torch import load_file
 from vlmtune.adapters import attach
 from vlmtune.core.config import ConfigError, load_config
 from vlmtune.data.errors import ErrorLog
-from vlmtune.data.records import load_records
+from vlmtune.data.records import load_records, load_split
 from vlmtune.models import build_pipeline
-from vlmtune.train.command import load_split
 from vlmtune.train.trainer import Trainer, TrainingError, seed_everything
 
 

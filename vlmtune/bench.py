@@ -45,8 +45,8 @@ def run_method(method: str, overrides: list[str], work: Path) -> dict:
     """Train ``vit-<method>`` and return {method, trainable, total, percent, accuracy, seconds}."""
     from vlmtune.adapters import attach, param_report
     from vlmtune.core.config import load_config
-    from vlmtune.data.classification import read_classification
-    from vlmtune.models.base import build_pipeline
+    from vlmtune.data.records import read_classification
+    from vlmtune.presets import build_pipeline
     from vlmtune.train.trainer import Trainer, seed_everything
 
     t0 = time.perf_counter()
@@ -79,7 +79,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run_vit_bench(methods: list[str], overrides: list[str], say=print) -> list[dict]:
-    from vlmtune.models.vit import pretrained_digits_tiny
+    from vlmtune.presets.digits_vit import pretrained_digits_tiny
 
     t0 = time.perf_counter()
     folder = pretrained_digits_tiny()

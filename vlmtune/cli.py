@@ -26,17 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is meant for the user as is (no traceback)."""
-    from vlmtune.adapters.inject import AdapterError
-    from vlmtune.core.config import ConfigError
+    from vlmtune.core.errors import USER_ERRORS
 
-    types_: list[type[BaseException]] = [ConfigError, AdapterError, FileNotFoundError]
-    try:
-        from vlmtune.data.errors import DataError
-
-        types_.append(DataError)
-    except ImportError:
-        pass
-    return tuple(types_)
+    return USER_ERRORS
 
 
 def recipes_epilog() -> str:

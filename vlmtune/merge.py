@@ -42,7 +42,7 @@ def merged_pipeline(source: str | Path, recipe: str | None = None, base: str | N
     import json
 
     from vlmtune.adapters import load_adapter
-    from vlmtune.models import build_pipeline
+    from vlmtune.presets import build_pipeline
 
     adapter, config_path = locate(source)
     if config_path is not None:

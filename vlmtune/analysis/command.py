@@ -36,7 +36,9 @@ def format_rows(rows: list[dict]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     modules = tuple(m.strip() for m in args.modules.split(",") if m.strip())
-    points, rows = analyze_runs(args.run_dirs, modules)
+    from vlmtune.presets import build_pipeline
+
+    points, rows = analyze_runs(args.run_dirs, modules, build=build_pipeline)
     out = Path(args.out) if args.out else Path(args.run_dirs[0]).resolve().parent / "analysis"
     png = scatter(points, rows, out / "weight_decomposition.png")
     summary = {

@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -138,11 +139,13 @@ def analyze_runs(
     run_dirs: list[str | Path],
     modules: tuple[str, ...] = ("q", "v"),
     load_base: Callable[[Path, dict], nn.Module] | None = None,
+    build: Callable | None = None,
 ) -> tuple[list[Point], list[dict]]:
-    """Points and fits for several runs; base models are built once per distinct model config."""
+    """Points and fits for several runs; base models are built once per distinct model config, by
+    ``load_base(run_dir, config)`` (default :func:`build_base_model` with ``build``)."""
     import yaml
 
-    load_base = load_base or build_base_model
+    load_base = load_base or partial(build_base_model, build=build)
     cache: dict[str, dict[str, torch.Tensor]] = {}
     points: list[Point] = []
     for run in map(Path, run_dirs):
@@ -164,9 +167,10 @@ def analyze_runs(
     return points, summarize(points)
 
 
-def build_base_model(run_dir: Path, config: dict) -> nn.Module:
-    """The run's pretrained model (no adapters), from its ``config.yaml``."""
+def build_base_model(run_dir: Path, config: dict, build: Callable | None = None) -> nn.Module:
+    """The run's pretrained model (no adapters), from its ``config.yaml``; ``build(cfg) -> Pipeline``
+    (default :func:`vlmtune.models.build_pipeline`, folders only; the CLI passes the preset-aware one)."""
     from vlmtune.core.config import load_config
     from vlmtune.models.base import build_pipeline
 
-    return build_pipeline(load_config(str(run_dir / "config.yaml"))).model
+    return (build or build_pipeline)(load_config(str(run_dir / "config.yaml"))).model

@@ -17,13 +17,11 @@ from typing import Any
 import yaml
 
 from vlmtune.core.adapter_spec import AdapterSpec
+from vlmtune.core.data_spec import parse_spec
+from vlmtune.core.errors import ConfigError, DataError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 PACKAGED_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-
-
-class ConfigError(ValueError):
-    """A problem with a recipe or an override; the message is one line for the user."""
 
 
 @dataclass
@@ -326,8 +324,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     }
     for key in ("train", "eval"):
-        for part in str(getattr(cfg.data, key)).split(","):
-            part = part.strip().split("@", 1)[0]
+        text = str(getattr(cfg.data, key))
+        try:
+            spec = parse_spec(text) if text.strip() else None
+        except DataError as e:
+            raise ConfigError(f"config key 'data.{key}': {e}") from None
+        for part in spec.items if spec and not spec.generated else ():
             if part.endswith((".json", ".jsonl")) and not Path(part).is_file():
                 raise ConfigError(f"config key 'data.{key}': file {part} does not exist")
     if cfg.data.image_root and not Path(cfg.data.image_root).is_dir():

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vlmtune.core.errors import DataError
+
+__all__ = ["ON_ERROR", "DataError", "ErrorLog", "handle"]
+
 ON_ERROR = ("raise", "skip")
-
-
-class DataError(ValueError):
-    """A problem with a data file, record or image; the message is one line for the user."""
 
 
 class ErrorLog:

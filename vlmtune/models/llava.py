@@ -54,13 +54,6 @@ def resolve_dtype(choice: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[choice]
 
 
-def model_path(name_or_path: str) -> str:
-    """An embedded preset name (``shapes-tiny``) -> its folder; anything else as is."""
-    from vlmtune.presets.shapes_tiny import PRESETS, preset_path
-
-    return str(preset_path(name_or_path)) if name_or_path in PRESETS else name_or_path
-
-
 def load_image(path: str):
     from vlmtune.data.images import load_image as _load
 
@@ -85,14 +78,14 @@ class LlavaPipeline:
 
     name = "llava"
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, folder: str | None = None) -> None:
         from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
         from vlmtune.models.qlora import quantization_kwargs
 
         self.cfg = cfg
         self.name_or_path = cfg.model.name_or_path
-        path = model_path(cfg.model.name_or_path)
+        path = folder or cfg.model.name_or_path
         kwargs = {"trust_remote_code": cfg.model.trust_remote_code}
         try:
             self.model = LlavaForConditionalGeneration.from_pretrained(

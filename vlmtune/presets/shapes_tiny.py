@@ -17,24 +17,20 @@
                 chat model that answers at length.
 
 Everything is a pure function of the seed: :func:`build_shapes_tiny` run twice writes the same
-weights. The preset is looked up in ``vlmtune/assets/shapes-tiny`` (shipped) and then in
-``$VLMTUNE_CACHE/models`` (default ``~/.cache/vlmtune/models``), where it is built on first use.
-The second preset, ``shapes-tiny-pin`` (the frozen base of ``llava-pin``), is ``shapes-tiny`` plus
-stage 0d (:mod:`vlmtune.presets.shapes_tiny_pin`) and is looked up the same way.
+weights. :mod:`vlmtune.presets.registry` looks the preset up in ``vlmtune/assets/shapes-tiny``
+(shipped) and then in ``$VLMTUNE_CACHE/models`` (default ``~/.cache/vlmtune/models``), where it is
+built on first use. The second preset, ``shapes-tiny-pin`` (the frozen base of ``llava-pin``), is
+``shapes-tiny`` plus stage 0d (:mod:`vlmtune.presets.shapes_tiny_pin`) and is looked up the same way.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-PRESET_VERSION = "v4"
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
 
@@ -285,49 +281,6 @@ def build_shapes_tiny(
         train_stage(pretrain_config(init, steps, seed), stage_b, Path(work) / "run0b", quiet)
         train_stage(chat_config(stage_b, chat_steps, seed), out, Path(work) / "run0c", quiet)
     return out
-
-
-# ---------------------------------------------------------------- preset lookup
-def cache_root() -> Path:
-    return Path(os.environ.get("VLMTUNE_CACHE") or "~/.cache/vlmtune").expanduser() / "models"
-
-
-def preset_path(name: str) -> Path:
-    """Folder of an embedded preset: shipped asset, else cache (built there on first use)."""
-    if name not in PRESETS:
-        raise KeyError(name)
-    shipped = ASSETS / name
-    if (shipped / "config.json").is_file():
-        return shipped
-    final = cache_root() / f"{name}-{PRESET_VERSION}"
-    if not (final / "config.json").is_file():
-        print(
-            f"building the {name} base model into {final} (first use; about {BUILD_MINUTES[name]} "
-            "minutes on 2 CPU cores)...",
-            flush=True,
-        )
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-        try:
-            PRESETS[name](tmp)
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "config.json").is_file():
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def build_shapes_tiny_pin(out_dir: str | Path) -> Path:
-    """``shapes-tiny-pin``, the frozen base of ``llava-pin`` (:mod:`vlmtune.presets.shapes_tiny_pin`)."""
-    from vlmtune.presets.shapes_tiny_pin import build_shapes_tiny_pin as build
-
-    return build(out_dir)
-
-
-PRESETS = {"shapes-tiny": build_shapes_tiny, "shapes-tiny-pin": build_shapes_tiny_pin}
-BUILD_MINUTES = {"shapes-tiny": 45, "shapes-tiny-pin": 11}
 
 
 # python -m vlmtune.presets.shapes_tiny OUT_DIR [STEPS [VISION_STEPS [CHAT_STEPS]]]

@@ -115,9 +115,10 @@ def build_shapes_tiny_pin(
 ) -> Path:
     """Write ``shapes-tiny-pin`` to ``out_dir``: ``base`` (a preset name or LLaVA folder) + stage 0d
     on ``n_images`` single-shape images (module docstring)."""
-    from vlmtune.presets.shapes_tiny import PRESETS, preset_path, train_stage
+    from vlmtune.presets.registry import model_folder
+    from vlmtune.presets.shapes_tiny import train_stage
 
-    cfg = locate_config(preset_path(base) if base in PRESETS else Path(base), steps, seed)
+    cfg = locate_config(Path(model_folder("llava", base)), steps, seed)
     cfg.data.shapes_size = n_images
     with tempfile.TemporaryDirectory(prefix="shapes-tiny-pin-") as work:
         return train_stage(cfg, Path(out_dir), Path(work) / "run0d", quiet, around=scramble_for_training)

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -35,7 +34,6 @@ from vlmtune.models.visual_features import (
     preprocess,
 )
 from vlmtune.models.vlbart import (
-    META_FILE,
     TOWERS,
     VIS_EXTRA_IDS,
     VisualEmbedding,
@@ -44,9 +42,6 @@ from vlmtune.models.vlbart import (
     save_vlbart,
 )
 
-PRESETS = ("shapes-tiny", "vlbart-shapes-tiny")
-PRESET_VERSION = "v3"
-ASSET = Path(__file__).resolve().parent.parent / "assets" / "vlbart-shapes-tiny"
 SHAPES_IMAGE_SIZE = 64  # the shapes default's image size
 VISION_STEPS = 1000
 PRETRAIN_STEPS = 4000
@@ -64,11 +59,6 @@ diamond diamonds cross crosses hexagon hexagons shapes background foreground doe
 contains containing with both images each only same different more than fewer less equal caption
 describe description photo scene corner upper lower side near far vqa gqa nlvr answer question
 """.split()
-
-
-def preset_dir(name: str) -> Path:
-    root = Path(os.environ.get("VLMTUNE_CACHE", Path.home() / ".cache" / "vlmtune"))
-    return root / "presets" / f"vlbart-{name.removeprefix('vlbart-')}-{PRESET_VERSION}"
 
 
 def build_tiny_tokenizer(vocab_size: int = 600) -> PreTrainedTokenizerFast:
@@ -231,26 +221,6 @@ def build_tiny_vlbart(
         Trainer(pipe, cfg, explained_vqa(records), Path(work) / "run", quiet=quiet).fit()
         pipe.model.requires_grad_(True)
         return pipe.save_merged(folder)
-
-
-def ensure_preset(name: str) -> Path:
-    """The shipped asset, else the cache folder, built there on first use (atomic: build in a
-    temp folder, then rename)."""
-    if (ASSET / META_FILE).is_file():
-        return ASSET
-    folder = preset_dir(name)
-    if (folder / META_FILE).is_file():
-        return folder
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-    print(f"building the VL-BART {name} base model into {folder} (first use)...", flush=True)
-    build_tiny_vlbart(tmp)
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process won the race
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 # ---------------------------------------------------------------- the real structure (DoRA Table 2)

@@ -59,28 +59,13 @@ def _resolve_resume(arg: str, cfg: RunConfig) -> tuple[Path, Path | None]:
     return run, ckpt
 
 
-def load_split(cfg: RunConfig, spec: str, split: str, max_samples: int, errors) -> list[dict]:
-    from vlmtune.data.records import load_records
-
-    return load_records(
-        spec,
-        split=split,
-        on_error=cfg.data.on_error,
-        errors=errors,
-        image_root=cfg.data.image_root or None,
-        max_samples=max_samples,
-        n_images=cfg.data.shapes_size if split == "train" else None,
-        tasks=cfg.data.tasks,
-        check_images=cfg.data.on_error == "skip",  # skip: find unreadable images now and count them
-    )
-
-
 def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: bool = False) -> dict:
     """Train ``cfg`` into ``run_dir``; returns the eval summary written to ``eval.json``."""
     from vlmtune.adapters import attach, save_adapter
     from vlmtune.core.io import atomic_write_json
     from vlmtune.data.errors import ErrorLog
-    from vlmtune.models import build_pipeline
+    from vlmtune.data.records import load_split
+    from vlmtune.presets import build_pipeline
     from vlmtune.train import distributed as ddp
     from vlmtune.train.evaluate import describe, evaluate, headline
     from vlmtune.train.run import write_config
