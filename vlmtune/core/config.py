@@ -313,6 +313,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     for tower, spec in cfg.adapters.specs().items():
         if spec.method not in ("frozen", "full") and spec.r <= 0:
             raise ConfigError(f"config key 'adapters.{tower}.r' must be > 0, got {spec.r}")
+        for key in ("lr", "lora_plus_ratio"):
+            if getattr(spec, key) is not None and getattr(spec, key) <= 0:
+                raise ConfigError(
+                    f"config key 'adapters.{tower}.{key}' must be > 0 (or null for the train.* value), "
+                    f"got {getattr(spec, key)}"
+                )
         if not 0.0 <= spec.dropout < 1.0:
             raise ConfigError(f"config key 'adapters.{tower}.dropout' must be in [0, 1), got {spec.dropout}")
     choices = {

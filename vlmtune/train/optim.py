@@ -7,6 +7,7 @@ Learning rates, per trainable tensor:
   ``adapters.<tower>.lr``     overrides the above for that tower
   ``lora_B``                  x LoRA+ ratio (Hayou et al., 2024: lr_B = ratio * lr_A), from
                               ``adapters.<tower>.lora_plus_ratio`` or else ``train.lora_plus_ratio``
+A per-tower value is unset when it is None (null in YAML); any number, 1.0 included, is used as given.
 No weight decay on biases, norms, DoRA magnitudes and other 1-D tensors.
 """
 
@@ -30,7 +31,7 @@ def tower_of(name: str, towers: dict[str, list[str]]) -> str:
 
 
 def base_lr(tower: str, train: TrainConfig, spec: AdapterSpec | None) -> float:
-    if spec is not None and spec.lr:
+    if spec is not None and spec.lr is not None:
         return spec.lr
     if tower == "projector" and train.projector_lr > 0:
         return train.projector_lr
@@ -60,8 +61,8 @@ def param_groups(
         kind = "params"
         if ".lora_B." in name:
             kind = "lora_B"
-            ratio = spec.lora_plus_ratio if spec is not None and spec.lora_plus_ratio != 1.0 else None
-            lr *= ratio if ratio is not None else train.lora_plus_ratio
+            ratio = spec.lora_plus_ratio if spec is not None else None
+            lr *= train.lora_plus_ratio if ratio is None else ratio
         elif ".lora_" in name:
             kind = "lora"
         decay = p.ndim >= 2 and train.weight_decay > 0
