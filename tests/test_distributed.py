@@ -101,6 +101,7 @@ def logits(model_dir: Path, adapter: Path) -> torch.Tensor:
         return pipe.model.eval()(**inputs).logits
 
 
+@pytest.mark.slow  # launches two torchrun processes
 def test_two_processes_match_one_and_resume(model_dir, tmp_path) -> None:
     single = tmp_path / "single"
     cfg = load_config("llava-lora", overrides(model_dir))

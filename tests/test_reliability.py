@@ -149,6 +149,7 @@ def cli(*args: str, env: dict) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow  # launches and kills `vlmtune train` processes
 def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(model_dir, cache, tmp_path) -> None:
     env = {**os.environ, "VLMTUNE_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
     args = [
