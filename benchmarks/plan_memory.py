@@ -25,7 +25,7 @@ from memory import peak_step_memory
 from train_step import SIZES, build_llava, make_batch
 
 from vlmtune.adapters import AdapterSpec, attach
-from vlmtune.config import load_config
+from vlmtune.core.config import load_config
 from vlmtune.plan import make_plan
 from vlmtune.train.trainer import enable_checkpointing
 

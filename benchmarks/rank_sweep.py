@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from vlmtune.config import load_config
+from vlmtune.core.config import load_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -9,7 +9,7 @@ the same (shared, frozen) base weights; peft keeps adapters in the base dtype
 
 Models (``--model``):
 
-* ``tiny``  the shapes-tiny sizes (vlmtune/models/tiny.py): CLIP 2 layers hidden 64 on 64 px
+* ``tiny``  the shapes-tiny sizes (vlmtune/presets/shapes_tiny.py): CLIP 2 layers hidden 64 on 64 px
   images, Llama 2 layers hidden 128, vocab 1024; batch 8.
 * ``1b``    LLaVA-shaped ~1.06B: CLIP ViT-L/14-like tower cut to 8 layers (hidden 1024, 224 px,
   256 patches), Llama hidden 2048, 16 layers, MLP 5632, vocab 32000; batch 4 x 768 tokens.

@@ -97,7 +97,6 @@ def write_mix(folder: Path, n: int, seed: int, shapes_cache: Path) -> Path:
 def write_small_llava(folder: Path, texts: list[str]) -> Path:
     """The ``small`` LLaVA of benchmarks/train_step.py (vocab 32000) with a BPE tokenizer for ``texts``."""
     from transformers import LlavaForConditionalGeneration
-
     from vlmtune.models.tiny import TinySize, image_processor, tiny_config, train_tokenizer
 
     size = TinySize(1024, 224, 14, 256, 4, 4, 512, 4, 8, 1408, 4096)
@@ -114,7 +113,7 @@ def write_small_llava(folder: Path, texts: list[str]) -> Path:
 
 # ---------------------------------------------------------------- the three loops
 def vlmtune_config(args, model: Path, data: Path, method: str, *extra: str):
-    from vlmtune.config import load_config
+    from vlmtune.core.config import load_config
 
     return load_config(
         "llava-dora",

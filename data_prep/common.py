@@ -104,7 +104,7 @@ def check_image(record: dict, out: Path, report: Report) -> bool:
 
 def write_jsonl(records: Iterable[dict], path: str | Path) -> Path:
     """Write to a temporary file in the same folder, fsync, rename: never a torn JSONL
-    (the same scheme as vlmtune.utils.io, without importing torch into these scripts)."""
+    (the same scheme as vlmtune.core.io, without importing torch into these scripts)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

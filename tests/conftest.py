@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vlmtune.models.tiny import TEST_SIZE, corpus, write_random_llava
+from vlmtune.presets.shapes_tiny import TEST_SIZE, corpus, write_random_llava
 
 
 @pytest.fixture(scope="session")

@@ -133,7 +133,7 @@ def test_analyze_runs_and_command(tmp_path, monkeypatch, capsys) -> None:
     ]
     # an incomplete checkpoint (no done file) is ignored
     (runs[1] / "checkpoints" / "step-000099" / "adapter").mkdir(parents=True)
-    monkeypatch.setattr(runs_mod, "build_base_model", lambda run, config: Toy())
+    monkeypatch.setattr(runs_mod, "build_base_model", lambda run, config, build=None: Toy())
     points, rows = runs_mod.analyze_runs(runs)
     assert len(points) == 3 * 5 * 6  # runs x checkpoints x (3 layers x q,v)
     assert {(r["run"], r["method"], r["module"]) for r in rows} == {

@@ -13,7 +13,7 @@ from vlmtune.data.collate import (
     prompt_segments,
     truncate,
 )
-from vlmtune.models.tiny import train_tokenizer
+from vlmtune.presets.shapes_tiny import train_tokenizer
 
 SYSTEM = "A chat between a curious user and an artificial intelligence assistant."
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from vlmtune.config import ConfigError, list_recipes, load_config
+from vlmtune.core.config import ConfigError, list_recipes, load_config
 
 
 def test_overrides_are_typed() -> None:

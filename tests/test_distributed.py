@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from vlmtune.adapters import load_adapter
-from vlmtune.config import ConfigError, load_config
+from vlmtune.core.config import ConfigError, load_config
+from vlmtune.data.records import load_split
 from vlmtune.models import build_pipeline
+from vlmtune.models.qlora import unavailable_reason
 from vlmtune.train import command
 from vlmtune.train.checkpoint import checkpoint_dirs
 from vlmtune.train.distributed import loss_weight, shard
-from vlmtune.train.qlora import unavailable_reason
 from vlmtune.train.run import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,13 +94,14 @@ def logits(model_dir: Path, adapter: Path) -> torch.Tensor:
     cfg = load_config("llava-lora", [f"model.name_or_path={model_dir}", "data.shapes_size=5"])
     pipe = build_pipeline(cfg)
     load_adapter(pipe.model, adapter, pipe.towers)
-    records = command.load_split(cfg, "shapes:vqa", "train", 4, errors=None)
+    records = load_split(cfg, "shapes:vqa", "train", 4, errors=None)
     batch = pipe.collate(records, train=True)
     inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
     with torch.no_grad():
         return pipe.model.eval()(**inputs).logits
 
 
+@pytest.mark.slow  # launches two torchrun processes
 def test_two_processes_match_one_and_resume(model_dir, tmp_path) -> None:
     single = tmp_path / "single"
     cfg = load_config("llava-lora", overrides(model_dir))
@@ -174,7 +176,7 @@ def test_qlora_refuses_on_cpu_with_one_line(capsys) -> None:
 
 @pytest.mark.skipif(unavailable_reason() is not None, reason=f"QLoRA: {unavailable_reason()}")
 def test_qlora_trains_adapters_on_a_4bit_language_model(model_dir, tmp_path) -> None:
-    from vlmtune.train.qlora import is_quantized
+    from vlmtune.models.qlora import is_quantized
 
     cfg = load_config("llava-lora", [*overrides(model_dir), "model.load_in_4bit=true", "train.max_steps=2"])
     summary = command.run(cfg, tmp_path, quiet=True)

@@ -18,7 +18,7 @@ from PIL import Image
 from vlm_families import build_family
 
 from vlmtune.adapters.inject import adapter_layers, attach
-from vlmtune.config import ConfigError, load_config
+from vlmtune.core.config import ConfigError, load_config
 from vlmtune.models import build_pipeline
 from vlmtune.models.vlm import FamilyPipeline
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vlmtune.adapters import attach
-from vlmtune.config import ConfigError, load_config
+from vlmtune.core.config import ConfigError, load_config
 from vlmtune.data.packing import model_inputs
 from vlmtune.data.records import load_records
 from vlmtune.models import build_pipeline

@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_distributed import logits, losses, overrides
 
-from vlmtune.config import ConfigError, load_config
+from vlmtune.core.config import ConfigError, load_config
 from vlmtune.train import command
 from vlmtune.train.checkpoint import checkpoint_dirs, trainable_tensors
 

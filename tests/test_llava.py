@@ -8,12 +8,12 @@ import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
 
-from vlmtune.config import load_config
+from vlmtune.core.config import load_config
 from vlmtune.data.collate import IGNORE_INDEX
 from vlmtune.data.records import load_records
 from vlmtune.models import build_pipeline
 from vlmtune.models.llava import record_segments
-from vlmtune.models.tiny import TEST_SIZE
+from vlmtune.presets.shapes_tiny import TEST_SIZE
 
 
 @pytest.fixture(scope="module")

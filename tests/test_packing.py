@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from vlmtune.config import load_config
+from vlmtune.core.config import load_config
 from vlmtune.data.collate import IGNORE_INDEX, Encoded
 from vlmtune.data.packing import model_inputs, pack_batch, plan_rows, segment_ids
 from vlmtune.data.records import load_records

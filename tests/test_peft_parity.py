@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from toy_models import TARGETS, TOWERS, Toy, assert_close
 
 from vlmtune.adapters import (
     AdapterSpec,
@@ -21,40 +22,6 @@ from vlmtune.adapters import (
 peft = pytest.importorskip("peft")
 
 RTOL = 1e-5
-
-
-class Block(nn.Module):
-    def __init__(self, d: int = 32, hidden: int = 48) -> None:
-        super().__init__()
-        self.q_proj = nn.Linear(d, d)
-        self.v_proj = nn.Linear(d, d, bias=False)
-        self.up_proj = nn.Linear(d, hidden)
-        self.down_proj = nn.Linear(hidden, d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.q_proj(x) + self.v_proj(x)
-        return self.down_proj(torch.tanh(self.up_proj(h)))
-
-
-class Toy(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList([Block(), Block()])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = x + layer(x)
-        return x
-
-
-TOWERS = {"language": ["layers"]}
-TARGETS = ["q_proj", "v_proj", "up_proj", "down_proj"]
-
-
-def assert_close(a: torch.Tensor, b: torch.Tensor, rtol: float = RTOL) -> None:
-    scale = b.abs().max().clamp_min(1e-12)
-    err = (a - b).abs().max() / scale
-    assert err <= rtol, f"max relative error {err:.3e} > {rtol}"
 
 
 def make_pair(use_dora: bool, r: int = 4, alpha: float = 8.0, rslora: bool = False):

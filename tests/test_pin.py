@@ -7,50 +7,13 @@ import math
 
 import pytest
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from toy_models import LLAVA_TOWERS as TOWERS
+from toy_models import N_PATCHES, inputs, tiny_llava
 
 from vlmtune.adapters import AdapterError, AdapterSpec, attach
 from vlmtune.adapters.pin import PositionalInsert, sinusoid_table
 from vlmtune.adapters.vpt import vit_layout
 from vlmtune.eval.pin_loc import box_iou, gt_box, parse_prediction, score_pin_loc
-
-TOWERS = {
-    "language": ["model.language_model", "lm_head"],
-    "vision": ["model.vision_tower"],
-    "projector": ["model.multi_modal_projector"],
-}
-IMAGE_TOKEN, N_PATCHES = 5, 16
-
-
-def tiny_llava() -> LlavaForConditionalGeneration:
-    torch.manual_seed(0)
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-    )
-    text = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
-    )  # fmt: skip
-    cfg = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN, image_seq_length=N_PATCHES,
-        vision_feature_layer=-2, vision_feature_select_strategy="default", pad_token_id=0,
-    )  # fmt: skip
-    return LlavaForConditionalGeneration(cfg).eval()
-
-
-def inputs(batch: int = 2) -> dict[str, torch.Tensor]:
-    ids = torch.tensor([[1] + [IMAGE_TOKEN] * N_PATCHES + [7, 8, 9]] * batch)
-    g = torch.Generator().manual_seed(3)
-    return {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "pixel_values": torch.randn(batch, 3, 32, 32, generator=g),
-    }
 
 
 def test_sinusoid_table() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vlmtune import cli
-from vlmtune.config import ConfigError, load_config
+from vlmtune.core.config import ConfigError, load_config
 from vlmtune.plan import GiB, SavedTensorCounter, format_plan, make_plan, parse_memory
 
 # published configs (hub config.json values of llava-hf/llava-1.5-{7b,13b}-hf, Qwen/Qwen2.5-VL-7B-Instruct)

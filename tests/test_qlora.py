@@ -9,9 +9,9 @@ import pytest
 import torch
 from test_distributed import overrides
 
-from vlmtune.config import ConfigError, load_config
+from vlmtune.core.config import ConfigError, load_config
+from vlmtune.models.qlora import check_4bit, unavailable_reason
 from vlmtune.train import command
-from vlmtune.train.qlora import check_4bit, unavailable_reason
 
 needs_gpu = pytest.mark.skipif(unavailable_reason() is not None, reason=f"QLoRA: {unavailable_reason()}")
 
@@ -38,7 +38,7 @@ def test_dora_on_4bit_is_refused_in_the_plan() -> None:
 def test_qlora_lora_in_bf16_trains(model_dir, tmp_path, optimizer) -> None:
     from vlmtune.adapters import attach
     from vlmtune.models import build_pipeline
-    from vlmtune.train.qlora import is_quantized
+    from vlmtune.models.qlora import is_quantized
 
     args = [
         *overrides(model_dir),

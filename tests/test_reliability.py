@@ -16,11 +16,10 @@ import torch
 from safetensors.torch import load_file
 
 from vlmtune.adapters import attach
-from vlmtune.config import ConfigError, load_config
+from vlmtune.core.config import ConfigError, load_config
 from vlmtune.data.errors import ErrorLog
-from vlmtune.data.records import load_records
+from vlmtune.data.records import load_records, load_split
 from vlmtune.models import build_pipeline
-from vlmtune.train.command import load_split
 from vlmtune.train.trainer import Trainer, TrainingError, seed_everything
 
 
@@ -150,6 +149,7 @@ def cli(*args: str, env: dict) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow  # launches and kills `vlmtune train` processes
 def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(model_dir, cache, tmp_path) -> None:
     env = {**os.environ, "VLMTUNE_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
     args = [

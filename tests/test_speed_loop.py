@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vlmtune.adapters import attach
-from vlmtune.config import ConfigError, load_config
+from vlmtune.core.config import ConfigError, load_config
 from vlmtune.data.records import load_records
 from vlmtune.data.sampler import MEGABATCH, grouped_batches
 from vlmtune.models import build_pipeline

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from vlmtune.models.tiny import PRESETS
-from vlmtune.models.tiny_pin import (
+from vlmtune.presets import PRESETS
+from vlmtune.presets.shapes_tiny_pin import (
     build_shapes_tiny_pin,
     feature_norm,
     position_code,
@@ -52,11 +52,11 @@ def test_build_trains_lm_and_projector_and_ships_no_code(model_dir, tmp_path, mo
     assert set(before) == set(after)  # a plain LLaVA folder: no PIN, no code
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"language_model", "multi_modal_projector"}  # the vision tower stays frozen
-    assert "shapes-tiny-pin" in PRESETS
+    assert "shapes-tiny-pin" in PRESETS["llava"]
 
 
 def test_feature_norm_reads_the_projector_input(model_dir, shapes_cache) -> None:
-    from vlmtune.config import load_config
+    from vlmtune.core.config import load_config
     from vlmtune.data.records import load_records
     from vlmtune.models import build_pipeline
 

@@ -10,7 +10,7 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 from vlmtune.adapters import attach
-from vlmtune.config import load_config
+from vlmtune.core.config import load_config
 from vlmtune.data.records import load_records
 from vlmtune.models import build_pipeline
 from vlmtune.train.checkpoint import checkpoint_dirs
@@ -103,7 +103,7 @@ def test_warmup_cosine_schedule() -> None:
 def test_merge_writes_a_plain_llava_that_answers_the_same(model_dir, records, tmp_path) -> None:
     from vlmtune.adapters import save_adapter
     from vlmtune.cli import main as cli_main
-    from vlmtune.config import to_dict
+    from vlmtune.core.config import to_dict
     from vlmtune.train.run import write_config
 
     cfg, pipe = make(model_dir, "train.max_steps=3", "train.lr=5e-3", "adapters.language.dropout=0")

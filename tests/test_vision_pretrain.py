@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from vlmtune.data.shapes import SCENE_SLOTS
-from vlmtune.models.vision_pretrain import N_PATCH_CLASSES, pretrain_encoder, shapes_grid_data
+from vlmtune.presets.vision_pretrain import N_PATCH_CLASSES, pretrain_encoder, shapes_grid_data
 
 
 def to_pixels(images) -> torch.Tensor:
@@ -26,6 +27,7 @@ def test_grid_data_shapes_and_ranges():
         assert 0 <= targets[:, k].min() and targets[:, k].max() < n
 
 
+@pytest.mark.slow  # trains an encoder
 def test_pretraining_teaches_a_small_encoder_the_labels():
     torch.manual_seed(0)
     # a patchify "encoder": 8x8 patches of a 32 px image -> 4x4 grid of 32-d tokens

@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from vlmtune.adapters import AdapterSpec, attach, param_report
-from vlmtune.config import load_config
-from vlmtune.data.classification import class_names, digits_split_indices, read_classification
+from vlmtune.core.config import load_config
+from vlmtune.data.classification import class_names, digits_split_indices
 from vlmtune.data.errors import DataError
+from vlmtune.data.records import read_classification
 from vlmtune.models.vit import ViTPipeline, load_backbone, load_vit_folder
 
 METHODS = ("head", "full", "bitfit", "lora", "dora", "vpt-shallow", "vpt-deep")
@@ -173,3 +174,30 @@ def test_classify_benchmark_through_the_runner() -> None:
     m = run_benchmark(pipe, "classify", records, progress=False)
     assert m["count"] == 10 and m["accuracy"] == pytest.approx(pipe.accuracy(records))
     assert m["accuracy"] == pytest.approx(10 * sum(r["label"] == 0 for r in records))  # zero head: argmax 0
+
+
+def test_eval_classify_reads_a_digits_spec_and_scores_a_run_like_training_did(tmp_path, capsys) -> None:
+    """``vlmtune eval classify --data digits:target@test --model RUN`` (a generated spec, not a file)."""
+    from vlmtune import cli
+
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    overrides = ["model.name_or_path=digits-tiny-scratch", "train.max_steps=3", "train.eval_at_start=false"]
+    assert cli.main(["train", "vit-lora", *overrides, "--output-dir", str(run), "--quiet"]) == 0
+    trained = json.loads((run / "eval.json").read_text())
+    capsys.readouterr()
+    argv = [
+        "eval",
+        "classify",
+        "--data",
+        "digits:target@test",
+        "--model",
+        str(run),
+        "--out",
+        str(tmp_path / "e"),
+    ]
+    assert cli.main([*argv, "--quiet"]) == 0
+    assert "classify: accuracy" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["count"] == len(read_classification("digits:target@test")) == trained["eval_records"]
+    assert metrics["accuracy"] == pytest.approx(trained["tuned"]["accuracy"])  # the same model, the same data

@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def available_methods() -> list[str]:
     from vlmtune.adapters.inject import known_methods
-    from vlmtune.config import list_recipes
+    from vlmtune.core.config import list_recipes
 
     recipes = list_recipes()
     extra = [m for m in OPTIONAL if f"vit-{m}" in recipes and m in known_methods()]
@@ -67,9 +67,9 @@ def available_methods() -> list[str]:
 def run_method(method: str, overrides: list[str], work: Path) -> dict:
     """Train ``vit-<method>`` and return {method, trainable, total, percent, accuracy, seconds}."""
     from vlmtune.adapters import attach, param_report
-    from vlmtune.config import load_config
-    from vlmtune.data.classification import read_classification
-    from vlmtune.models.base import build_pipeline
+    from vlmtune.core.config import load_config
+    from vlmtune.data.records import read_classification
+    from vlmtune.presets import build_pipeline
     from vlmtune.train.trainer import Trainer, seed_everything
 
     t0 = time.perf_counter()
@@ -103,7 +103,7 @@ def format_table(rows: list[dict]) -> str:
 
 def run_vit_bench(methods: list[str], overrides: list[str], say=print, seeds=(None,)) -> list[dict]:
     """One row per (seed, method); ``seeds`` None keeps the recipes' ``train.seed``."""
-    from vlmtune.models.vit import pretrained_digits_tiny
+    from vlmtune.presets.digits_vit import pretrained_digits_tiny
 
     t0 = time.perf_counter()
     folder = pretrained_digits_tiny()
@@ -124,7 +124,7 @@ def run_vit_bench(methods: list[str], overrides: list[str], say=print, seeds=(No
 
 def parse_methods(values: list[str]) -> list[str]:
     """``--methods lora dora`` and ``--methods lora,dora`` alike."""
-    from vlmtune.config import ConfigError
+    from vlmtune.core.config import ConfigError
 
     methods = [m.strip() for v in values for m in v.split(",") if m.strip()]
     overrides = [m for m in methods if "=" in m]
@@ -136,7 +136,7 @@ def parse_methods(values: list[str]) -> list[str]:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from vlmtune.config import ConfigError
+    from vlmtune.core.config import ConfigError
 
     torch.set_num_threads(max(1, args.threads))
     if args.seeds < 1:

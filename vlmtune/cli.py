@@ -27,21 +27,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is meant for the user as is (no traceback)."""
-    from vlmtune.adapters.inject import AdapterError
-    from vlmtune.config import ConfigError
+    from vlmtune.core.errors import USER_ERRORS
 
-    types_: list[type[BaseException]] = [ConfigError, AdapterError, FileNotFoundError]
-    try:
-        from vlmtune.data.errors import DataError
-
-        types_.append(DataError)
-    except ImportError:
-        pass
-    return tuple(types_)
+    return USER_ERRORS
 
 
 def recipes_epilog() -> str:
-    from vlmtune.config import list_recipes, recipe_description
+    from vlmtune.core.config import list_recipes, recipe_description
 
     lines = ["recipes (configs/):"]
     for name, path in list_recipes().items():

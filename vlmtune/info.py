@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from vlmtune.config import list_recipes, load_config, recipe_description, to_dict
+from vlmtune.core.config import list_recipes, load_config, recipe_description, to_dict
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +70,8 @@ def main(args: argparse.Namespace) -> int:
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     if cfg.model.pipeline == "llava" and any(o.startswith("model.name_or_path=") for o in args.overrides):
         from vlmtune.models.vlm import describe_plan
+        from vlmtune.presets import model_folder
 
         print("\nadapters this recipe would attach (nothing is trained):")
-        print(describe_plan(cfg))
+        print(describe_plan(cfg, model_folder(cfg.model.pipeline, cfg.model.name_or_path)))
     return 0

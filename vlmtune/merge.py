@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from vlmtune.config import ConfigError, RunConfig, from_dict, load_config
+from vlmtune.core.config import ConfigError, RunConfig, from_dict, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +42,7 @@ def merged_pipeline(source: str | Path, recipe: str | None = None, base: str | N
     import json
 
     from vlmtune.adapters import load_adapter
-    from vlmtune.models import build_pipeline
+    from vlmtune.presets import build_pipeline
 
     adapter, config_path = locate(source)
     if config_path is not None:

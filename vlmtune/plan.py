@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from vlmtune.config import ConfigError, RunConfig, load_config
+from vlmtune.core.config import ConfigError, RunConfig, load_config
 
 GiB = 1024**3
 HEADROOM = 0.92  # fraction of the GPU memory a plan may use
@@ -73,9 +73,9 @@ def load_model_config(name_or_path: str):
     """The transformers config of a folder (only ``config.json`` needed), embedded preset or hub id."""
     from transformers import AutoConfig
 
-    from vlmtune.models.llava import model_path
+    from vlmtune.presets import model_folder
 
-    path = model_path(name_or_path)
+    path = model_folder("llava", name_or_path)
     try:
         return AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:

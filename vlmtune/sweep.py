@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vlmtune.config import ConfigError, load_config
-from vlmtune.utils.io import atomic_write_json
+from vlmtune.core.config import ConfigError, load_config
+from vlmtune.core.io import atomic_write_json
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,11 @@ from vlmtune.adapters.inject import (
     register_tower_method,
 )
 from vlmtune.adapters.lora import LoraLinear
-from vlmtune.adapters.lora_plus import adapter_param_groups
 from vlmtune.adapters.peft_io import load_adapter, save_adapter
 from vlmtune.adapters.prompt_tuning import SoftPrompt
 from vlmtune.adapters.report import format_report, param_report
-from vlmtune.adapters.spec import AdapterSpec
 from vlmtune.adapters.vera import DVoraLinear, VeraLinear, VeraProjection
+from vlmtune.core.adapter_spec import AdapterSpec
 
 __all__ = [
     "AdapterError",
@@ -33,7 +32,6 @@ __all__ = [
     "VeraLinear",
     "VeraProjection",
     "adapter_layers",
-    "adapter_param_groups",
     "attach",
     "format_report",
     "load_adapter",

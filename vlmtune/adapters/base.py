@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vlmtune.core.errors import AdapterError
+
 
 class WeightAdapter(nn.Module):
     """Base for ``LoraLinear``, ``VeraLinear``, ``MagnitudeOnlyLinear``...: frozen ``base_layer`` + adapter tensors.
@@ -96,8 +98,6 @@ class WeightAdapter(nn.Module):
     @torch.no_grad()
     def load_adapter_tensor(self, name: str, value: torch.Tensor, where: str = "adapter") -> None:
         """Copy one saved tensor in, refusing a name or shape that does not fit this layer."""
-        from vlmtune.adapters.inject import AdapterError
-
         targets = self._adapter_tensors()
         if name not in targets:
             raise AdapterError(

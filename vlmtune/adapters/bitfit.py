@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from vlmtune.adapters.inject import AdapterError, register_tower_method
-from vlmtune.adapters.spec import AdapterSpec
+from vlmtune.adapters.inject import register_tower_method
+from vlmtune.core.adapter_spec import AdapterSpec
+from vlmtune.core.errors import AdapterError
 
 
 def bitfit_hook(model: nn.Module, tower: nn.Module, spec: AdapterSpec, tower_name: str) -> None:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from vlmtune.adapters.inject import TOWER_CHECKS, AdapterError, _matches, register_tower_method
-from vlmtune.adapters.spec import AdapterSpec
+from vlmtune.adapters.inject import TOWER_CHECKS, _matches, register_tower_method
+from vlmtune.core.adapter_spec import AdapterSpec
+from vlmtune.core.errors import AdapterError
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vlmtune.adapters.lora import LoraLinear, is_quantized, lowrank_linear
+from vlmtune.core.errors import AdapterError
 
 
 def row_norm_lowrank(
@@ -72,8 +73,6 @@ class DoraLinear(LoraLinear):
         detach_norm: bool = True,
     ) -> None:
         if is_quantized(base_layer):
-            from vlmtune.adapters.inject import AdapterError
-
             raise AdapterError(
                 "DoRA on a 4-bit quantised layer is not supported; use method=lora with model.load_in_4bit"
             )

@@ -18,8 +18,9 @@ from vlmtune.adapters.dora import DoraLinear
 from vlmtune.adapters.dylora import DyLoraLinear, RankSampler
 from vlmtune.adapters.granularity import MagnitudeOnlyLinear
 from vlmtune.adapters.lora import LoraLinear
-from vlmtune.adapters.spec import WHOLE_TOWER_METHODS, AdapterSpec, expand_targets
 from vlmtune.adapters.vera import DVoraLinear, VeraLinear, VeraProjection
+from vlmtune.core.adapter_spec import WHOLE_TOWER_METHODS, AdapterSpec, expand_targets
+from vlmtune.core.errors import AdapterError
 
 LayerFactory = Callable[..., nn.Module]  # (base: nn.Linear, spec[, shared]) -> wrapper
 TowerHook = Callable[[nn.Module, nn.Module, AdapterSpec, str], None]
@@ -50,10 +51,6 @@ TOWER_METHODS: dict[str, TowerHook] = {}
 # Optional ``check(model, prefixes, spec, tower_name)`` run after a tower method's hooks (e.g. to
 # raise when its targets matched nothing under any prefix).
 TOWER_CHECKS: dict[str, Callable[[nn.Module, list[str], AdapterSpec, str], None]] = {}
-
-
-class AdapterError(ValueError):
-    """A user-facing problem with an adapter spec or checkpoint (one line, names the key/module)."""
 
 
 def register_layer_method(

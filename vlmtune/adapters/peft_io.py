@@ -31,11 +31,12 @@ from torch import nn
 
 from vlmtune.adapters.dora import DoraLinear
 from vlmtune.adapters.granularity import MagnitudeOnlyLinear
-from vlmtune.adapters.inject import AdapterError, adapter_layers, attach
+from vlmtune.adapters.inject import adapter_layers, attach
 from vlmtune.adapters.lora import LoraLinear
-from vlmtune.adapters.spec import AdapterSpec
 from vlmtune.adapters.vera import DVoraLinear, VeraLinear, VeraProjection
-from vlmtune.utils.io import atomic_write_json, atomic_write_safetensors
+from vlmtune.core.adapter_spec import AdapterSpec
+from vlmtune.core.errors import AdapterError
+from vlmtune.core.io import atomic_write_json, atomic_write_safetensors
 
 PEFT_PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"

@@ -20,8 +20,9 @@ from functools import partial
 import torch
 from torch import nn
 
-from vlmtune.adapters.inject import AdapterError, register_tower_method
-from vlmtune.adapters.spec import AdapterSpec
+from vlmtune.adapters.inject import register_tower_method
+from vlmtune.core.adapter_spec import AdapterSpec
+from vlmtune.core.errors import AdapterError
 
 
 def sinusoid_table(n: int, dim: int, device=None) -> torch.Tensor:

@@ -20,8 +20,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vlmtune.adapters.inject import TOWER_CHECKS, AdapterError, register_tower_method
-from vlmtune.adapters.spec import AdapterSpec
+from vlmtune.adapters.inject import TOWER_CHECKS, register_tower_method
+from vlmtune.core.adapter_spec import AdapterSpec
+from vlmtune.core.errors import AdapterError
 
 
 class SoftPrompt(nn.Module):

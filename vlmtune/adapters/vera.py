@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from vlmtune.adapters.base import WeightAdapter
 from vlmtune.adapters.dora import row_norm_lowrank
+from vlmtune.core.errors import AdapterError
 
 
 def kaiming_uniform(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
@@ -51,8 +52,6 @@ class VeraProjection(nn.Module):
     @torch.no_grad()
     def load(self, vera_a: torch.Tensor, vera_b: torch.Tensor, where: str = "adapter") -> None:
         """Replace the pair with saved tensors (shapes must be at least what the layers need)."""
-        from vlmtune.adapters.inject import AdapterError
-
         need_a, need_b = tuple(self.vera_A.shape), tuple(self.vera_B.shape)
         if vera_a.shape[0] != need_a[0] or vera_a.shape[1] < need_a[1]:
             raise AdapterError(

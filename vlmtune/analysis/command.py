@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vlmtune.analysis.plot import scatter
 from vlmtune.analysis.runs import PAPER_CORRELATION, analyze_runs
-from vlmtune.utils.io import atomic_write_json
+from vlmtune.core.io import atomic_write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +42,9 @@ def format_rows(rows: list[dict]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     modules = tuple(m.strip() for m in args.modules.split(",") if m.strip())
-    points, rows = analyze_runs(args.run_dirs, modules)
+    from vlmtune.presets import build_pipeline
+
+    points, rows = analyze_runs(args.run_dirs, modules, build=build_pipeline)
     out = Path(args.out) if args.out else Path(args.run_dirs[0]).resolve().parent / "analysis"
     png = scatter(points, rows, out / "weight_decomposition.png")
     summary = {

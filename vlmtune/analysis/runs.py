@@ -13,16 +13,17 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from vlmtune.adapters.spec import TARGET_ALIASES
 from vlmtune.analysis.decompose import Fit, decomposition_change, fit_line
 from vlmtune.analysis.stats import bootstrap_correlation
 from vlmtune.analysis.weights import finetuned_weights
-from vlmtune.config import ConfigError
+from vlmtune.core.adapter_spec import TARGET_ALIASES
+from vlmtune.core.config import ConfigError
 
 # Correlation of (ΔD, ΔM) for the query weights of VL-BART (DoRA paper §4.1, Figure 2).
 PAPER_CORRELATION = {"FT": -0.62, "LoRA": 0.83, "DoRA": -0.31}
@@ -149,11 +150,13 @@ def analyze_runs(
     run_dirs: list[str | Path],
     modules: tuple[str, ...] = ("q", "v"),
     load_base: Callable[[Path, dict], nn.Module] | None = None,
+    build: Callable | None = None,
 ) -> tuple[list[Point], list[dict]]:
-    """Points and fits for several runs; base models are built once per distinct model config."""
+    """Points and fits for several runs; base models are built once per distinct model config, by
+    ``load_base(run_dir, config)`` (default :func:`build_base_model` with ``build``)."""
     import yaml
 
-    load_base = load_base or build_base_model
+    load_base = load_base or partial(build_base_model, build=build)
     cache: dict[str, dict[str, torch.Tensor]] = {}
     points: list[Point] = []
     for run in map(Path, run_dirs):  # check every run before loading any model
@@ -187,9 +190,10 @@ def check_run(run: Path) -> None:
         )
 
 
-def build_base_model(run_dir: Path, config: dict) -> nn.Module:
-    """The run's pretrained model (no adapters), from its ``config.yaml``."""
-    from vlmtune.config import load_config
+def build_base_model(run_dir: Path, config: dict, build: Callable | None = None) -> nn.Module:
+    """The run's pretrained model (no adapters), from its ``config.yaml``; ``build(cfg) -> Pipeline``
+    (default :func:`vlmtune.models.build_pipeline`, folders only; the CLI passes the preset-aware one)."""
+    from vlmtune.core.config import load_config
     from vlmtune.models.base import build_pipeline
 
-    return build_pipeline(load_config(str(run_dir / "config.yaml"))).model
+    return (build or build_pipeline)(load_config(str(run_dir / "config.yaml"))).model

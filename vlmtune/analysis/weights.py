@@ -22,7 +22,6 @@ from torch import nn
 
 from vlmtune.adapters.dora import DoraLinear
 from vlmtune.adapters.granularity import MagnitudeOnlyLinear
-from vlmtune.adapters.inject import AdapterError
 from vlmtune.adapters.lora import LoraLinear
 from vlmtune.adapters.peft_io import (
     EXTRAS_NAME,
@@ -34,6 +33,7 @@ from vlmtune.adapters.peft_io import (
     read_peft_config,
 )
 from vlmtune.adapters.vera import DVoraLinear, VeraLinear, VeraProjection
+from vlmtune.core.errors import AdapterError
 
 _LEAF = re.compile(
     r"^(.*)\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector|vera_lambda_b|vera_lambda_d)$"

@@ -12,8 +12,9 @@ Data specs (``data.train`` / ``data.eval``; ``@split`` picks the split, else the
   with one ``Image`` column and one ``ClassLabel`` column; images are written once into the cache.
 
 Records: ``{"id", "task": "classify", "image": <path, relative to the JSONL>, "label": int,
-"meta": {"label_name": str}}``. :func:`classification_paths` writes them as a JSONL in the cache
-so the shared record loader can read them like any other file.
+"meta": {"label_name": str}}``, written as a JSONL in the cache (:func:`digits_path`,
+:func:`imagefolder_path`, :func:`hf_path`; :mod:`vlmtune.data.spec` picks one) so the shared record
+loader reads them like any other file.
 """
 
 from __future__ import annotations
@@ -21,46 +22,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from vlmtune.data.errors import DataError
+from vlmtune.core.errors import DataError
+from vlmtune.core.io import atomic_dir, cache_dir
 
-PREFIXES = ("digits:", "imagefolder:", "hf:")
 DIGITS_VERSION = "v1"
 DIGITS_DOMAINS = {"source": range(0, 5), "target": range(5, 10)}
 DIGITS_SPLITS = ("train", "test")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def is_classification_spec(spec: str) -> bool:
-    return spec.strip().startswith(PREFIXES)
-
-
 def cache_root() -> Path:
     """``$VLMTUNE_CACHE/classification`` (default ``~/.cache/vlmtune/classification``)."""
-    return Path(os.environ.get("VLMTUNE_CACHE") or "~/.cache/vlmtune").expanduser() / "classification"
-
-
-def _atomic_dir(final: Path, build) -> Path:
-    """Run ``build(tmp_dir)`` and rename it to ``final`` (safe under concurrent callers)."""
-    if final.is_dir():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        build(tmp)
-        os.rename(tmp, final)
-    except OSError:
-        if not final.is_dir():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return cache_dir("classification")
 
 
 def _write_jsonl(records: list[dict], path: Path) -> None:
@@ -113,7 +91,7 @@ def digits_path(domain: str, split: str) -> Path:
         raise DataError(
             f"data spec 'digits:{domain}@{split}': split must be one of {', '.join(DIGITS_SPLITS)}"
         )
-    folder = _atomic_dir(cache_root() / f"digits-{DIGITS_VERSION}", _build_digits)
+    folder = atomic_dir(cache_root() / f"digits-{DIGITS_VERSION}", _build_digits)
     return folder / f"{domain}-{split}.jsonl"
 
 
@@ -207,63 +185,22 @@ def hf_path(name: str, split: str) -> Path:
             )
         _write_jsonl(records, out / "records.jsonl")
 
-    return _atomic_dir(cache_root() / f"hf-{key}", build) / "records.jsonl"
+    return atomic_dir(cache_root() / f"hf-{key}", build) / "records.jsonl"
 
 
-# ---------------------------------------------------------------- specs
-def classification_paths(spec: str, split: str = "train") -> list[Path]:
-    """JSONL path(s) for a ``digits:`` / ``imagefolder:`` / ``hf:`` spec (written to the cache)."""
-    spec = spec.strip()
-    kind, _, body = spec.partition(":")
-    body, _, spec_split = body.rpartition("@") if "@" in body else (body, "", "")
-    split = spec_split.strip() or split
-    if kind == "digits":
-        return [digits_path(body.strip(), split)]
-    if kind == "imagefolder":
-        records = imagefolder_records(body.strip(), split)
-        key = hashlib.sha1(
-            f"{Path(body).expanduser().resolve()}|{split}|{len(records)}".encode()
-        ).hexdigest()[:12]
-        folder = cache_root() / f"imagefolder-{key}"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "records.jsonl"
-        tmp = folder / f".records.{os.getpid()}.jsonl"
-        _write_jsonl(records, tmp)
-        os.replace(tmp, path)
-        return [path]
-    if kind == "hf":
-        return [hf_path(body.strip(), split)]
-    raise DataError(
-        f"data spec '{spec}' is not a classification spec ({', '.join(p + '...' for p in PREFIXES)})"
-    )
-
-
-def read_classification(spec: str, split: str = "train", max_samples: int = 0) -> list[dict]:
-    """Records of a classification spec, or of JSONL paths with ``classify`` records."""
-    paths = (
-        classification_paths(spec, split)
-        if is_classification_spec(spec)
-        else [Path(p) for p in spec.split(",")]
-    )
-    records = []
-    for path in paths:
-        if not path.is_file():
-            raise DataError(f"data file '{path}' not found; give a .jsonl path or {', '.join(PREFIXES)}<...>")
-        for lineno, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec.get("label"), int) or "image" not in rec:
-                raise DataError(f"{path}:{lineno}: a classify record needs an integer 'label' and an 'image'")
-            if not Path(rec["image"]).is_absolute():
-                rec["image"] = str(path.parent / rec["image"])
-            records.append(rec)
-    if not records:
-        raise DataError(f"data '{spec}' has no records")
-    return records[:max_samples] if max_samples > 0 else records
+def imagefolder_path(root: str, split: str) -> Path:
+    """JSONL of :func:`imagefolder_records`, rewritten into the cache on every call (the folder may change)."""
+    records = imagefolder_records(root, split)
+    key = hashlib.sha1(f"{Path(root).expanduser().resolve()}|{split}|{len(records)}".encode()).hexdigest()[
+        :12
+    ]
+    folder = cache_root() / f"imagefolder-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "records.jsonl"
+    tmp = folder / f".records.{os.getpid()}.jsonl"
+    _write_jsonl(records, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def class_names(records: list[dict]) -> list[str]:

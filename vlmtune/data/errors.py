@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vlmtune.core.errors import DataError
+
+__all__ = ["ON_ERROR", "DataError", "ErrorLog", "handle"]
+
 ON_ERROR = ("raise", "skip")
-
-
-class DataError(ValueError):
-    """A problem with a data file, record or image; the message is one line for the user."""
 
 
 class ErrorLog:
@@ -47,7 +47,7 @@ class ErrorLog:
 
     def write(self, path: str | Path) -> Path:
         """Write ``{"skipped": N, "first_reasons": [...]}`` atomically to ``path``."""
-        from vlmtune.utils.io import atomic_write_text
+        from vlmtune.core.io import atomic_write_text
 
         return atomic_write_text(json.dumps(self.to_dict(), indent=2) + "\n", path)
 

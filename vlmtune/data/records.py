@@ -12,12 +12,17 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset
 
+from vlmtune.core.data_spec import parse_spec
 from vlmtune.data.errors import ON_ERROR, DataError, ErrorLog, handle
 from vlmtune.data.images import load_image
+from vlmtune.data.spec import spec_paths
+
+if TYPE_CHECKING:
+    from vlmtune.core.config import RunConfig
 
 log = logging.getLogger("vlmtune.data")
 
@@ -248,6 +253,27 @@ def read_records(path: str | Path, **kwargs) -> list[dict]:
     return reader(path, **kwargs)
 
 
+def read_classification(spec: str, split: str = "train", max_samples: int = 0) -> list[dict]:
+    """Records of a classification spec, or of JSONL paths with ``classify`` records."""
+    records = []
+    for path in spec_paths(spec, split):
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(rec.get("label"), int) or "image" not in rec:
+                raise DataError(f"{path}:{lineno}: a classify record needs an integer 'label' and an 'image'")
+            if not Path(rec["image"]).is_absolute():
+                rec["image"] = str(path.parent / rec["image"])
+            records.append(rec)
+    if not records:
+        raise DataError(f"data '{spec}' has no records")
+    return records[:max_samples] if max_samples > 0 else records
+
+
 def load_records(
     spec: str,
     split: str = "train",
@@ -267,18 +293,10 @@ def load_records(
     (> 0) keeps the first N records. ``image_root`` applies to user files, not to generated
     (``shapes:``, ``digits:``, ...) data, whose images sit next to their JSONL.
     """
-    from vlmtune.data.shapes import parse_data_spec
-
-    generated = ":" in spec.split(",")[0] and spec.strip().split(":")[0] in (
-        "shapes",
-        "digits",
-        "imagefolder",
-        "hf",
-    )
-    root = None if generated else image_root
+    root = None if parse_spec(spec).generated else image_root
     records: list[dict] = []
     seen: set[str] = set()
-    for path in parse_data_spec(spec, split, n_images, cache_dir, image_size):
+    for path in spec_paths(spec, split, n_images, cache_dir, image_size):
         kwargs = dict(on_error=on_error, errors=errors, image_root=root, check_images=check_images)
         for record in read_records(path, **kwargs):
             if record["id"] in seen:
@@ -298,6 +316,24 @@ def load_records(
     return records[:max_samples] if max_samples > 0 else records
 
 
+def load_split(
+    cfg: RunConfig, spec: str, split: str, max_samples: int, errors: ErrorLog | None
+) -> list[dict]:
+    """The records of ``spec`` as ``vlmtune train`` reads them under ``cfg.data`` (train: ``shapes_size``
+    images; ``data.on_error=skip``: unreadable images found now and counted in ``errors``)."""
+    return load_records(
+        spec,
+        split=split,
+        on_error=cfg.data.on_error,
+        errors=errors,
+        image_root=cfg.data.image_root or None,
+        max_samples=max_samples,
+        n_images=cfg.data.shapes_size if split == "train" else None,
+        tasks=cfg.data.tasks,
+        check_images=cfg.data.on_error == "skip",  # skip: find unreadable images now and count them
+    )
+
+
 class RecordDataset(Dataset):
     """A map-style dataset over validated records; ``transform(record)`` (optional) runs per item."""
 
@@ -313,3 +349,10 @@ class RecordDataset(Dataset):
     def __getitem__(self, index: int) -> Any:
         record = self.records[index]
         return self.transform(record) if self.transform else record
+
+
+def record_images(record: dict) -> list[str]:
+    """The image paths of a record, in order (``images`` for multi-image tasks, else ``image``)."""
+    if "images" in record:
+        return list(record["images"])
+    return [record["image"]] if record.get("image") else []

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from vlmtune.core.io import cache_dir
 from vlmtune.data.errors import DataError
 from vlmtune.data.templates import VQA_PROMPT
 
@@ -458,7 +459,7 @@ def generate_shapes(
 # ---------------------------------------------------------------- cache and data specs
 def cache_root() -> Path:
     """``$VLMTUNE_CACHE/shapes`` (default ``~/.cache/vlmtune/shapes``)."""
-    return Path(os.environ.get("VLMTUNE_CACHE") or "~/.cache/vlmtune").expanduser() / "shapes"
+    return cache_dir("shapes")
 
 
 def shapes_dataset(
@@ -499,43 +500,3 @@ def shapes_dataset(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return final / f"{task}.jsonl"
-
-
-def parse_data_spec(
-    spec: str,
-    split: str = "train",
-    n_images: int | None = None,
-    cache_dir: str | Path | None = None,
-    image_size: int = 64,
-) -> list[Path]:
-    """Resolve a data spec to JSONL/JSON paths.
-
-    ``shapes:<task>[,<task>...][@<split>]`` -> cached shapes files (split from the spec wins over
-    ``split``); ``digits:`` / ``imagefolder:`` / ``hf:`` -> :mod:`vlmtune.data.classification`;
-    otherwise a comma-separated list of ``.jsonl`` / ``.json`` paths that must exist.
-    """
-    spec = spec.strip()
-    if not spec:
-        raise DataError("empty data spec; give a JSONL path or shapes:<task> (e.g. shapes:vqa)")
-    if spec.startswith(("digits:", "imagefolder:", "hf:")):
-        from vlmtune.data.classification import classification_paths
-
-        return classification_paths(spec, split)
-    if spec.startswith("shapes:"):
-        body = spec[len("shapes:") :]
-        body, _, spec_split = body.partition("@")
-        tasks = [t.strip() for t in body.split(",") if t.strip()]
-        if not tasks:
-            raise DataError(f"data spec '{spec}' names no task; use e.g. shapes:vqa or shapes:vqa,caption")
-        split = spec_split.strip() or split
-        return [shapes_dataset(t, split, n_images, cache_dir, image_size) for t in tasks]
-    paths = []
-    for part in (p.strip() for p in spec.split(",")):
-        path = Path(part).expanduser()
-        if not path.is_file():
-            raise DataError(
-                f"data file '{part}' not found; give an existing .jsonl/.json path or shapes:<task> "
-                f"(tasks: {', '.join(TASKS)})"
-            )
-        paths.append(path)
-    return paths

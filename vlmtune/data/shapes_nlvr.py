@@ -16,8 +16,8 @@ import json
 import random
 from pathlib import Path
 
+from vlmtune.core.io import atomic_write_text
 from vlmtune.data.errors import DataError
-from vlmtune.utils.io import atomic_write_text
 
 SIDES = ("left", "right")
 

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", help="run folder (adapter on its base), merged/plain model folder or preset"
     )
     parser.add_argument(
-        "--data", help="vlmtune JSONL (from data_prep/) or shapes:<task> (default: the run's eval data)"
+        "--data", help="vlmtune JSONL or a data spec (shapes:vqa, digits:target@test); default: the run's"
     )
     parser.add_argument("--predictions", help="score this predictions file instead of running a model")
     parser.add_argument("--questions", help="vqav2: official questions JSON (instead of --data)")
@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------- model loading
 def read_run_config(run_dir: Path):
-    from vlmtune.config import RunConfig, from_dict, validate
+    from vlmtune.core.config import RunConfig, from_dict, validate
 
     try:
         data = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
@@ -80,8 +80,8 @@ def load_model(model: str):
     base model of a default LLaVA config.
     """
     from vlmtune.adapters import load_adapter
-    from vlmtune.config import RunConfig
-    from vlmtune.models import build_pipeline
+    from vlmtune.core.config import RunConfig
+    from vlmtune.presets import build_pipeline
 
     path = Path(model)
     if (path / "config.yaml").is_file():
@@ -139,9 +139,10 @@ def vqav2_official_records(questions: str, annotations: str | None, image_root: 
 
 def read_eval_data(spec: str, image_root: str | None) -> list[dict]:
     """Records of ``--data``; references are optional here (VQAv2 test-dev has none), the scorer checks them."""
+    from vlmtune.core.data_spec import parse_spec
     from vlmtune.data.records import REQUIRED_FIELDS, load_records, read_records
 
-    if spec.startswith("shapes:"):
+    if parse_spec(spec).generated:  # shapes:, digits:, imagefolder:, hf:
         return load_records(spec, split="test", image_root=image_root)
     relaxed = {
         task: tuple(
@@ -173,7 +174,7 @@ def load_data(args, cfg) -> list[dict]:
         records = read_eval_data(args.data, args.image_root)
     elif cfg is not None and cfg.data.eval:
         from vlmtune.data.errors import ErrorLog
-        from vlmtune.train.command import load_split
+        from vlmtune.data.records import load_split
 
         # exactly the records `vlmtune train` evaluated on
         records = load_split(cfg, cfg.data.eval, "test", cfg.data.max_eval_samples, ErrorLog())

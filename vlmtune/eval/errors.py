@@ -1,7 +1,5 @@
-"""Evaluation errors: one line for the user (a :class:`~vlmtune.config.ConfigError`, so the CLI prints it)."""
+"""Evaluation errors: :class:`~vlmtune.core.errors.EvalError` (a ``ConfigError``, so the CLI prints it)."""
 
-from vlmtune.config import ConfigError
+from vlmtune.core.errors import EvalError
 
-
-class EvalError(ConfigError):
-    """Bad benchmark name, predictions file or reference data; the message names the file/key and the fix."""
+__all__ = ["EvalError"]

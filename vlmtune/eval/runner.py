@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from vlmtune.core.io import atomic_write, atomic_write_json
 from vlmtune.eval.benchmarks import Benchmark, get_benchmark, prepare
 from vlmtune.eval.errors import EvalError
 from vlmtune.models.base import move_batch
-from vlmtune.utils.io import atomic_write, atomic_write_json
 
 PREDICTION_KEYS = (
     "prediction",

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from vlmtune.config import RunConfig
+    from vlmtune.core.config import RunConfig
 
 
 @runtime_checkable
@@ -44,7 +44,7 @@ class Pipeline(Protocol):
     def save_merged(self, out_dir: str | Path) -> Path: ...
 
 
-PipelineFactory = Callable[["RunConfig"], Pipeline]
+PipelineFactory = Callable[["RunConfig", str], Pipeline]  # (config, model folder or hub/timm id)
 PIPELINES: dict[str, PipelineFactory] = {}
 
 
@@ -63,9 +63,11 @@ def _load_builtin() -> None:
                 raise
 
 
-def build_pipeline(cfg: RunConfig) -> Pipeline:
-    """Instantiate ``cfg.model.pipeline`` (``llava`` | ``vlbart`` | ``vit``) from ``cfg``."""
-    from vlmtune.config import ConfigError
+def build_pipeline(cfg: RunConfig, folder: str | Path | None = None) -> Pipeline:
+    """Instantiate ``cfg.model.pipeline`` (``llava`` | ``vlbart`` | ``vit``) from ``cfg``, loading the
+    model from ``folder`` (default ``cfg.model.name_or_path``): a model folder or a hub/timm id, never a
+    preset name (:func:`vlmtune.presets.build_pipeline` resolves those first)."""
+    from vlmtune.core.config import ConfigError
 
     _load_builtin()
     name = cfg.model.pipeline
@@ -73,7 +75,7 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
         raise ConfigError(
             f"config key 'model.pipeline' is '{name}'; available pipelines: {', '.join(sorted(PIPELINES))}"
         )
-    return PIPELINES[name](cfg)
+    return PIPELINES[name](cfg, str(folder or cfg.model.name_or_path))
 
 
 def move_batch(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:

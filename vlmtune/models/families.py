@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vlmtune.config import RunConfig
+    from vlmtune.core.config import RunConfig
 
 LM_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CLIP_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
@@ -252,7 +252,7 @@ def family_for(model_type: str) -> Family:
 
 def tower_map(family: Family, overrides: dict[str, list[str]]) -> dict[str, list[str]]:
     """The family's towers with ``model.towers`` overrides applied (unknown tower names rejected)."""
-    from vlmtune.config import ConfigError
+    from vlmtune.core.config import ConfigError
 
     towers = {k: list(v) for k, v in family.towers.items()}
     for tower, prefixes in overrides.items():

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlmtune.config import ConfigError
+from vlmtune.core.config import ConfigError
 
 
 def default_root() -> Path:
@@ -119,7 +119,7 @@ class FeatureCache:
     def collate(self, records: list[dict], pixel_values: Callable[[list[dict]], Any]) -> dict[str, Any]:
         """``image_features`` (N_img, P, D_v) when every image is cached, else ``pixel_values``;
         ``image_keys`` in both cases (the order of the images in the batch)."""
-        from vlmtune.models.llava import record_images
+        from vlmtune.data.records import record_images
 
         paths = [p for r in records for p in record_images(r)]
         if not paths:

@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from vlmtune.adapters.inject import merge as merge_adapters
-from vlmtune.config import ConfigError, RunConfig
+from vlmtune.core.config import ConfigError, RunConfig
 from vlmtune.data.collate import (
     IGNORE_INDEX,
     IMAGE_PLACEHOLDER,
@@ -29,6 +29,7 @@ from vlmtune.data.collate import (
     truncate,
 )
 from vlmtune.data.packing import model_inputs, pack_batch
+from vlmtune.data.records import record_images
 from vlmtune.generation import generate_text
 from vlmtune.models.families import FAMILIES, model_towers, resolve_default_targets
 from vlmtune.models.loading import load_strict
@@ -52,13 +53,6 @@ def resolve_dtype(choice: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[choice]
 
 
-def model_path(name_or_path: str) -> str:
-    """An embedded preset name (``shapes-tiny``) -> its folder; anything else as is."""
-    from vlmtune.models.tiny import PRESETS, preset_path
-
-    return str(preset_path(name_or_path)) if name_or_path in PRESETS else name_or_path
-
-
 def load_image(path: str):
     from vlmtune.data.images import load_image as _load
 
@@ -72,25 +66,20 @@ def record_segments(record: dict, template_seed: int = 0) -> list[tuple[str, boo
     return render_vicuna(record_to_turns(record, template_seed))
 
 
-def record_images(record: dict) -> list[str]:
-    if "images" in record:
-        return list(record["images"])
-    return [record["image"]] if record.get("image") else []
-
 
 class LlavaPipeline:
     """LLaVA model + tokenizer + image processor behind the :class:`~vlmtune.models.base.Pipeline` API."""
 
     name = "llava"
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, folder: str | None = None) -> None:
         from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
-        from vlmtune.train.qlora import quantization_kwargs
+        from vlmtune.models.qlora import quantization_kwargs
 
         self.cfg = cfg
         self.name_or_path = cfg.model.name_or_path
-        path = model_path(cfg.model.name_or_path)
+        path = folder or cfg.model.name_or_path
         kwargs = {"trust_remote_code": cfg.model.trust_remote_code}
         self.model = load_strict(
             LlavaForConditionalGeneration,

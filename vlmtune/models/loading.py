@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlmtune.config import ConfigError
+from vlmtune.core.config import ConfigError
 
 
 def first_line(e: BaseException) -> str:

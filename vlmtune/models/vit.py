@@ -7,9 +7,8 @@ Towers: ``vision`` = the timm ViT (``vit``), ``projector`` = the new linear clas
 method trains it.
 
 ``model.name_or_path``:
-- ``digits-tiny``: a small ViT (8x8 input, patch 2, D=64, 4 blocks) pretrained on
-  ``digits:source@train`` (digits 0-4) with the shared trainer, cached in ``$VLMTUNE_CACHE/vit``;
-  identical bytes for identical seeds. ``digits-tiny-scratch`` is the same ViT randomly initialised.
+- ``digits-tiny-scratch``: a small ViT (8x8 input, patch 2, D=64, 4 blocks), randomly initialised
+  (the preset ``digits-tiny``, this ViT pretrained, is resolved to its folder by :mod:`vlmtune.presets`);
 - a folder with ``config.json`` (``{"timm": {VisionTransformer kwargs}, "image_size", "mean", "std"}``)
   and ``model.safetensors`` (as :meth:`ViTPipeline.save_merged` writes it);
 - otherwise a timm model name, created with ``pretrained=True`` (timm's own weight cache/download).
@@ -32,14 +31,14 @@ from torch.nn import functional as F
 
 import vlmtune.adapters.bitfit  # noqa: F401  (registers method 'bitfit')
 import vlmtune.adapters.vpt  # noqa: F401  (registers method 'vpt')
-from vlmtune.data.classification import class_names, read_classification
+from vlmtune.data.classification import class_names
 from vlmtune.data.errors import DataError
+from vlmtune.data.records import read_classification
 from vlmtune.models.base import register_pipeline
 
 if TYPE_CHECKING:
-    from vlmtune.config import RunConfig
+    from vlmtune.core.config import RunConfig
 
-VIT_CACHE_VERSION = "v1"
 DIGITS_TINY = {
     "img_size": 8,
     "patch_size": 2,
@@ -83,12 +82,6 @@ class ViTClassifier(nn.Module):
 
 
 # ---------------------------------------------------------------- loading
-def cache_root() -> Path:
-    import os
-
-    return Path(os.environ.get("VLMTUNE_CACHE") or "~/.cache/vlmtune").expanduser() / "vit"
-
-
 def digits_tiny_preset() -> ViTPreset:
     return ViTPreset(dict(DIGITS_TINY, num_classes=0), image_size=8)
 
@@ -126,9 +119,6 @@ def load_backbone(name_or_path: str, seed: int = 0) -> tuple[VisionTransformer, 
     if name_or_path == "digits-tiny-scratch":
         preset = digits_tiny_preset()
         return build_vit(preset, seed), preset
-    if name_or_path == "digits-tiny":
-        vit, preset, _ = load_vit_folder(pretrained_digits_tiny())
-        return vit, preset
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
         if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
@@ -230,7 +220,8 @@ class ViTPipeline:
 
         VPT prompts cannot be folded into weights: a model with prompts is refused (save the adapter).
         """
-        from vlmtune.adapters.inject import AdapterError, merge
+        from vlmtune.adapters.inject import merge
+        from vlmtune.core.errors import AdapterError
 
         if hasattr(self.model.vit, "vpt"):
             raise AdapterError(
@@ -247,8 +238,9 @@ class ViTPipeline:
         return out
 
 
-def build_vit_pipeline(cfg: RunConfig) -> ViTPipeline:
-    """``model.pipeline: vit``: classes from ``model.num_classes`` or the training data."""
+def build_vit_pipeline(cfg: RunConfig, folder: str | None = None) -> ViTPipeline:
+    """``model.pipeline: vit``: the backbone from ``folder`` (default ``model.name_or_path``), classes
+    from ``model.num_classes`` or the training data."""
     records = read_classification(cfg.data.train, "train")
     classes = class_names(records)
     if cfg.model.num_classes:
@@ -257,70 +249,8 @@ def build_vit_pipeline(cfg: RunConfig) -> ViTPipeline:
                 f"model.num_classes={cfg.model.num_classes} but data.train has labels up to {len(classes) - 1}"
             )
         classes += [str(i) for i in range(len(classes), cfg.model.num_classes)]
-    vit, preset = load_backbone(cfg.model.name_or_path, cfg.train.seed)
+    vit, preset = load_backbone(folder or cfg.model.name_or_path, cfg.train.seed)
     return ViTPipeline(vit, preset, classes, cfg.model.name_or_path)
 
 
 register_pipeline("vit", build_vit_pipeline)
-try:  # the ``classify`` benchmark used by the vit recipes
-    import vlmtune.eval.classify  # noqa: F401
-except ImportError:  # pragma: no cover - evaluation package not installed
-    pass
-
-
-# ---------------------------------------------------------------- the digits-tiny preset
-PRETRAIN = {"epochs": 30, "batch_size": 64, "lr": 3e-3, "weight_decay": 0.05, "seed": 0}
-
-
-def pretrained_digits_tiny(quiet: bool = True) -> Path:
-    """Folder of the ViT pretrained on digits 0-4 (built once with the shared trainer, then cached)."""
-    import os
-    import shutil
-    import tempfile
-
-    final = cache_root() / f"digits-tiny-{VIT_CACHE_VERSION}"
-    if (final / "model.safetensors").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".digits-tiny.", dir=final.parent))
-    try:
-        pipe = _pretrain_source(tmp / "run", quiet)
-        pipe.save_merged(tmp)
-        shutil.rmtree(tmp / "run", ignore_errors=True)
-        os.rename(tmp, final)
-    except OSError:
-        if not (final / "model.safetensors").is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def pretrain_config() -> RunConfig:
-    from vlmtune.adapters.spec import AdapterSpec
-    from vlmtune.config import RunConfig
-
-    cfg = RunConfig(recipe="digits-tiny-pretrain")
-    cfg.model.pipeline, cfg.model.name_or_path = "vit", "digits-tiny-scratch"
-    cfg.data.train = "digits:source@train"
-    cfg.adapters.vision = AdapterSpec(method="full")
-    cfg.adapters.projector = AdapterSpec(method="full")
-    t = cfg.train
-    t.epochs, t.batch_size, t.lr = PRETRAIN["epochs"], PRETRAIN["batch_size"], PRETRAIN["lr"]
-    t.weight_decay, t.seed, t.warmup_ratio = PRETRAIN["weight_decay"], PRETRAIN["seed"], 0.05
-    t.log_every, t.keep_last, t.mixed_precision = 1000, 1, "no"
-    return cfg
-
-
-def _pretrain_source(run_dir: Path, quiet: bool) -> ViTPipeline:
-    from vlmtune.adapters.inject import attach
-    from vlmtune.train.trainer import Trainer, seed_everything
-
-    cfg = pretrain_config()
-    seed_everything(cfg.train.seed)
-    pipe = build_vit_pipeline(cfg)
-    attach(pipe.model, pipe.towers, cfg.adapters.specs())
-    records = read_classification(cfg.data.train, "train")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    Trainer(pipe, cfg, records, run_dir, quiet=quiet).fit()
-    return pipe

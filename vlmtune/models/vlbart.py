@@ -27,9 +27,9 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
 
+from vlmtune.core.io import atomic_write_json, atomic_write_safetensors
 from vlmtune.models.base import register_pipeline
 from vlmtune.models.visual_features import FeatureExtractor, VisionEncoderError, build_grid_encoder
-from vlmtune.utils.io import atomic_write_json, atomic_write_safetensors
 
 VIS_EXTRA_IDS = 100  # <vis_extra_id_k> tokens at the end of the vocabulary (object-order embedding)
 TASK_PREFIXES = {"vqa": "vqa:", "gqa": "gqa:", "nlvr": "nlvr:", "caption": "caption:"}
@@ -241,21 +241,17 @@ class VLBartPipeline:
         return save_vlbart(self.model, self.tokenizer, self.extractor, out_dir)
 
 
-def build_vlbart_pipeline(cfg) -> VLBartPipeline:
-    """``model.name_or_path``: ``shapes-tiny`` (embedded preset), a saved VL-BART folder, or a BART
-    checkpoint (``facebook/bart-base``) combined with ``model.vision_encoder`` (``RN101``)."""
-    import os
-
-    import vlmtune.eval.nlvr2  # noqa: F401  (registers the nlvr2 and shapes-vl benchmarks)
-    from vlmtune.config import ConfigError
-    from vlmtune.models.vlbart_presets import PRESETS, ensure_preset
+def build_vlbart_pipeline(cfg, folder: str | None = None) -> VLBartPipeline:
+    """``folder`` (default ``model.name_or_path``): a saved VL-BART folder, or a BART checkpoint
+    (``facebook/bart-base``) combined with ``model.vision_encoder`` (``RN101``)."""
+    from vlmtune.core.config import ConfigError
+    from vlmtune.core.io import cache_dir
 
     name = cfg.model.name_or_path
-    path = ensure_preset(name) if name in PRESETS else name
+    path = folder or name
     cache = cfg.model.feature_cache
     if cache == "auto":
-        root = os.environ.get("VLMTUNE_CACHE") or Path.home() / ".cache" / "vlmtune"
-        cache = str(Path(root).expanduser() / "features")
+        cache = str(cache_dir("features"))
     try:
         model, tokenizer, extractor = load_vlbart(
             path, cfg.model.vision_encoder, cfg.model.visual_tokens, cache_dir=cache or None

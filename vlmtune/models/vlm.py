@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from vlmtune.config import ConfigError, RunConfig
+from vlmtune.core.config import ConfigError, RunConfig
 from vlmtune.data.collate import IGNORE_INDEX, IMAGE_PLACEHOLDER
+from vlmtune.data.records import record_images
 from vlmtune.models.base import register_pipeline
 from vlmtune.models.families import (
     LLAVA_STYLE,
@@ -39,7 +40,7 @@ from vlmtune.models.families import (
     model_towers,
     resolve_default_targets,
 )
-from vlmtune.models.llava import LlavaPipeline, load_image, model_path, record_images, resolve_dtype
+from vlmtune.models.llava import LlavaPipeline, load_image, resolve_dtype
 from vlmtune.models.loading import first_line, load_strict, read_model_type
 
 # Processor outputs aligned with the token sequence (dim 1 = tokens): padded along dim 1.
@@ -163,14 +164,14 @@ class FamilyPipeline(LlavaPipeline):
     prompts (chat template), collation (the processor) and export (the source class + processor).
     """
 
-    def __init__(self, cfg: RunConfig) -> None:  # noqa: D107 - LlavaPipeline's loading is replaced
+    def __init__(self, cfg: RunConfig, folder: str | None = None) -> None:  # noqa: D107 - own loading
         self.cfg = cfg
         self.name_or_path = cfg.model.name_or_path
-        from vlmtune.train.qlora import quantization_kwargs
+        from vlmtune.models.qlora import quantization_kwargs
 
         kwargs = {"trust_remote_code": cfg.model.trust_remote_code, **quantization_kwargs(cfg)}
         self.model, self.processor, self.family = load_vlm(
-            model_path(cfg.model.name_or_path),
+            folder or cfg.model.name_or_path,
             cfg.model.name_or_path,
             resolve_dtype(cfg.model.dtype),
             **kwargs,
@@ -347,14 +348,14 @@ class FamilyPipeline(LlavaPipeline):
         return out
 
 
-def build_llava_style(cfg: RunConfig):
+def build_llava_style(cfg: RunConfig, folder: str | None = None):
     """``model.pipeline: llava``: the vicuna_v1 :class:`LlavaPipeline` for LLaVA-1.5 checkpoints without a
     chat template (the shapes presets), :class:`FamilyPipeline` for everything else."""
-    path = model_path(cfg.model.name_or_path)
+    path = folder or cfg.model.name_or_path
     model_type = read_model_type(path, cfg.model.name_or_path, cfg.model.trust_remote_code)
     if model_type == "llava" and not _has_chat_template(path, cfg.model.trust_remote_code):
-        return LlavaPipeline(cfg)
-    return FamilyPipeline(cfg)
+        return LlavaPipeline(cfg, path)
+    return FamilyPipeline(cfg, path)
 
 
 def _has_chat_template(path: str, trust_remote_code: bool) -> bool:
@@ -369,7 +370,7 @@ def _has_chat_template(path: str, trust_remote_code: bool) -> bool:
 register_pipeline("llava", build_llava_style)
 
 
-def describe_plan(cfg: RunConfig) -> str:
+def describe_plan(cfg: RunConfig, folder: str | None = None) -> str:
     """Per tower: which modules the recipe would adapt (counts by leaf name) and the trainable share,
     from the checkpoint's config alone (the model is built on the meta device: no weights are read)."""
     from collections import Counter
@@ -379,7 +380,7 @@ def describe_plan(cfg: RunConfig) -> str:
     from vlmtune.adapters.inject import attach
     from vlmtune.adapters.report import format_report, param_report
 
-    path = model_path(cfg.model.name_or_path)
+    path = folder or cfg.model.name_or_path
     model_type = read_model_type(path, cfg.model.name_or_path, cfg.model.trust_remote_code)
     try:
         family = family_for(model_type)

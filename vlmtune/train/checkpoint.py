@@ -24,8 +24,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vlmtune.adapters.peft_io import EXTRAS_NAME, PEFT_PREFIX, WEIGHTS_NAME, save_adapter
-from vlmtune.adapters.spec import AdapterSpec
-from vlmtune.utils.io import atomic_torch_save, atomic_write_text, fsync_dir
+from vlmtune.core.adapter_spec import AdapterSpec
+from vlmtune.core.io import atomic_torch_save, atomic_write_text, fsync_dir
 
 STATE_NAME = "trainer_state.pt"
 DONE_NAME = "done"

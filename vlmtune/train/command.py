@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from vlmtune.config import ConfigError, RunConfig, load_config, to_dict
+from vlmtune.core.config import ConfigError, RunConfig, load_config, to_dict
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,33 +59,18 @@ def _resolve_resume(arg: str, cfg: RunConfig) -> tuple[Path, Path | None]:
     return run, ckpt
 
 
-def load_split(cfg: RunConfig, spec: str, split: str, max_samples: int, errors) -> list[dict]:
-    from vlmtune.data.records import load_records
-
-    return load_records(
-        spec,
-        split=split,
-        on_error=cfg.data.on_error,
-        errors=errors,
-        image_root=cfg.data.image_root or None,
-        max_samples=max_samples,
-        n_images=cfg.data.shapes_size if split == "train" else None,
-        tasks=cfg.data.tasks,
-        check_images=cfg.data.on_error == "skip",  # skip: find unreadable images now and count them
-    )
-
-
 def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: bool = False) -> dict:
     """Train ``cfg`` into ``run_dir``; returns the eval summary written to ``eval.json``."""
     from vlmtune.adapters import attach, save_adapter
+    from vlmtune.core.io import atomic_write_json
     from vlmtune.data.errors import ErrorLog
-    from vlmtune.models import build_pipeline
+    from vlmtune.data.records import load_split
+    from vlmtune.presets import build_pipeline
     from vlmtune.train import distributed as ddp
     from vlmtune.train.evaluate import describe, evaluate, headline
     from vlmtune.train.fsdp import consolidated
     from vlmtune.train.run import write_config
     from vlmtune.train.trainer import Trainer, seed_everything
-    from vlmtune.utils.io import atomic_write_json
 
     t0 = time.perf_counter()
     say = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
@@ -165,9 +150,9 @@ def relaunch(args: argparse.Namespace, num_processes: int) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    from vlmtune.models.qlora import check_4bit
     from vlmtune.train import distributed as ddp
     from vlmtune.train.fsdp import check_config as check_fsdp
-    from vlmtune.train.qlora import check_4bit
     from vlmtune.train.run import new_run_dir
     from vlmtune.train.trainer import TrainingError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlmtune.config import EvalConfig
+from vlmtune.core.config import EvalConfig
 
 
 def evaluate(

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlmtune.config import ConfigError, RunConfig
+from vlmtune.core.config import ConfigError, RunConfig
 from vlmtune.train import distributed as ddp
 
 OPTIMIZER_DIR = "optimizer"  # DCP folder inside a checkpoint

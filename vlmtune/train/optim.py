@@ -7,6 +7,7 @@ Learning rates, per trainable tensor:
   ``adapters.<tower>.lr``     overrides the above for that tower
   ``lora_B``                  x LoRA+ ratio (Hayou et al., 2024: lr_B = ratio * lr_A), from
                               ``adapters.<tower>.lora_plus_ratio`` or else ``train.lora_plus_ratio``
+A per-tower value is unset when it is None (null in YAML); any number, 1.0 included, is used as given.
 No weight decay on biases, norms, DoRA magnitudes and other 1-D tensors.
 """
 
@@ -18,8 +19,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from vlmtune.adapters.spec import AdapterSpec
-from vlmtune.config import TrainConfig
+from vlmtune.core.adapter_spec import AdapterSpec
+from vlmtune.core.config import TrainConfig
 
 
 def tower_of(name: str, towers: dict[str, list[str]]) -> str:
@@ -30,7 +31,7 @@ def tower_of(name: str, towers: dict[str, list[str]]) -> str:
 
 
 def base_lr(tower: str, train: TrainConfig, spec: AdapterSpec | None) -> float:
-    if spec is not None and spec.lr:
+    if spec is not None and spec.lr is not None:
         return spec.lr
     if tower == "projector" and train.projector_lr > 0:
         return train.projector_lr
@@ -60,8 +61,8 @@ def param_groups(
         kind = "params"
         if ".lora_B." in name:
             kind = "lora_B"
-            ratio = spec.lora_plus_ratio if spec is not None and spec.lora_plus_ratio != 1.0 else None
-            lr *= ratio if ratio is not None else train.lora_plus_ratio
+            ratio = spec.lora_plus_ratio if spec is not None else None
+            lr *= train.lora_plus_ratio if ratio is None else ratio
         elif ".lora_" in name:
             kind = "lora"
         decay = p.ndim >= 2 and train.weight_decay > 0
@@ -79,13 +80,13 @@ def param_groups(
 
 def build_optimizer(groups: list[dict], train: TrainConfig) -> torch.optim.Optimizer:
     if not groups:
-        from vlmtune.config import ConfigError
+        from vlmtune.core.config import ConfigError
 
         raise ConfigError("nothing to train: every tower is frozen (set adapters.<tower>.method)")
     if train.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=train.lr, momentum=0.9)
     if train.optimizer.startswith("paged_"):  # QLoRA's paged optimizers (CUDA + bitsandbytes)
-        from vlmtune.train.qlora import paged_optimizer
+        from vlmtune.models.qlora import paged_optimizer
 
         return paged_optimizer(groups, train.optimizer, train.lr)
     return torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.999), eps=1e-8)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from vlmtune.utils.io import atomic_write_text
+from vlmtune.core.io import atomic_write_text
 
 
 def new_run_dir(template: str, recipe: str) -> Path:

@@ -28,15 +28,15 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vlmtune.adapters.report import format_report, param_report
-from vlmtune.config import RunConfig
+from vlmtune.core.config import RunConfig
 from vlmtune.data.packing import num_samples
 from vlmtune.data.sampler import grouped_batches
 from vlmtune.models.base import Pipeline, move_batch
+from vlmtune.models.qlora import is_quantized
 from vlmtune.train import distributed as ddp
 from vlmtune.train import fsdp
 from vlmtune.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from vlmtune.train.optim import build_optimizer, build_scheduler, param_groups
-from vlmtune.train.qlora import is_quantized
 from vlmtune.train.run import MetricsLogger, plot_loss_curve
 from vlmtune.train.timing import StepTimer, vision_modules
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vlmtune.config import ConfigError, RunConfig
+from vlmtune.core.config import ConfigError, RunConfig
 
 REFUSAL = (
     "model.load_in_4bit=true needs a CUDA GPU and bitsandbytes; {why}: run on a CUDA machine with "

@@ -70,7 +70,7 @@ def scrambled_positions(module: nn.Module, code: torch.Tensor) -> Iterator[None]
 
 def locate_config(model_dir: Path, steps: int, seed: int = 0):
     """Stage 0d's run config: LM and projector trained, vision tower frozen, on ``shapes:locate``."""
-    from vlmtune.models.tiny import pretrain_config
+    from vlmtune.presets.shapes_tiny import pretrain_config
 
     cfg = pretrain_config(model_dir, steps, seed)
     cfg.recipe = "shapes-tiny-pin"
@@ -115,15 +115,16 @@ def build_shapes_tiny_pin(
 ) -> Path:
     """Write ``shapes-tiny-pin`` to ``out_dir``: ``base`` (a preset name or LLaVA folder) + stage 0d
     on ``n_images`` single-shape images (module docstring)."""
-    from vlmtune.models.tiny import PRESETS, preset_path, train_stage
+    from vlmtune.presets.registry import model_folder
+    from vlmtune.presets.shapes_tiny import train_stage
 
-    cfg = locate_config(preset_path(base) if base in PRESETS else Path(base), steps, seed)
+    cfg = locate_config(Path(model_folder("llava", base)), steps, seed)
     cfg.data.shapes_size = n_images
     with tempfile.TemporaryDirectory(prefix="shapes-tiny-pin-") as work:
         return train_stage(cfg, Path(out_dir), Path(work) / "run0d", quiet, around=scramble_for_training)
 
 
-if __name__ == "__main__":  # python -m vlmtune.models.tiny_pin OUT_DIR [STEPS]
+if __name__ == "__main__":  # python -m vlmtune.presets.shapes_tiny_pin OUT_DIR [STEPS]
     import sys
 
     build_shapes_tiny_pin(sys.argv[1], *(int(a) for a in sys.argv[2:3]), quiet=False)

@@ -40,8 +40,8 @@ class AdapterSpec:
     rslora: bool = False
     detach_norm: bool = True
     magnitude_only: list[str] = field(default_factory=list)
-    lora_plus_ratio: float = 1.0
-    lr: float | None = None
+    lora_plus_ratio: float | None = None  # None (unset): train.lora_plus_ratio
+    lr: float | None = None  # None (unset): the tower's train.*lr
     trainable_bias: bool = False
     trainable_norms: bool = False
     options: dict = field(default_factory=dict)

@@ -6,7 +6,7 @@
     projector   LLaVA-1.5 MLP (Linear-GELU-Linear)
     language    Llama, 2 layers, hidden 128
     stage 0a    the vision tower alone learns per-patch shape labels and scene attributes
-                (:mod:`vlmtune.models.vision_pretrain`, a stand-in for CLIP's pretraining)
+                (:mod:`vlmtune.presets.vision_pretrain`, a stand-in for CLIP's pretraining)
     stage 0b    language model + projector trained on shapes captions and question generation
                 (VQG) over the frozen vision tower
     stage 0c    the same, on shapes chat: the VQA questions, with VQA's "Answer the question
@@ -17,24 +17,20 @@
                 chat model that answers at length.
 
 Everything is a pure function of the seed: :func:`build_shapes_tiny` run twice writes the same
-weights. The preset is looked up in ``vlmtune/assets/shapes-tiny`` (shipped) and then in
-``$VLMTUNE_CACHE/models`` (default ``~/.cache/vlmtune/models``), where it is built on first use.
-The second preset, ``shapes-tiny-pin`` (the frozen base of ``llava-pin``), is ``shapes-tiny`` plus
-stage 0d (:mod:`vlmtune.models.tiny_pin`) and is looked up the same way.
+weights. :mod:`vlmtune.presets.registry` looks the preset up in ``vlmtune/assets/shapes-tiny``
+(shipped) and then in ``$VLMTUNE_CACHE/models`` (default ``~/.cache/vlmtune/models``), where it is
+built on first use. The second preset, ``shapes-tiny-pin`` (the frozen base of ``llava-pin``), is
+``shapes-tiny`` plus stage 0d (:mod:`vlmtune.presets.shapes_tiny_pin`) and is looked up the same way.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-PRESET_VERSION = "v4"
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
 
@@ -181,8 +177,8 @@ def pretrain_vision(
     vision_tower, size: TinySize, steps: int = 2000, n_images: int = 8000, seed: int = 0
 ) -> dict:
     """Stage 0a: the CLIP vision tower learns the shapes scenes' patch labels and scene attributes
-    (:mod:`vlmtune.models.vision_pretrain`) from its patch tokens (CLS dropped, as LLaVA does)."""
-    from vlmtune.models.vision_pretrain import pretrain_encoder, shapes_grid_data
+    (:mod:`vlmtune.presets.vision_pretrain`) from its patch tokens (CLS dropped, as LLaVA does)."""
+    from vlmtune.presets.vision_pretrain import pretrain_encoder, shapes_grid_data
 
     processor = image_processor(size.image_size)
     grid = size.image_size // size.patch_size
@@ -210,8 +206,8 @@ def pretrain_config(model_dir: Path, steps: int, seed: int = 0):
     """Stage 0b for the tiny model: language model and projector trained on shapes captions and
     question generation (VQG: the answer is in the prompt, so the LM learns to read its instruction)
     over the frozen, pretrained vision tower. No VQA."""
-    from vlmtune.adapters.spec import AdapterSpec
-    from vlmtune.config import RunConfig
+    from vlmtune.core.adapter_spec import AdapterSpec
+    from vlmtune.core.config import RunConfig
 
     cfg = RunConfig(recipe="shapes-tiny-pretrain")
     cfg.model.name_or_path = str(model_dir)
@@ -287,50 +283,8 @@ def build_shapes_tiny(
     return out
 
 
-# ---------------------------------------------------------------- preset lookup
-def cache_root() -> Path:
-    return Path(os.environ.get("VLMTUNE_CACHE") or "~/.cache/vlmtune").expanduser() / "models"
-
-
-def preset_path(name: str) -> Path:
-    """Folder of an embedded preset: shipped asset, else cache (built there on first use)."""
-    if name not in PRESETS:
-        raise KeyError(name)
-    shipped = ASSETS / name
-    if (shipped / "config.json").is_file():
-        return shipped
-    final = cache_root() / f"{name}-{PRESET_VERSION}"
-    if not (final / "config.json").is_file():
-        print(
-            f"building the {name} base model into {final} (first use; about {BUILD_MINUTES[name]} "
-            "minutes on 2 CPU cores)...",
-            flush=True,
-        )
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-        try:
-            PRESETS[name](tmp)
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "config.json").is_file():
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def build_shapes_tiny_pin(out_dir: str | Path) -> Path:
-    """``shapes-tiny-pin``, the frozen base of ``llava-pin`` (:mod:`vlmtune.models.tiny_pin`)."""
-    from vlmtune.models.tiny_pin import build_shapes_tiny_pin as build
-
-    return build(out_dir)
-
-
-PRESETS = {"shapes-tiny": build_shapes_tiny, "shapes-tiny-pin": build_shapes_tiny_pin}
-BUILD_MINUTES = {"shapes-tiny": 45, "shapes-tiny-pin": 11}
-
-
-if __name__ == "__main__":  # python -m vlmtune.models.tiny OUT_DIR [STEPS [VISION_STEPS [CHAT_STEPS]]]
+# python -m vlmtune.presets.shapes_tiny OUT_DIR [STEPS [VISION_STEPS [CHAT_STEPS]]]
+if __name__ == "__main__":
     import sys
 
     build_shapes_tiny(sys.argv[1], *(int(a) for a in sys.argv[2:5]), quiet=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -62,3 +63,32 @@ def atomic_write_safetensors(
 
 def atomic_torch_save(obj, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def cache_dir(*parts: str) -> Path:
+    """``$VLMTUNE_CACHE/<parts>`` (default ``~/.cache/vlmtune/<parts>``): generated datasets, built
+    presets, feature caches."""
+    return Path(os.environ.get("VLMTUNE_CACHE") or "~/.cache/vlmtune").expanduser().joinpath(*parts)
+
+
+def atomic_dir(final: Path, build: Callable[[Path], object], complete: str | None = None) -> Path:
+    """``final``, written once: when it is not complete yet (``final/complete`` missing, or the folder
+    itself when ``complete`` is None), ``build(tmp)`` fills a temporary sibling folder that is then
+    renamed into place. Safe under concurrent callers: the loser discards its copy."""
+
+    def done() -> bool:
+        return (final / complete).is_file() if complete else final.is_dir()
+
+    if done():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        build(tmp)
+        os.rename(tmp, final)
+    except OSError:
+        if not done():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -2,11 +2,11 @@
 
 * ``shapes-tiny``: 4+4-layer BART (d_model 128) with a byte-level BPE tokenizer trained offline on a
   small built-in corpus, plus the ``tiny`` CLIP ResNet. Shipped in ``vlmtune/assets/vlbart-shapes-tiny``
-  (written by ``python -m vlmtune.models.vlbart_presets OUT``; built into the cache on first use when
+  (written by ``python -m vlmtune.presets.vlbart_shapes_tiny OUT``; built into the cache on first use when
   the asset is missing) and always loaded back with ``from_pretrained``:
 
     stage 0a   the ResNet alone learns shapes patch labels and scene attributes
-               (:mod:`vlmtune.models.vision_pretrain`, a stand-in for CLIP's pretraining)
+               (:mod:`vlmtune.presets.vision_pretrain`, a stand-in for CLIP's pretraining)
     stage 0b   BART + visual embedding from random init on captions and on VQA answered by a
                talkative assistant, answer first, then why ("red. the circle is red.",
                :func:`explained_vqa`): the base knows the answers but not VQA's short-answer format
@@ -19,14 +19,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
 
 from vlmtune.adapters.inject import attach
-from vlmtune.adapters.spec import AdapterSpec
+from vlmtune.core.adapter_spec import AdapterSpec
 from vlmtune.models.visual_features import (
     FeatureExtractor,
     GridEncoder,
@@ -35,7 +34,6 @@ from vlmtune.models.visual_features import (
     preprocess,
 )
 from vlmtune.models.vlbart import (
-    META_FILE,
     TOWERS,
     VIS_EXTRA_IDS,
     VisualEmbedding,
@@ -44,9 +42,6 @@ from vlmtune.models.vlbart import (
     save_vlbart,
 )
 
-PRESETS = ("shapes-tiny", "vlbart-shapes-tiny")
-PRESET_VERSION = "v3"
-ASSET = Path(__file__).resolve().parent.parent / "assets" / "vlbart-shapes-tiny"
 SHAPES_IMAGE_SIZE = 64  # the shapes default's image size
 VISION_STEPS = 1000
 PRETRAIN_STEPS = 4000
@@ -64,11 +59,6 @@ diamond diamonds cross crosses hexagon hexagons shapes background foreground doe
 contains containing with both images each only same different more than fewer less equal caption
 describe description photo scene corner upper lower side near far vqa gqa nlvr answer question
 """.split()
-
-
-def preset_dir(name: str) -> Path:
-    root = Path(os.environ.get("VLMTUNE_CACHE", Path.home() / ".cache" / "vlmtune"))
-    return root / "presets" / f"vlbart-{name.removeprefix('vlbart-')}-{PRESET_VERSION}"
 
 
 def build_tiny_tokenizer(vocab_size: int = 600) -> PreTrainedTokenizerFast:
@@ -144,7 +134,7 @@ def pretrain_grid_encoder(
     """Stage 0a: the CLIP ResNet trunk learns the shapes scenes' per-cell labels and scene
     attributes from its pooled grid tokens (BatchNorm in train mode), then is frozen again.
     Returns held-out accuracies."""
-    from vlmtune.models.vision_pretrain import pretrain_encoder, shapes_grid_data
+    from vlmtune.presets.vision_pretrain import pretrain_encoder, shapes_grid_data
 
     def to_pixels(images: list) -> torch.Tensor:
         return torch.stack([preprocess(im, encoder.image_size) for im in images])
@@ -183,7 +173,7 @@ def explained_vqa(records: list[dict]) -> list[dict]:
 def pretrain_config(model_dir: Path, steps: int, seed: int = 0):
     """Stage 0b (like VL-T5's multi-task pretraining, which has QA too): BART + visual embedding
     fully trained on shapes captions and :func:`explained_vqa` questions, round-robin."""
-    from vlmtune.config import RunConfig
+    from vlmtune.core.config import RunConfig
 
     cfg = RunConfig(recipe="vlbart-shapes-tiny-pretrain")
     cfg.model.pipeline, cfg.model.name_or_path, cfg.model.feature_cache = "vlbart", str(model_dir), "auto"
@@ -231,26 +221,6 @@ def build_tiny_vlbart(
         Trainer(pipe, cfg, explained_vqa(records), Path(work) / "run", quiet=quiet).fit()
         pipe.model.requires_grad_(True)
         return pipe.save_merged(folder)
-
-
-def ensure_preset(name: str) -> Path:
-    """The shipped asset, else the cache folder, built there on first use (atomic: build in a
-    temp folder, then rename)."""
-    if (ASSET / META_FILE).is_file():
-        return ASSET
-    folder = preset_dir(name)
-    if (folder / META_FILE).is_file():
-        return folder
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-    print(f"building the VL-BART {name} base model into {folder} (first use)...", flush=True)
-    build_tiny_vlbart(tmp)
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process won the race
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 # ---------------------------------------------------------------- the real structure (DoRA Table 2)
@@ -311,7 +281,7 @@ def format_paper_table(rows: list[tuple[str, int, int, float, float]]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m vlmtune.models.vlbart_presets [OUT_DIR [STEPS [VISION_STEPS]]]
+if __name__ == "__main__":  # python -m vlmtune.presets.vlbart_shapes_tiny [OUT_DIR [STEPS [VISION_STEPS]]]
     import sys
 
     if len(sys.argv) > 1:

@@ -16,14 +16,12 @@ from typing import Any
 
 import yaml
 
-from vlmtune.adapters.spec import AdapterSpec
+from vlmtune.core.adapter_spec import AdapterSpec
+from vlmtune.core.data_spec import parse_spec
+from vlmtune.core.errors import ConfigError, DataError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A problem with a recipe or an override; the message is one line for the user."""
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+PACKAGED_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass
@@ -326,6 +324,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     for tower, spec in cfg.adapters.specs().items():
         if spec.method not in ("frozen", "full") and spec.r <= 0:
             raise ConfigError(f"config key 'adapters.{tower}.r' must be > 0, got {spec.r}")
+        for key in ("lr", "lora_plus_ratio"):
+            if getattr(spec, key) is not None and getattr(spec, key) <= 0:
+                raise ConfigError(
+                    f"config key 'adapters.{tower}.{key}' must be > 0 (or null for the train.* value), "
+                    f"got {getattr(spec, key)}"
+                )
         if not 0.0 <= spec.dropout < 1.0:
             raise ConfigError(f"config key 'adapters.{tower}.dropout' must be in [0, 1), got {spec.dropout}")
     choices = {
@@ -337,8 +341,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     }
     for key in ("train", "eval"):
-        for part in str(getattr(cfg.data, key)).split(","):
-            part = part.strip().split("@", 1)[0]
+        text = str(getattr(cfg.data, key))
+        try:
+            spec = parse_spec(text) if text.strip() else None
+        except DataError as e:
+            raise ConfigError(f"config key 'data.{key}': {e}") from None
+        for part in spec.items if spec and not spec.generated else ():
             if part.endswith((".json", ".jsonl")) and not Path(part).is_file():
                 raise ConfigError(f"config key 'data.{key}': file {part} does not exist")
     if cfg.data.image_root and not Path(cfg.data.image_root).is_dir():

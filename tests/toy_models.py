@@ -1,0 +1,85 @@
+"""Toy models shared by the adapter tests (imported as ``from toy_models import ...``).
+
+``Toy``: two residual blocks of four linears of different shapes (q/v 32->32, up 32->48, down 48->32),
+so an adapter shared across layers (VeRA's projection) is sliced differently per layer.
+``tiny_llava``: a random LLaVA (CLIP 2 layers, Llama 1 layer, hidden 32, 32 px images, 16 image tokens)
+with all three towers, and ``inputs`` for it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+TOWERS = {"language": ["layers"]}
+TARGETS = ["q_proj", "v_proj", "up_proj", "down_proj"]
+
+
+class Block(nn.Module):
+    def __init__(self, d: int = 32, hidden: int = 48) -> None:
+        super().__init__()
+        self.q_proj = nn.Linear(d, d)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.up_proj = nn.Linear(d, hidden)
+        self.down_proj = nn.Linear(hidden, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.q_proj(x) + self.v_proj(x)
+        return self.down_proj(torch.tanh(self.up_proj(h)))
+
+
+class Toy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([Block(), Block()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = x + layer(x)
+        return x
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-5) -> None:
+    """Max error relative to ``b``'s largest entry."""
+    err = (a - b).abs().max() / b.abs().max().clamp_min(1e-12)
+    assert err <= rtol, f"max relative error {err:.3e} > {rtol}"
+
+
+LLAVA_TOWERS = {
+    "language": ["model.language_model", "lm_head"],
+    "vision": ["model.vision_tower"],
+    "projector": ["model.multi_modal_projector"],
+}
+IMAGE_TOKEN, N_PATCHES = 5, 16
+
+
+def tiny_llava() -> LlavaForConditionalGeneration:
+    torch.manual_seed(0)
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    text = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
+    )  # fmt: skip
+    cfg = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN, image_seq_length=N_PATCHES,
+        vision_feature_layer=-2, vision_feature_select_strategy="default", pad_token_id=0,
+    )  # fmt: skip
+    return LlavaForConditionalGeneration(cfg).eval()
+
+
+def inputs(batch: int = 2) -> dict[str, torch.Tensor]:
+    ids = torch.tensor([[1] + [IMAGE_TOKEN] * N_PATCHES + [7, 8, 9]] * batch)
+    g = torch.Generator().manual_seed(3)
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "pixel_values": torch.randn(batch, 3, 32, 32, generator=g),
+    }

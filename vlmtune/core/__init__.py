@@ -1,0 +1,1 @@
+"""Core: the error hierarchy, atomic file io and the run-config dataclasses; imports nothing of vlmtune."""

@@ -1,0 +1,56 @@
+"""Data specs (``data.train``, ``data.eval``, ``vlmtune eval --data``): the one parser of the string.
+
+    shapes:<task>[,<task>...][@<split>]    generated shapes tasks (vlmtune.data.shapes)
+    digits:source|target[@<split>]         scikit-learn's digits, two domains (vlmtune.data.classification)
+    imagefolder:<root>[@<split>]           <root>/<class>/<image>, or <root>/<split>/<class>/<image>
+    hf:<name or disk path>[@<split>]       a ``datasets`` image-classification set
+    <a.jsonl>[,<b.json>...]                user files: vlmtune JSONL, or a LLaVA conversation list
+
+``@<split>`` (the last ``@`` of a generated spec) picks the split; without it the caller's applies.
+A spec is parsed here and resolved to files by :mod:`vlmtune.data.spec`; this module only reads text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vlmtune.core.errors import DataError
+
+GENERATED_KINDS = ("shapes", "digits", "imagefolder", "hf")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """``kind``: one of :data:`GENERATED_KINDS` or ``files``; ``items``: the shapes tasks, the one
+    digits domain / image root / dataset name, or the file paths; ``split``: ``""`` = the caller's."""
+
+    kind: str
+    items: tuple[str, ...]
+    split: str = ""
+
+    @property
+    def generated(self) -> bool:
+        """Data that vlmtune writes into its cache (images next to their JSONL), not user files."""
+        return self.kind != "files"
+
+    def split_or(self, default: str) -> str:
+        return self.split or default
+
+
+def parse_spec(text: str) -> DataSpec:
+    """``"shapes:vqa,caption@test"`` -> ``DataSpec("shapes", ("vqa", "caption"), "test")``."""
+    text = text.strip()
+    if not text:
+        raise DataError("empty data spec; give a JSONL path or shapes:<task> (e.g. shapes:vqa)")
+    kind, colon, body = text.partition(":")
+    if colon and kind in GENERATED_KINDS:
+        body, at, split = body.rpartition("@") if "@" in body else (body, "", "")
+        if kind == "shapes":
+            tasks = tuple(t.strip() for t in body.split(",") if t.strip())
+            if not tasks:
+                raise DataError(
+                    f"data spec '{text}' names no task; use e.g. shapes:vqa or shapes:vqa,caption"
+                )
+            return DataSpec(kind, tasks, split.strip())
+        return DataSpec(kind, (body.strip(),), split.strip())
+    return DataSpec("files", tuple(p.strip() for p in text.split(",")))

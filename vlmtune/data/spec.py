@@ -1,0 +1,42 @@
+"""A data spec (parsed by :func:`vlmtune.core.data_spec.parse_spec`) -> the JSONL/JSON files holding its
+records: generated shapes / classification data is written into the cache on first use, user files must
+exist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlmtune.core.data_spec import DataSpec, parse_spec
+from vlmtune.core.errors import DataError
+from vlmtune.data import classification, shapes
+
+
+def spec_paths(
+    spec: str | DataSpec,
+    split: str = "train",
+    n_images: int | None = None,
+    cache_dir: str | Path | None = None,
+    image_size: int = 64,
+) -> list[Path]:
+    """The files of ``spec`` (its ``@split`` wins over ``split``); ``n_images``, ``cache_dir`` and
+    ``image_size`` size the generated shapes data."""
+    parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    split = parsed.split_or(split)
+    if parsed.kind == "shapes":
+        return [shapes.shapes_dataset(t, split, n_images, cache_dir, image_size) for t in parsed.items]
+    if parsed.kind == "digits":
+        return [classification.digits_path(parsed.items[0], split)]
+    if parsed.kind == "imagefolder":
+        return [classification.imagefolder_path(parsed.items[0], split)]
+    if parsed.kind == "hf":
+        return [classification.hf_path(parsed.items[0], split)]
+    paths = []
+    for part in parsed.items:
+        path = Path(part).expanduser()
+        if not path.is_file():
+            raise DataError(
+                f"data file '{part}' not found; give an existing .jsonl/.json path or shapes:<task> "
+                f"(tasks: {', '.join(shapes.TASKS)})"
+            )
+        paths.append(path)
+    return paths
