@@ -139,8 +139,10 @@ def towers_for(config) -> dict[str, list[str]]:
 
 def with_adapters(config, cfg: RunConfig, dtype: torch.dtype, attention: str = "sdpa") -> nn.Module:
     from vlmtune.adapters import attach
+    from vlmtune.models.families import FAMILIES, resolve_default_targets
 
     model = build_empty(config, dtype, attention)
+    resolve_default_targets(cfg, FAMILIES.get(config.model_type, FAMILIES["llava"]))
     attach(model, towers_for(config), cfg.adapters.specs())
     return model
 

@@ -198,16 +198,17 @@ class LlavaPipeline:
         ``L = sum_t CE(logits[t], labels[t+1]) / max(1, #supervised)``; 0 (with a graph) when
         truncation left no supervised token, instead of 0/0. A packed batch (``position_ids``) runs
         with a block-diagonal mask (vlmtune.data.packing); cached vision features skip the tower.
-        Only the supervised positions go through ``lm_head`` (the (B, T, vocab) logits of every
-        position are never formed): the same value and gradients, less work and memory."""
+        Only the supervised positions go through ``lm_head`` (``logits_to_keep`` as a boolean (B, T) mask:
+        the (B, T, vocab) logits are never formed), inside the model's own forward, so its head keeps
+        whatever a family applies after it (final logit soft-capping) and FSDP's root hooks run."""
         inputs = model_inputs(batch)
         if self.feature_cache is not None:
             inputs = self.feature_cache.model_inputs(self.model, inputs, batch)
-        hidden = self.model.model(**inputs).last_hidden_state[:, :-1]
-        labels = batch["labels"][:, 1:].to(hidden.device)
-        keep = labels != IGNORE_INDEX  # the LM head runs on these positions only (exact, no (B, T, V) logits)
-        logits = self.model.lm_head(hidden[keep])
-        total = F.cross_entropy(logits.float(), labels[keep], reduction="sum")
+        labels = batch["labels"].to(inputs["input_ids"].device)
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX  # position t predicts token t + 1
+        logits = self.model(**inputs, logits_to_keep=keep).logits  # (#supervised, vocab)
+        total = F.cross_entropy(logits.float(), labels[:, 1:][keep[:, :-1]], reduction="sum")
         return total / keep.sum().clamp_min(1)
 
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 16, num_beams: int = 1) -> list[str]:

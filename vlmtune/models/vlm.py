@@ -314,17 +314,6 @@ class FamilyPipeline(LlavaPipeline):
         batch["ids"] = [r["id"] for r in records]
         return batch
 
-    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Next-token cross-entropy over supervised tokens, ``sum_t CE(logits[t], labels[t+1]) / #supervised``,
-        through the model's own forward: its head applies whatever the family adds after the last hidden
-        state (PaliGemma 2's final logit soft-capping), which :meth:`LlavaPipeline.loss` skips."""
-        inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
-        logits = self.model(**inputs).logits[:, :-1]
-        labels = batch["labels"][:, 1:].to(logits.device)
-        keep = labels != IGNORE_INDEX
-        total = F.cross_entropy(logits[keep].float(), labels[keep], reduction="sum")
-        return total / keep.sum().clamp_min(1)
-
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 16, num_beams: int = 1) -> list[str]:
         """Batched greedy/beam generation on left-padded prompts with every extra input; stops at the
         checkpoint's own end-of-turn tokens (``generation_config.eos_token_id``) or the tokenizer's eos."""
