@@ -99,7 +99,7 @@ def test_bench_bad_arguments_are_one_line_exit_2(argv, message, tmp_path, capsys
 
 
 def test_bench_vit_seeds_reproduce_run_to_run(tmp_path, tmp_path_factory, monkeypatch, capsys) -> None:
-    import vlmtune.models.vit as vit
+    import vlmtune.presets.digits_vit as vit
 
     # the session's dataset cache (as in test_vit.py); the backbone is the random-init digits-tiny
     monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
