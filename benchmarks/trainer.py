@@ -97,7 +97,8 @@ def write_mix(folder: Path, n: int, seed: int, shapes_cache: Path) -> Path:
 def write_small_llava(folder: Path, texts: list[str]) -> Path:
     """The ``small`` LLaVA of benchmarks/train_step.py (vocab 32000) with a BPE tokenizer for ``texts``."""
     from transformers import LlavaForConditionalGeneration
-    from vlmtune.models.tiny import TinySize, image_processor, tiny_config, train_tokenizer
+
+    from vlmtune.presets.shapes_tiny import TinySize, image_processor, tiny_config, train_tokenizer
 
     size = TinySize(1024, 224, 14, 256, 4, 4, 512, 4, 8, 1408, 4096)
     tokenizer = train_tokenizer(texts, size.vocab_size)

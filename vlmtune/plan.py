@@ -40,12 +40,6 @@ GiB = 1024**3
 HEADROOM = 0.92  # fraction of the GPU memory a plan may use
 NF4_BYTES = 4.127 / 8  # QLoRA bytes per quantised weight (Dettmers et al. 2023, double quantisation)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# model_type -> towers (module path prefixes), as the pipelines define them (vlmtune/models/llava.py)
-QWEN_VL_TOWERS = {
-    "language": ["model.language_model", "lm_head"],
-    "vision": ["model.visual.blocks", "model.visual.patch_embed"],
-    "projector": ["model.visual.merger"],
-}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,19 +125,16 @@ def build_empty(config, dtype: torch.dtype, attention: str = "sdpa") -> nn.Modul
     return model
 
 
-def towers_for(config) -> dict[str, list[str]]:
-    from vlmtune.models.llava import TOWERS
-
-    return QWEN_VL_TOWERS if config.model_type.startswith("qwen") else {k: list(v) for k, v in TOWERS.items()}
-
-
 def with_adapters(config, cfg: RunConfig, dtype: torch.dtype, attention: str = "sdpa") -> nn.Module:
+    """The recipe's model on the meta device with its adapters attached where training attaches them
+    (the family's towers and default targets, :mod:`vlmtune.models.families`)."""
     from vlmtune.adapters import attach
-    from vlmtune.models.families import FAMILIES, resolve_default_targets
+    from vlmtune.models.families import FAMILIES, model_towers, resolve_default_targets
 
     model = build_empty(config, dtype, attention)
-    resolve_default_targets(cfg, FAMILIES.get(config.model_type, FAMILIES["llava"]))
-    attach(model, towers_for(config), cfg.adapters.specs())
+    family = FAMILIES.get(config.model_type, FAMILIES["llava"])
+    resolve_default_targets(cfg, family)
+    attach(model, model_towers(model, family, cfg.model.towers), cfg.adapters.specs())
     return model
 
 

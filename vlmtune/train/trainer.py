@@ -402,8 +402,10 @@ class Trainer:
                     loss = self.pipeline.loss(batch)
                 if not torch.isfinite(loss):
                     finite = False
-                    if self.world_size > 1 and not self.sharded:  # decided together after the loop
-                        continue  # (FSDP: backward still runs, its collectives must match)
+                    if self.world_size > 1:  # skip or stop is decided together after the loop
+                        if self.sharded:  # FSDP's reduce-scatter runs in backward: every process joins it
+                            acc.backward(loss * 0)  # (the gradients are dropped with the step)
+                        continue
                     if t.nonfinite == "stop":
                         raise TrainingError(
                             f"non-finite loss ({loss.item()}) at step {self.step + 1}, records "
