@@ -289,3 +289,13 @@ def test_info_prints_per_tower_modules_and_share_without_loading_weights(folders
     assert "language   dora    down_proj x2, gate_proj x2, k_proj x2, o_proj x2, q_proj x2, up_proj x2" in out
     assert "projector  full    merger x1" in out
     assert "% of base" in out
+
+
+@pytest.mark.parametrize("key", ["data.packing", "data.cache_vision_features"])
+def test_packing_and_feature_cache_are_refused_for_other_families_before_loading(key, folders):
+    with pytest.raises(
+        ConfigError, match=rf"config key '{key}' is implemented for LLaVA-1.5 .* not for this 'qwen2_vl'"
+    ):
+        build_pipeline(
+            load_config("llava-dora", [f"model.name_or_path={folders('qwen2_vl')}", f"{key}=true"])
+        )

@@ -67,16 +67,16 @@ def load_model_config(name_or_path: str):
     """The transformers config of a folder (only ``config.json`` needed), embedded preset or hub id."""
     from transformers import AutoConfig
 
+    from vlmtune.models.loading import first_line
     from vlmtune.presets import model_folder
 
     path = model_folder("llava", name_or_path)
     try:
         return AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
             f"model.name_or_path='{name_or_path}': no readable config.json (a folder with config.json, "
-            f"or a cached hub id): {first}"
+            f"or a cached hub id): {first_line(e)}"
         ) from None
 
 

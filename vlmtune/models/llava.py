@@ -32,7 +32,7 @@ from vlmtune.data.packing import model_inputs, pack_batch
 from vlmtune.data.records import record_images
 from vlmtune.generation import generate_text
 from vlmtune.models.families import FAMILIES, model_towers, resolve_default_targets
-from vlmtune.models.loading import load_strict
+from vlmtune.models.loading import first_line, load_strict
 
 TOWERS = FAMILIES["llava"].towers
 
@@ -66,7 +66,6 @@ def record_segments(record: dict, template_seed: int = 0) -> list[tuple[str, boo
     return render_vicuna(record_to_turns(record, template_seed))
 
 
-
 class LlavaPipeline:
     """LLaVA model + tokenizer + image processor behind the :class:`~vlmtune.models.base.Pipeline` API."""
 
@@ -94,10 +93,9 @@ class LlavaPipeline:
             self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
             self.image_processor = AutoImageProcessor.from_pretrained(path, **kwargs)
         except (OSError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(
                 f"model.name_or_path='{cfg.model.name_or_path}' could not be loaded as a LLaVA model "
-                f"(a local folder with config.json, tokenizer and image processor, or a cached hub id): {first}"
+                f"(a local folder with config.json, tokenizer and image processor, or a cached hub id): {first_line(e)}"
             ) from None
         self.model.eval()
         self.towers = model_towers(self.model, FAMILIES["llava"], cfg.model.towers)

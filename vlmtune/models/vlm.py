@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from vlmtune.core.config import ConfigError, RunConfig
 from vlmtune.data.collate import IGNORE_INDEX, IMAGE_PLACEHOLDER
+from vlmtune.data.packing import model_inputs
 from vlmtune.data.records import record_images
 from vlmtune.models.base import register_pipeline
 from vlmtune.models.families import (
@@ -49,25 +50,35 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
 
 
 # ---------------------------------------------------------------- loading
-def load_vlm(path: str, name: str, dtype: torch.dtype, **kwargs):
-    """``(model, processor, family)`` of a checkpoint, loaded strictly by the class of its ``model_type``."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    model_type = read_model_type(path, name, kwargs.get("trust_remote_code", False))
+def checked_family(name: str, model_type: str):
+    """The :class:`~vlmtune.models.families.Family` of ``model_type``, or a one-line ConfigError naming the
+    checkpoint and the supported families."""
     try:
-        family = family_for(model_type)
+        return family_for(model_type)
     except UnsupportedFamily as e:
         raise ConfigError(f"model.name_or_path='{name}': {e}") from None
-    model = load_strict(AutoModelForImageTextToText, path, name, LLAVA_STYLE, dtype=dtype, **kwargs)
+
+
+def load_processor(path: str, name: str, trust_remote_code: bool = False):
+    """The checkpoint's ``AutoProcessor`` (tokenizer, image processor, chat template); one line if missing."""
+    from transformers import AutoProcessor
+
     try:
-        processor = AutoProcessor.from_pretrained(
-            path, trust_remote_code=kwargs.get("trust_remote_code", False)
-        )
+        return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise ConfigError(
             f"model.name_or_path='{name}': its processor could not be loaded: {first_line(e)}"
         ) from None
-    return model, processor, family
+
+
+def load_vlm(path: str, name: str, dtype: torch.dtype, processor=None, **kwargs):
+    """``(model, processor, family)`` of a checkpoint, loaded strictly by the class of its ``model_type``."""
+    from transformers import AutoModelForImageTextToText
+
+    trust = kwargs.get("trust_remote_code", False)
+    family = checked_family(name, read_model_type(path, name, trust))
+    model = load_strict(AutoModelForImageTextToText, path, name, LLAVA_STYLE, dtype=dtype, **kwargs)
+    return model, processor or load_processor(path, name, trust), family
 
 
 # ---------------------------------------------------------------- prompts
@@ -164,7 +175,7 @@ class FamilyPipeline(LlavaPipeline):
     prompts (chat template), collation (the processor) and export (the source class + processor).
     """
 
-    def __init__(self, cfg: RunConfig, folder: str | None = None) -> None:  # noqa: D107 - own loading
+    def __init__(self, cfg: RunConfig, folder: str | None = None, processor=None) -> None:  # noqa: D107
         self.cfg = cfg
         self.name_or_path = cfg.model.name_or_path
         from vlmtune.models.qlora import quantization_kwargs
@@ -174,6 +185,7 @@ class FamilyPipeline(LlavaPipeline):
             folder or cfg.model.name_or_path,
             cfg.model.name_or_path,
             resolve_dtype(cfg.model.dtype),
+            processor,
             **kwargs,
         )
         self.model.eval()
@@ -186,12 +198,6 @@ class FamilyPipeline(LlavaPipeline):
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
         self.truncated_answers = 0
         self.feature_cache = None
-        for key in ("packing", "cache_vision_features"):
-            if getattr(cfg.data, key):
-                raise ConfigError(
-                    f"config key 'data.{key}' is implemented for LLaVA-1.5 checkpoints only, not for "
-                    f"'{self.family.model_type}'; set data.{key}=false"
-                )
         if self.family.model_type != "paligemma" and not self.processor.chat_template:
             raise ConfigError(
                 f"model.name_or_path='{cfg.model.name_or_path}' ({self.family.model_type}) has no chat template; "
@@ -213,9 +219,13 @@ class FamilyPipeline(LlavaPipeline):
             messages = [*messages, {"role": "assistant", "content": []}]
         return chat_segments(self.processor, messages, train)
 
-    def _process(self, text: str, images: list, **kw) -> dict[str, torch.Tensor]:
+    def _add_special(self, text: str) -> bool:
+        """Let the tokenizer add its special tokens unless the chat template already starts with BOS."""
         bos = self.tokenizer.bos_token
-        kw.setdefault("add_special_tokens", not (bos and text.startswith(bos)))
+        return not (bos and text.startswith(bos))
+
+    def _process(self, text: str, images: list, **kw) -> dict[str, torch.Tensor]:
+        kw.setdefault("add_special_tokens", self._add_special(text))
         out = self.processor(text=[text], images=images or None, return_tensors="pt", **kw)
         return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
 
@@ -259,9 +269,7 @@ class FamilyPipeline(LlavaPipeline):
             if is_assistant:
                 spans.append((pos, pos + len(t)))
             pos += len(t)
-        bos = self.tokenizer.bos_token
-        add_special = not (bos and text.startswith(bos))
-        plain = self.tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
+        plain = self.tokenizer(text, add_special_tokens=self._add_special(text), return_offsets_mapping=True)
         supervised = [any(a <= s < b for a, b in spans) and e > s for s, e in plain["offset_mapping"]]
         first = supervised.index(True) if any(supervised) else len(supervised)
         tail = len(supervised) - first
@@ -319,7 +327,7 @@ class FamilyPipeline(LlavaPipeline):
         checkpoint's own end-of-turn tokens (``generation_config.eos_token_id``) or the tokenizer's eos."""
         from vlmtune.generation import generate_text
 
-        inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
+        inputs = model_inputs(batch)
         stop = self.model.generation_config.eos_token_id
         return generate_text(self.model, self.tokenizer, inputs, max_new_tokens, num_beams, eos_token_id=stop)
 
@@ -339,21 +347,26 @@ class FamilyPipeline(LlavaPipeline):
 
 def build_llava_style(cfg: RunConfig, folder: str | None = None):
     """``model.pipeline: llava``: the vicuna_v1 :class:`LlavaPipeline` for LLaVA-1.5 checkpoints without a
-    chat template (the shapes presets), :class:`FamilyPipeline` for everything else."""
-    path = folder or cfg.model.name_or_path
-    model_type = read_model_type(path, cfg.model.name_or_path, cfg.model.trust_remote_code)
-    if model_type == "llava" and not _has_chat_template(path, cfg.model.trust_remote_code):
-        return LlavaPipeline(cfg, path)
-    return FamilyPipeline(cfg, path)
-
-
-def _has_chat_template(path: str, trust_remote_code: bool) -> bool:
-    from transformers import AutoProcessor
-
+    chat template (the shapes presets), :class:`FamilyPipeline` for everything else. The family, and what it
+    cannot do, are checked from config.json before any weight is read; the processor is loaded once."""
+    path, name = folder or cfg.model.name_or_path, cfg.model.name_or_path
+    model_type = read_model_type(path, name, cfg.model.trust_remote_code)
+    checked_family(name, model_type)
     try:
-        return bool(AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code).chat_template)
-    except (OSError, ValueError):
-        return False  # LlavaPipeline says what is missing
+        processor = load_processor(path, name, cfg.model.trust_remote_code)
+    except ConfigError:
+        if model_type != "llava":
+            raise
+        processor = None  # LlavaPipeline loads tokenizer and image processor itself and says what is missing
+    if model_type == "llava" and not (processor and processor.chat_template):
+        return LlavaPipeline(cfg, path)
+    for key in ("packing", "cache_vision_features"):
+        if getattr(cfg.data, key):
+            raise ConfigError(
+                f"config key 'data.{key}' is implemented for LLaVA-1.5 checkpoints without a chat template "
+                f"(the vicuna_v1 path) only, not for this '{model_type}' checkpoint; set data.{key}=false"
+            )
+    return FamilyPipeline(cfg, path, processor)
 
 
 register_pipeline("llava", build_llava_style)
@@ -371,10 +384,7 @@ def describe_plan(cfg: RunConfig, folder: str | None = None) -> str:
 
     path = folder or cfg.model.name_or_path
     model_type = read_model_type(path, cfg.model.name_or_path, cfg.model.trust_remote_code)
-    try:
-        family = family_for(model_type)
-    except UnsupportedFamily as e:
-        raise ConfigError(f"model.name_or_path='{cfg.model.name_or_path}': {e}") from None
+    family = checked_family(cfg.model.name_or_path, model_type)
     config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
