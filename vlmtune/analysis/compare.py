@@ -88,6 +88,8 @@ def plot_vs_rank(summary: list[dict], out_png: str | Path, title: str, metric: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from vlmtune.analysis.plot import save_figure
+
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     methods = list(dict.fromkeys(s["method"] for s in summary))
     for method in methods:
@@ -109,9 +111,4 @@ def plot_vs_rank(summary: list[dict], out_png: str | Path, title: str, metric: s
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)

@@ -45,6 +45,13 @@ def scatter(points: list[Point], rows: list[dict], out_png: str | Path) -> Path:
             ax.set_ylabel("ΔM")
             ax.ticklabel_format(style="sci", scilimits=(-2, 2))
             ax.legend(fontsize=6)
+    return save_figure(fig, out_png)
+
+
+def save_figure(fig, out_png: str | Path) -> Path:
+    """Lay out ``fig``, write it as a 120-dpi PNG (creating the folder) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)

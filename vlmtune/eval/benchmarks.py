@@ -93,6 +93,26 @@ def question_id(record: dict):
 
 
 # ---------------------------------------------------------------- prompts and parsers
+def remap_answers(
+    predictions: list[dict],
+    records: list[dict],
+    record_key: Callable[[dict], tuple],
+    prediction_key: Callable[[dict], tuple],
+    describe: Callable[[tuple], str],
+) -> list[dict]:
+    """A published answers file (LLaVA's ``{question_id, ..., text}`` lines) -> ``{id, prediction}`` rows:
+    each prediction's ``prediction_key`` looked up among the records' ``record_key``; an entry with no
+    record is a one-line EvalError (``describe(key)`` says what was looked for)."""
+    table = {record_key(r): r["id"] for r in records}
+    out = []
+    for i, p in enumerate(predictions):
+        key = prediction_key(p)
+        if key not in table:
+            raise EvalError(f"answers entry {i + 1}: no {describe(key)}")
+        out.append({"id": table[key], "prediction": p.get("text", "")})
+    return out
+
+
 def short_answer_prompt(record: dict) -> str:
     return f"{record['question']}\n{SHORT_ANSWER}"
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from vlmtune.eval.benchmarks import MCQ_LETTER, Benchmark, register, stripped
+from vlmtune.eval.benchmarks import MCQ_LETTER, Benchmark, register, remap_answers, stripped
 from vlmtune.eval.errors import EvalError
 from vlmtune.eval.vqa import check_scoring, percent
 
@@ -105,17 +105,13 @@ def adapt_llava_answers(predictions: list[dict], records: list[dict]) -> list[di
     """LLaVA MMBench answers (``question_id`` = TSV index, ``round_id``) -> ``{id, prediction}``."""
     if not predictions or "id" in predictions[0]:
         return predictions
-    table = {}
-    for r in records:
-        meta = r.get("meta") or {}
-        table[(str(meta.get("index")), int(meta.get("llava_round", 0)))] = r["id"]
-    out = []
-    for i, p in enumerate(predictions):
-        key = (str(p.get("question_id")), int(p.get("round_id", 0)))
-        if key not in table:
-            raise EvalError(f"answers entry {i + 1}: no MMBench record for index {key[0]} round {key[1]}")
-        out.append({"id": table[key], "prediction": p.get("text", "")})
-    return out
+    return remap_answers(
+        predictions,
+        records,
+        lambda r: (str((r.get("meta") or {}).get("index")), int((r.get("meta") or {}).get("llava_round", 0))),
+        lambda p: (str(p.get("question_id")), int(p.get("round_id", 0))),
+        lambda key: f"MMBench record for index {key[0]} round {key[1]}",
+    )
 
 
 def _refs(record: dict) -> dict:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from vlmtune.eval.benchmarks import SHORT_ANSWER, Benchmark, register, stripped
+from vlmtune.eval.benchmarks import SHORT_ANSWER, Benchmark, register, remap_answers, stripped
 from vlmtune.eval.errors import EvalError
 from vlmtune.eval.vqa import check_scoring
 
@@ -106,17 +106,13 @@ def adapt_llava_answers(predictions: list[dict], records: list[dict]) -> list[di
     ``prompt``) -> ``{id, prediction}`` by (question_id, question)."""
     if not predictions or "prompt" not in predictions[0]:
         return predictions
-    table = {}
-    for r in records:
-        meta = r.get("meta") or {}
-        table[(str(meta.get("question_id")), _question_key(r["question"]))] = r["id"]
-    out = []
-    for i, p in enumerate(predictions):
-        key = (str(p.get("question_id")), _question_key(p.get("prompt", "")))
-        if key not in table:
-            raise EvalError(f"answers entry {i + 1}: no MME record for {key[0]!r} with question {key[1]!r}")
-        out.append({"id": table[key], "prediction": p.get("text", "")})
-    return out
+    return remap_answers(
+        predictions,
+        records,
+        lambda r: (str((r.get("meta") or {}).get("question_id")), _question_key(r["question"])),
+        lambda p: (str(p.get("question_id")), _question_key(p.get("prompt", ""))),
+        lambda key: f"MME record for {key[0]!r} with question {key[1]!r}",
+    )
 
 
 def _refs(record: dict) -> dict:
