@@ -77,3 +77,40 @@ def test_inherited_recipe_keeps_its_own_name(tmp_path) -> None:
     cfg = load_config(str(child))
     assert cfg.recipe == "my-dora" and cfg.train.lr == 0.5
     assert cfg.adapters.language.method == "dora"  # inherited
+
+
+def test_overrides_may_follow_flags(capsys):
+    """`vlmtune train RECIPE --flag key=value`: the override is read, not "unrecognized arguments"."""
+    from vlmtune.cli import main
+
+    assert main(["train", "llava-dora", "--quiet", "train.bogus=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unrecognized arguments" not in err and "train.bogus" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.max_steps=-5", "'train.max_steps' must be >= 0 (0: no limit), got -5"),
+        ("data.max_eval_samples=-1", "'data.max_eval_samples' must be >= 0 (0: no limit), got -1"),
+        ("train.epochs=0", "'train.epochs' must be > 0, got 0"),
+    ],
+)
+def test_negative_counts_are_one_line_errors(override, message, capsys, tmp_path):
+    from vlmtune.cli import main
+
+    assert main(["train", "llava-dora", override, "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--batch-size", "0"), ("--num-beams", "0"), ("--max-samples", "-1")]
+)
+def test_eval_count_flags_out_of_range_are_one_line_errors(flag, value, capsys):
+    from vlmtune.cli import main
+
+    assert main(["eval", "shapes-vqa", "--model", "shapes-tiny", flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{flag} must be >=" in err and f"got {value}" in err and len(err.splitlines()) == 1

@@ -21,7 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("vlmtune.info", "show recipes, a resolved config, or an adapter folder"),
     "analyze": ("vlmtune.analysis.command", "DoRA weight-decomposition analysis of run folders"),
     "bench": ("vlmtune.bench", "built-in comparisons (e.g. `vlmtune bench vit`)"),
-    "plan": ("vlmtune.plan", "per-GPU memory of a recipe under DDP / FSDP2 / offload / QLoRA, from config.json"),
+    "plan": (
+        "vlmtune.plan",
+        "per-GPU memory of a recipe under DDP / FSDP2 / offload / QLoRA, from config.json",
+    ),
 }
 
 
@@ -69,10 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parse_args``, but ``key=value`` overrides may stand anywhere, also after a ``--flag`` (argparse
+    stops filling a positional list at the first option and would call the rest unrecognized)."""
+    args, rest = parser.parse_known_args(argv)
+    overrides = [a for a in rest if "=" in a and not a.startswith("-")]
+    if overrides and isinstance(getattr(args, "overrides", None), list):
+        args.overrides += overrides
+        rest = [a for a in rest if a not in overrides]
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if not getattr(args, "_main", None):
         parser.print_help()
         return 0

@@ -96,7 +96,9 @@ class TrainConfig:
     eval_at_start: bool = True
     eval_at_end: bool = True
     num_processes: int = 1
-    fsdp: bool = False  # FSDP2: shard parameters, gradients and optimizer state per layer (vlmtune.train.fsdp)
+    fsdp: bool = (
+        False  # FSDP2: shard parameters, gradients and optimizer state per layer (vlmtune.train.fsdp)
+    )
     fsdp_offload: bool = False  # FSDP2: keep the shards and the optimizer step in CPU memory (CUDA)
 
 
@@ -120,8 +122,15 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+# keys whose 0 means "off" or "all", but never a negative number
+NON_NEGATIVE = {
+    "train.max_steps",
+    "data.max_train_samples",
+    "data.max_eval_samples",
+}
 POSITIVE = {
     "train.lr",
+    "train.epochs",
     "train.batch_size",
     "train.grad_accum",
     "eval.batch_size",
@@ -321,6 +330,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         section, key = dotted.split(".")
         if getattr(getattr(cfg, section), key) <= 0:
             raise ConfigError(f"config key '{dotted}' must be > 0, got {getattr(getattr(cfg, section), key)}")
+    for dotted in NON_NEGATIVE:
+        section, key = dotted.split(".")
+        if getattr(getattr(cfg, section), key) < 0:
+            raise ConfigError(
+                f"config key '{dotted}' must be >= 0 (0: no limit), got {getattr(getattr(cfg, section), key)}"
+            )
     for tower, spec in cfg.adapters.specs().items():
         if spec.method not in ("frozen", "full") and spec.r <= 0:
             raise ConfigError(f"config key 'adapters.{tower}.r' must be > 0, got {spec.r}")

@@ -226,6 +226,12 @@ def scoring_options(benchmark, scoring: str) -> dict:
 def main(args: argparse.Namespace) -> int:
     from vlmtune.eval.runner import read_predictions, run_benchmark, score_predictions
 
+    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--num-beams", args.num_beams, 1),
+                             ("--max-samples", args.max_samples, 0)):  # fmt: skip
+        if value is not None and value < low:
+            raise EvalError(
+                f"{flag} must be >= {low} ({'0: all records' if low == 0 else 'a count'}), got {value}"
+            )
     if args.compare:
         from vlmtune.eval.compare import compare_runs, format_table
 
