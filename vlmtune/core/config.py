@@ -400,7 +400,12 @@ def _validate_speed(cfg: RunConfig) -> None:
 def load_config(recipe: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Recipe name or YAML path, plus ``key=value`` overrides -> validated :class:`RunConfig`."""
     data = read_recipe(recipe)
+    typed = set()
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(data, keys, value)
+        typed.add(".".join(keys))
+    if "train.epochs" in typed and "train.max_steps" not in typed:
+        # what the user typed wins over the recipe: train.max_steps > 0 would override train.epochs
+        data.setdefault("train", {})["max_steps"] = 0
     return validate(from_dict(RunConfig, data))

@@ -291,6 +291,18 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ loop
+    def plan(self) -> str:
+        """One line: records, batches per epoch, and the optimizer steps they make, with the rule that
+        set them (``train.max_steps`` when > 0, else ``train.epochs`` x batches per epoch / grad_accum)."""
+        t = self.cfg.train
+        epochs = self.total_steps * t.grad_accum / max(1, self.micro_per_epoch)
+        rule = f"train.max_steps={t.max_steps}" if t.max_steps else f"train.epochs={t.epochs:g}"
+        return (
+            f"plan: {len(self.records):,} records -> {self.micro_per_epoch:,} batches of <= {t.batch_size} per "
+            f"epoch (grad_accum {t.grad_accum}) -> {self.total_steps:,} optimizer steps = {epochs:.2f} epochs "
+            f"({rule})"
+        )
+
     def _log(self, msg: str) -> None:
         if not self.quiet:
             print(msg, flush=True)
@@ -309,6 +321,7 @@ class Trainer:
                 f"{g['name']}={g['lr']:g} ({sum(p.numel() for p in g['params']):,})" for g in self.groups
             )
         )
+        self._log(self.plan())
         if resume_from is not None:
             self.resume(resume_from)
             self._log(f"resumed from {resume_from} at step {self.step}")
