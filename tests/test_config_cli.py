@@ -114,3 +114,20 @@ def test_eval_count_flags_out_of_range_are_one_line_errors(flag, value, capsys):
     assert main(["eval", "shapes-vqa", "--model", "shapes-tiny", flag, value]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{flag} must be >=" in err and f"got {value}" in err and len(err.splitlines()) == 1
+
+
+def test_a_typo_inside_a_target_list_is_an_error_naming_it(model_dir):
+    """`[q_proj, v_proj, qproj]`: q_proj and v_proj match, the typo is not silently dropped."""
+    from vlmtune.adapters import attach
+    from vlmtune.core.errors import AdapterError
+    from vlmtune.models import build_pipeline
+
+    cfg = load_config(
+        "llava-dora", [f"model.name_or_path={model_dir}", "adapters.language.targets=[q_proj,v_proj,qproj]"]
+    )
+    pipe = build_pipeline(cfg)
+    with pytest.raises(
+        AdapterError,
+        match=r"adapters.language.targets: 'qproj' matches no linear layer .* did you mean q_proj",
+    ):
+        attach(pipe.model, pipe.towers, cfg.adapters.specs())

@@ -8,6 +8,7 @@ A pipeline names its towers by module path prefix, e.g. for LLaVA
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -109,25 +110,24 @@ def _matches(rel_path: str, names: list[str]) -> bool:
 
 
 def resolve_targets(model: nn.Module, prefixes: list[str], spec: AdapterSpec, tower: str) -> list[str]:
-    """Full paths of the ``nn.Linear`` layers in a tower that ``spec.targets`` names."""
-    names = spec.target_names()
-    found = [
-        full
-        for full, rel, module in tower_modules(model, prefixes)
-        if isinstance(module, nn.Linear) and _matches(rel, names)
-    ]
+    """Full paths of the ``nn.Linear`` layers in a tower that ``spec.targets`` names. Every entry of the
+    list must match something (a typo such as ``qproj`` beside ``q_proj`` is an error naming it and the
+    closest leaf names, not silently dropped); an alias matches when one of its expansions does."""
+    linears = [(full, rel) for full, rel, m in tower_modules(model, prefixes) if isinstance(m, nn.Linear)]
+    leaves = sorted({rel.rsplit(".", 1)[-1] for _, rel in linears})
+    found = [full for full, rel in linears if _matches(rel, spec.target_names())]
     if not found:
-        leaves = sorted(
-            {
-                rel.rsplit(".", 1)[-1]
-                for _, rel, m in tower_modules(model, prefixes)
-                if isinstance(m, nn.Linear)
-            }
-        )
         raise AdapterError(
             f"adapters.{tower}.targets={spec.targets} matched no linear layer under {prefixes}; "
             f"linear layers there are named: {', '.join(leaves) or '(none)'}"
         )
+    for target in spec.targets:
+        if not any(_matches(rel, expand_targets([target])) for _, rel in linears):
+            close = difflib.get_close_matches(target.removeprefix("re:"), leaves, n=3, cutoff=0.5)
+            raise AdapterError(
+                f"adapters.{tower}.targets: '{target}' matches no linear layer under {prefixes}"
+                + (f"; did you mean {', '.join(close)}?" if close else f"; they are named: {', '.join(leaves)}")
+            )
     return found
 
 
