@@ -16,6 +16,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from vlmtune.core.io import read_text
+
 
 class PrepError(ValueError):
     """A fatal problem with an input file; the message is one line naming the file and key."""
@@ -26,7 +28,7 @@ def read_json(path: str | Path, what: str):
     if not path.is_file():
         raise PrepError(f"{what} file {path} does not exist")
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text(path, PrepError))
     except json.JSONDecodeError as e:
         raise PrepError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
 
@@ -37,7 +39,7 @@ def read_jsonl(path: str | Path, what: str) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise PrepError(f"{what} file {path} does not exist")
     out = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(read_text(path, PrepError).splitlines(), 1):
         if not line.strip():
             continue
         try:

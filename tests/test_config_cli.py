@@ -131,3 +131,24 @@ def test_a_typo_inside_a_target_list_is_an_error_naming_it(model_dir):
         match=r"adapters.language.targets: 'qproj' matches no linear layer .* did you mean q_proj",
     ):
         attach(pipe.model, pipe.towers, cfg.adapters.specs())
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["info", "{png}"],
+        ["eval", "shapes-vqa", "--predictions", "{bad}"],
+        ["train", "{png}"],
+    ],
+)
+def test_files_that_are_not_utf8_text_are_one_line_errors(argv, tmp_path, capsys):
+    from PIL import Image
+
+    from vlmtune.cli import main
+
+    png, bad = tmp_path / "picture.png", tmp_path / "answers.jsonl"
+    Image.new("RGB", (4, 4)).save(png)
+    bad.write_bytes(b'{"id": "a", "prediction": "\\xff\\xfe"}\n'.replace(b"\\xff\\xfe", b"\xff\xfe"))
+    assert main([a.format(png=png, bad=bad) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not UTF-8 text" in err and len(err.splitlines()) == 1

@@ -233,3 +233,14 @@ def test_nothing_left_is_an_error(tmp_path, capsys):
         == 2
     )
     assert "no records left" in capsys.readouterr().err
+
+
+def test_input_that_is_not_utf8_is_one_line_and_writes_nothing(tmp_path, capsys):
+    questions = tmp_path / "coco_pope_random.json"
+    questions.write_bytes(b'{"question_id": 1, "image": "a.jpg", "text": "Is there a \xff?", "label": "yes"}\n')
+    out = tmp_path / "pope.jsonl"
+    module = script("prep_pope")
+    assert module.run(module.main, [str(questions), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not UTF-8 text" in err and str(questions) in err and len(err.splitlines()) == 1
+    assert not out.exists()

@@ -19,6 +19,7 @@ import yaml
 from vlmtune.core.adapter_spec import AdapterSpec
 from vlmtune.core.data_spec import parse_spec
 from vlmtune.core.errors import ConfigError, DataError
+from vlmtune.core.io import read_text
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 PACKAGED_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -257,7 +258,7 @@ def list_recipes() -> dict[str, Path]:
 
 
 def recipe_description(path: Path) -> str:
-    data = yaml.safe_load(path.read_text()) or {}
+    data = yaml.safe_load(read_text(path, ConfigError)) or {}
     return str(data.get("description", ""))
 
 
@@ -283,7 +284,7 @@ def read_recipe(name_or_path: str) -> dict:
     if not path.is_file():
         raise ConfigError(f"recipe file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text(path, ConfigError)) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     data.setdefault("recipe", path.stem)  # before inheriting, so a child keeps its own name

@@ -92,3 +92,17 @@ def atomic_dir(final: Path, build: Callable[[Path], object], complete: str | Non
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def read_text(path: str | Path, error: type[Exception] | None = None) -> str:
+    """A user's file as UTF-8 text (a leading BOM tolerated). Other bytes are one line naming the file and
+    the offset, raised as ``error`` (default :class:`~vlmtune.core.errors.DataError`), never a traceback."""
+    from vlmtune.core.errors import DataError
+
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise (error or DataError)(
+            f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); is it the right file? save it as UTF-8"
+        ) from None

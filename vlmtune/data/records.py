@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from torch.utils.data import Dataset
 
 from vlmtune.core.data_spec import parse_spec
+from vlmtune.core.io import read_text
 from vlmtune.data.errors import ON_ERROR, DataError, ErrorLog, handle
 from vlmtune.data.images import load_image
 from vlmtune.data.spec import spec_paths
@@ -257,7 +258,7 @@ def read_classification(spec: str, split: str = "train", max_samples: int = 0) -
     """Records of a classification spec, or of JSONL paths with ``classify`` records."""
     records = []
     for path in spec_paths(spec, split):
-        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        for lineno, line in enumerate(read_text(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from vlmtune.core.io import atomic_write, atomic_write_json
+from vlmtune.core.io import atomic_write, atomic_write_json, read_text
 from vlmtune.eval.benchmarks import Benchmark, get_benchmark, prepare
 from vlmtune.eval.errors import EvalError
 from vlmtune.models.base import move_batch
@@ -175,7 +175,7 @@ def read_predictions(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"predictions file {path} does not exist")
-    text = path.read_text()
+    text = read_text(path, EvalError)
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
