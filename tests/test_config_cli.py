@@ -152,3 +152,21 @@ def test_files_that_are_not_utf8_text_are_one_line_errors(argv, tmp_path, capsys
     assert main([a.format(png=png, bad=bad) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert "not UTF-8 text" in err and len(err.splitlines()) == 1
+
+
+def test_a_run_folder_in_use_cannot_be_claimed_twice(tmp_path):
+    """While a run holds its folder (core.io.claim, as `vlmtune train` does), a second claim is a one-line
+    error naming the holder's pid; the lock file goes with the run."""
+    import os
+
+    from vlmtune.core.io import LOCK_NAME, claim
+
+    run = tmp_path / "run"
+    with claim(run):
+        assert (run / LOCK_NAME).read_text() == str(os.getpid())
+        with pytest.raises(ConfigError, match=rf"run is in use by another vlmtune run \(pid {os.getpid()}\)"):
+            with claim(run):
+                pass
+    assert not (run / LOCK_NAME).exists()
+    with claim(run):  # free again
+        pass

@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -106,3 +107,41 @@ def read_text(path: str | Path, error: type[Exception] | None = None) -> str:
         raise (error or DataError)(
             f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); is it the right file? save it as UTF-8"
         ) from None
+
+
+LOCK_NAME = ".vlmtune.lock"
+
+
+@contextmanager
+def claim(folder: str | Path):
+    """Hold an exclusive lock on ``folder`` (``flock`` on ``folder/.vlmtune.lock``, which holds the pid) for
+    the block, so that two runs never write one run folder. A folder another process holds is a one-line
+    ConfigError naming its pid. The lock file is removed when the block ends."""
+    import fcntl
+
+    from vlmtune.core.errors import ConfigError
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the whole block
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip()
+        handle.close()
+        raise ConfigError(
+            f"{folder} is in use by another vlmtune run{f' (pid {pid})' if pid else ''}; wait for it to finish "
+            "or give another --output-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    try:
+        yield folder
+    finally:
+        path.unlink(missing_ok=True)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()

@@ -150,6 +150,9 @@ def relaunch(args: argparse.Namespace, num_processes: int) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from vlmtune.core.io import claim
     from vlmtune.models.qlora import check_4bit
     from vlmtune.train import distributed as ddp
     from vlmtune.train.fsdp import check_config as check_fsdp
@@ -180,7 +183,8 @@ def main(args: argparse.Namespace) -> int:
         raise choice
     run_dir, resume_from = choice
     try:
-        run(cfg, run_dir, resume_from, quiet=args.quiet)
+        with claim(run_dir) if ddp.is_main() else nullcontext():  # one run per folder
+            run(cfg, run_dir, resume_from, quiet=args.quiet)
     except TrainingError as e:
         print(f"vlmtune train: error: {e}", flush=True)
         return 1
