@@ -71,9 +71,25 @@ def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if (p / DONE_NAME).is_file())
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    found = checkpoint_dirs(run_dir)
-    return found[-1] if found else None
+def unreadable(ckpt: Path) -> str | None:
+    """Why a complete-looking checkpoint cannot be loaded (a truncated or corrupt file), else None. Reads
+    every tensor file and the trainer state, without touching a model."""
+    try:
+        trainable_tensors(ckpt / "adapter")
+        torch.load(ckpt / STATE_NAME, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any failure to read means "not this one"
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return None
+
+
+def newest_loadable_checkpoint(run_dir: str | Path, say=print) -> Path | None:
+    """The newest complete checkpoint whose files load; every newer one that does not is named and skipped."""
+    for ckpt in reversed(checkpoint_dirs(run_dir)):
+        reason = unreadable(ckpt)
+        if reason is None:
+            return ckpt
+        say(f"--resume: {ckpt.name} cannot be read ({reason}); trying the one before")
+    return None
 
 
 def save_checkpoint(

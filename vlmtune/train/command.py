@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _resolve_resume(arg: str, cfg: RunConfig) -> tuple[Path, Path | None]:
     """(run folder, checkpoint folder) for ``--resume``."""
-    from vlmtune.train.checkpoint import latest_checkpoint
+    from vlmtune.train.checkpoint import checkpoint_dirs, newest_loadable_checkpoint
     from vlmtune.train.run import latest_run_dir
 
     if arg == "latest":
@@ -53,9 +53,13 @@ def _resolve_resume(arg: str, cfg: RunConfig) -> tuple[Path, Path | None]:
         return run.parent.parent, run
     if not run.is_dir():
         raise ConfigError(f"--resume: run folder {run} does not exist")
-    ckpt = latest_checkpoint(run)
+    ckpt = newest_loadable_checkpoint(run, say=lambda msg: print(msg, flush=True))
+    if ckpt is None and checkpoint_dirs(run):
+        raise ConfigError(f"--resume: no checkpoint of {run} can be read (see above); start a new run")
     if ckpt is None:  # killed before its first complete checkpoint: nothing to lose, start over
         print(f"--resume: {run} has no complete checkpoint yet; starting from step 0", flush=True)
+    elif ckpt != checkpoint_dirs(run)[-1]:
+        print(f"--resume: resuming from {ckpt.name}, the newest checkpoint that loads", flush=True)
     return run, ckpt
 
 
