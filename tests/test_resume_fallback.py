@@ -39,3 +39,26 @@ def test_resume_falls_back_to_the_newest_checkpoint_that_loads(model_dir, shapes
         (ckpt / "adapter" / "adapter_model.safetensors").write_bytes(b"")
     with pytest.raises(ConfigError, match="no checkpoint of .* can be read"):
         _resolve_resume(str(run), cfg)
+
+
+def test_resume_with_another_config_is_one_line_naming_the_keys(tmp_path):
+    import yaml
+
+    from vlmtune.core.config import to_dict
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(to_dict(load_config("llava-dora"))))
+    assert (
+        _resolve_resume(str(run), load_config("llava-dora", ["train.max_steps=800"]))[0] == run
+    )  # longer: fine
+    with pytest.raises(ConfigError) as err:
+        _resolve_resume(str(run), load_config("llava-dora", ["train.lr=1e-3", "adapters.language.r=8"]))
+    message = str(err.value)
+    assert (
+        "\n" not in message
+        and "adapters.language.r (128 -> 8)" in message
+        and "train.lr (0.0002 -> 0.001)" in message
+    )
+    with pytest.raises(ConfigError, match=r"recipe \('llava-dora' -> 'llava-lora'\)"):
+        _resolve_resume(str(run), load_config("llava-lora"))

@@ -36,6 +36,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# keys a resumed run may change: how long to train and how to log/evaluate, not what is trained
+RESUMABLE = ("train.max_steps", "train.epochs", "train.output_dir", "train.num_processes", "train.log_every",
+             "train.save_every", "train.keep_last", "train.eval_at_start", "train.eval_at_end", "eval.",
+             "data.num_workers", "data.max_eval_samples")  # fmt: skip
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_same_config(run: Path, cfg: RunConfig) -> None:
+    """A resumed run trains what its folder's ``config.yaml`` says: any other difference is one line naming
+    the keys (only the :data:`RESUMABLE` ones may change)."""
+    import yaml
+
+    saved_path = run / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved, now = _flat(yaml.safe_load(saved_path.read_text()) or {}), _flat(to_dict(cfg))
+    differ = sorted(
+        k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k) and not k.startswith(RESUMABLE)
+    )
+    if differ:
+        shown = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in differ[:3])
+        more = f" (+{len(differ) - 3} more)" if len(differ) > 3 else ""
+        raise ConfigError(
+            f"--resume: {run} was trained with another config: {shown}{more}; resume with the same recipe and "
+            "overrides (only steps, epochs, logging and evaluation may change) or start a new run"
+        )
+
+
 def _resolve_resume(arg: str, cfg: RunConfig) -> tuple[Path, Path | None]:
     """(run folder, checkpoint folder) for ``--resume``."""
     from vlmtune.train.checkpoint import checkpoint_dirs, newest_loadable_checkpoint
@@ -53,6 +87,7 @@ def _resolve_resume(arg: str, cfg: RunConfig) -> tuple[Path, Path | None]:
         return run.parent.parent, run
     if not run.is_dir():
         raise ConfigError(f"--resume: run folder {run} does not exist")
+    check_same_config(run, cfg)
     ckpt = newest_loadable_checkpoint(run, say=lambda msg: print(msg, flush=True))
     if ckpt is None and checkpoint_dirs(run):
         raise ConfigError(f"--resume: no checkpoint of {run} can be read (see above); start a new run")
