@@ -65,6 +65,9 @@ def merged_pipeline(source: str | Path, recipe: str | None = None, base: str | N
 
 
 def main(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # stderr is for the one-line error
     pipeline = merged_pipeline(args.source, args.recipe, args.base)
     out = pipeline.save_merged(args.out_dir)
     print(f"merged {args.source} into {pipeline.name_or_path} -> {out}")
