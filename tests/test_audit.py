@@ -82,7 +82,7 @@ def test_lora_a_zero_gradient_on_step_one_is_not_dead(model_dir, records) -> Non
     pipe.loss(pipe.collate(records[:2])).backward()
     a = [m.lora_A.weight.grad for _, m in adapter_layers(pipe.model)]
     assert all(g is not None and not g.any() for g in a)  # B = 0: dL/dA = 0 exactly
-    assert dead_adapter_tensors(pipe.model) == []
+    assert dead_adapter_tensors(pipe.model) == ([], True)
 
 
 def test_checkpointing_on_both_towers_passes(model_dir, records, tmp_path) -> None:
@@ -110,8 +110,26 @@ def test_reentrant_checkpointing_needs_vision_inputs_with_grad(model_dir, record
         for _, m in adapter_layers(pipe.model):
             m.lora_B.weight.normal_(0, 0.01)
     pipe.loss(pipe.collate(records[:2])).backward()
-    dead = dead_adapter_tensors(pipe.model)
+    dead, conclusive = dead_adapter_tensors(pipe.model)
+    assert conclusive
     if hook:
         assert dead == []
     else:
         assert dead and all("vision_tower" in name for name in dead), dead
+
+
+def test_all_zero_gradients_everywhere_wait_for_the_next_step() -> None:
+    """A zero-initialised head zeroes every adapter gradient on step 1: not conclusive, nothing named;
+    a missing gradient is named at once."""
+    from torch import nn
+
+    from vlmtune.adapters import AdapterSpec
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    attach(model, {"vision": ["0"], "projector": ["1"]}, {"vision": AdapterSpec(method="dora", r=2, targets=["0"]),
+                                                         "projector": AdapterSpec(method="full")})  # fmt: skip
+    nn.init.zeros_(model[1].weight)
+    model(torch.randn(3, 4)).sum().backward()
+    assert dead_adapter_tensors(model) == ([], False)
+    model[0].lora_A.weight.grad = None
+    assert dead_adapter_tensors(model) == (["0.lora_A.weight"], False)

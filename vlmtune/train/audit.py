@@ -8,7 +8,9 @@ After the first backward (:func:`check_gradients`): every adapter tensor that go
 (``grad is None``) or, in a layer none of whose tensors got a non-zero gradient, an all-zero one is
 named and the run stops unless ``train.allow_dead_adapters=true``. A layer is judged as a whole
 because LoRA's ``lora_A`` gets an exactly-zero gradient on step 1 (``dL/dA = s B^T g x^T`` with
-``B = 0``) while ``lora_B`` gets a non-zero one.
+``B = 0``) while ``lora_B`` gets a non-zero one. When no adapter anywhere got a non-zero gradient
+(a zero-initialised classification head zeroes them all on step 1), zero gradients are judged at the
+first step where some adapter gets one; missing gradients (``None``) are judged at once.
 
 Reentrant activation checkpointing runs a block's backward only if one of its inputs requires grad;
 a frozen vision tower's embeddings do not, so its adapters would get none (peft issue 2880):
@@ -69,27 +71,34 @@ def _trainable(layer: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
             yield name, p
 
 
-def dead_adapter_tensors(model: nn.Module) -> list[str]:
-    """Adapter tensors with no gradient, or an all-zero one in a layer that got no non-zero gradient."""
-    dead: list[str] = []
+def dead_adapter_tensors(model: nn.Module) -> tuple[list[str], bool]:
+    """(dead tensors, conclusive). Dead: no gradient, or an all-zero one in a layer that got no non-zero
+    gradient. When no adapter layer at all got a non-zero gradient (the cause is upstream: a zero-initialised
+    head, as the ViT recipes use, zeroes every backbone gradient on step 1), only the ``grad is None``
+    tensors are listed and the result is not conclusive: judge zero gradients again on the next step."""
+    none: list[str] = []
+    zero: list[str] = []
+    any_live = False
     for path, layer in adapter_layers(model):
         tensors = list(_trainable(layer))
         live = any(p.grad is not None and bool(p.grad.ne(0).any()) for _, p in tensors)
-        dead.extend(f"{path}.{name}" for name, p in tensors if p.grad is None or not live)
-    return dead
+        any_live |= live
+        none.extend(f"{path}.{name}" for name, p in tensors if p.grad is None)
+        zero.extend(f"{path}.{name}" for name, p in tensors if p.grad is not None and not live)
+    return (sorted(none + zero) if any_live else none), any_live or not zero
 
 
-def check_gradients(model: nn.Module, allow_dead: bool) -> list[str]:
-    """Dead adapter tensors after the first backward; raises :class:`AdapterError` (one line) unless
-    ``allow_dead``."""
-    dead = dead_adapter_tensors(model)
+def check_gradients(model: nn.Module, allow_dead: bool) -> tuple[list[str], bool]:
+    """(dead adapter tensors, conclusive) after a backward; raises :class:`AdapterError` (one line)
+    on dead tensors unless ``allow_dead``. Call again after the next backward while not conclusive."""
+    dead, conclusive = dead_adapter_tensors(model)
     if dead and not allow_dead:
         raise AdapterError(
-            f"{len(dead)} adapter tensor(s) got no or an all-zero gradient in the first step: {_first(dead)}; "
+            f"{len(dead)} adapter tensor(s) got no or an all-zero gradient after backward: {_first(dead)}; "
             "the adapter is detached from the loss (frozen inputs under checkpointing?) or set "
             "train.allow_dead_adapters=true"
         )
-    return dead
+    return dead, conclusive
 
 
 def _mark_inputs(_module: nn.Module, args: tuple, kwargs: dict) -> None:

@@ -441,9 +441,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             return None, (0.0, 0, 0)
         if not self.gradients_audited:  # after the first backward (vlmtune.train.audit)
-            self.gradients_audited = True
-            dead = audit.check_gradients(self.pipeline.model, t.allow_dead_adapters)
-            if dead:
+            dead, self.gradients_audited = audit.check_gradients(self.pipeline.model, t.allow_dead_adapters)
+            if dead and self.gradients_audited:
                 self._log(f"warning: {len(dead)} dead adapter tensor(s) (train.allow_dead_adapters=true)")
         with timer.phase("optimizer"):
             max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
