@@ -41,6 +41,11 @@ def _first(names: list[str]) -> str:
     return ", ".join(names[:SHOWN]) + more
 
 
+def adapted_prefixes(towers: dict[str, list[str]], specs: dict[str, AdapterSpec]) -> list[str]:
+    """Prefixes of the towers whose spec is not ``frozen``."""
+    return [q for t, s in specs.items() if s is not None and s.method != "frozen" for q in towers.get(t, [])]
+
+
 def adapted_paths(model: nn.Module, towers: dict[str, list[str]], specs: dict[str, AdapterSpec]) -> list[str]:
     """Weight-adapter layer paths, plus the prefixes of towers adapted as a whole (full, prompts...)."""
     paths = [path for path, _ in adapter_layers(model)]

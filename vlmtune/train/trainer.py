@@ -157,9 +157,9 @@ class Trainer:
         self.total_steps = max(1, steps)
         model = pipeline.model
         if cfg.model.gradient_checkpointing and enable_checkpointing(model):
-            adapted = [q for tower, spec in cfg.adapters.specs().items() if spec is not None
-                       and spec.method != "frozen" for q in pipeline.towers.get(tower, [])]  # fmt: skip
-            audit.tower_inputs_require_grad(model, adapted)
+            audit.tower_inputs_require_grad(
+                model, audit.adapted_prefixes(pipeline.towers, cfg.adapters.specs())
+            )
         if self.sharded:  # fully_shard moves one layer at a time to the device, then keeps its shard
             fsdp.check_config(cfg)
             fsdp.shard_model(model, cfg, self.accelerator.device)
