@@ -2,16 +2,39 @@
 
 The result is a plain model folder (for LLaVA: ``LlavaForConditionalGeneration.from_pretrained``
 loads it, with tokenizer, image processor and processor) that answers like the adapter model.
+
+The merge proves itself: one probe record (a generated image + a prompt, collated by the pipeline's
+own ``collate([record], train=False)``) runs through the adapter model before merging and through
+the merged model as written (after ``save_merged``, which leaves no adapter layer: any left is an
+error too); ``merge_check.json`` in the output folder records
+
+    max_rel_logit_diff = max |z_merged - z_adapter| / max |z_adapter|
+
+(the largest logit change relative to the largest logit). Above :data:`MERGE_BOUNDS` for the model's
+dtype the command fails (exit 2): 1e-3 in fp32 (what remains is summation order), 2e-2 in bf16/fp16
+(a merged weight is rounded once to 8 mantissa bits, ~4e-3 relative per weight, and the differences
+accumulate over the layers).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import tempfile
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import torch
 import yaml
+from PIL import Image
 
 from vlmtune.core.config import ConfigError, RunConfig, from_dict, load_config
+from vlmtune.core.errors import AdapterError
+from vlmtune.core.io import atomic_write_json
+
+MERGE_BOUNDS = {torch.float32: 1e-3, torch.bfloat16: 2e-2, torch.float16: 2e-2}
+CHECK_NAME = "merge_check.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +62,6 @@ def locate(source: str | Path) -> tuple[Path, Path | None]:
 
 def merged_pipeline(source: str | Path, recipe: str | None = None, base: str | None = None):
     """The base pipeline of ``source`` with its adapter loaded (not yet merged)."""
-    import json
 
     from vlmtune.adapters import load_adapter
     from vlmtune.presets import build_pipeline
@@ -51,11 +73,7 @@ def merged_pipeline(source: str | Path, recipe: str | None = None, base: str | N
         cfg = load_config(recipe)
     else:
         cfg = RunConfig()
-    meta_base = None
-    meta = adapter / "vlmtune_adapter.json"
-    if meta.is_file():
-        meta_base = json.loads(meta.read_text()).get("base_model_name_or_path")
-    cfg.model.name_or_path = base or meta_base or cfg.model.name_or_path
+    cfg.model.name_or_path = base or recorded_base(adapter) or cfg.model.name_or_path
     if not cfg.model.name_or_path:
         raise ConfigError(f"{adapter}: base model unknown; pass --base")
     pipeline = build_pipeline(cfg)
@@ -64,8 +82,87 @@ def merged_pipeline(source: str | Path, recipe: str | None = None, base: str | N
     return pipeline
 
 
+def recorded_base(adapter: Path) -> str | None:
+    """The base an adapter folder records: ``vlmtune_adapter.json``, or for a folder written by plain
+    peft, ``base_model_name_or_path`` of ``adapter_config.json``."""
+    from vlmtune.adapters.peft_io import read_peft_config
+
+    meta = adapter / "vlmtune_adapter.json"
+    if meta.is_file():
+        return json.loads(meta.read_text()).get("base_model_name_or_path")
+    return read_peft_config(adapter).get("base_model_name_or_path")
+
+
+def probe_batch(pipeline, folder: Path) -> dict[str, Any]:
+    """One record (a seeded 32x32 noise image written to ``folder`` + a question) collated for eval."""
+    rng = np.random.default_rng(0)
+    image = folder / "probe.png"
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(image)
+    record = {"id": "merge-probe", "task": "vqa", "image": str(image), "question": "What shape is this?",
+              "answer": "circle", "answers": ["circle"], "label": 0}  # fmt: skip
+    return pipeline.collate([record], train=False)
+
+
+@torch.no_grad()
+def probe_logits(pipeline, batch: dict[str, Any]) -> torch.Tensor:
+    """The model's logits on ``batch``, fp32 on CPU."""
+    from vlmtune.data.packing import model_inputs
+    from vlmtune.models import move_batch
+
+    if hasattr(pipeline, "logits"):
+        out = pipeline.logits(batch)
+    else:
+        device = next(pipeline.model.parameters()).device
+        inputs = model_inputs(move_batch(batch, device))
+        if getattr(getattr(pipeline.model, "bart", None), "config", None) is not None:
+            inputs["labels"] = inputs["input_ids"]  # an encoder-decoder needs decoder inputs: the prompt
+        out = pipeline.model(**inputs).logits
+    return out.float().cpu()
+
+
+def relative_difference(got: torch.Tensor, want: torch.Tensor) -> float:
+    """``max |got - want| / max |want|`` over all logits."""
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
+
+
+def verify(pipeline, merged_folder: Path, batch: dict[str, Any], want: torch.Tensor) -> dict[str, Any]:
+    """Compare the merged model's probe logits with ``want`` (the adapter model's), write
+    ``merge_check.json`` and raise :class:`AdapterError` when an adapter layer is left or the
+    difference is above the dtype's bound."""
+    from vlmtune.adapters.inject import adapter_layers
+
+    left = [path for path, _ in adapter_layers(pipeline.model)]
+    dtype = next(pipeline.model.parameters()).dtype
+    bound = MERGE_BOUNDS.get(dtype, MERGE_BOUNDS[torch.bfloat16])
+    diff = relative_difference(probe_logits(pipeline, batch), want)
+    check = {"max_rel_logit_diff": diff, "bound": bound, "dtype": str(dtype).removeprefix("torch."),
+             "unmerged_layers": len(left), "ok": diff <= bound and not left,
+             "probe": "one generated 32x32 image + 'What shape is this?'"}  # fmt: skip
+    atomic_write_json(check, merged_folder / CHECK_NAME)
+    if left:
+        raise AdapterError(
+            f"{merged_folder}: {len(left)} adapter layer(s) were not folded into the weights "
+            f"({', '.join(left[:3])}); the merge is wrong, do not use it"
+        )
+    if diff > bound:
+        raise AdapterError(
+            f"{merged_folder}: the merged model differs from the adapter model by {diff:.3g} (max relative "
+            f"logit difference on a probe, bound {bound:g} for {check['dtype']}); the merge is wrong, do not use it"
+        )
+    return check
+
+
 def main(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # stderr is for the one-line error
     pipeline = merged_pipeline(args.source, args.recipe, args.base)
-    out = pipeline.save_merged(args.out_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        batch = probe_batch(pipeline, Path(tmp))
+        want = probe_logits(pipeline, batch)
+        out = Path(pipeline.save_merged(args.out_dir))
+        check = verify(pipeline, out, batch, want)
     print(f"merged {args.source} into {pipeline.name_or_path} -> {out}")
+    print(f"merge check: max relative logit difference {check['max_rel_logit_diff']:.3g} "
+          f"(bound {check['bound']:g}, {check['dtype']}) -> {out / CHECK_NAME}")  # fmt: skip
     return 0

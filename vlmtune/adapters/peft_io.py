@@ -166,13 +166,54 @@ def save_adapter(
     extras = extras_state_dict(model)
     if extras:
         atomic_write_safetensors(extras, out / EXTRAS_NAME)
-    meta = {
-        "format": "vlmtune-adapter/1",
-        "base_model_name_or_path": base_name_or_path,
-        "specs": {t: asdict(s) for t, s in (specs or {}).items() if s is not None},
-    }
+    meta: dict = {"format": "vlmtune-adapter/1", "base_model_name_or_path": base_name_or_path}
+    if specs:
+        meta["specs"] = {t: asdict(s) for t, s in specs.items() if s is not None}
+    else:  # no tower specs given: describe the attached layers themselves (groups of equal settings)
+        towers, derived = derived_layout(model)
+        meta["towers"], meta["specs"] = towers, {t: asdict(s) for t, s in derived.items()}
     atomic_write_json(meta, out / META_NAME)
     return out
+
+
+def layer_spec(layer: nn.Module) -> tuple[AdapterSpec, str]:
+    """The :class:`AdapterSpec` that rebuilds ``layer`` and the spec list its leaf name goes in
+    (``targets``, or ``magnitude_only`` for a magnitude-only DoRA layer)."""
+    if isinstance(layer, MagnitudeOnlyLinear):
+        return AdapterSpec(method="dora", alpha=layer.alpha), "magnitude_only"
+    dropout = getattr(layer, "lora_dropout", None) or getattr(layer, "vera_dropout", None)
+    spec = AdapterSpec(
+        method=layer.method,
+        r=int(getattr(layer, "r", 8)),
+        alpha=float(getattr(layer, "alpha", 16.0)),
+        dropout=float(getattr(dropout, "p", 0.0)),
+        rslora=bool(getattr(layer, "rslora", False)),
+        detach_norm=bool(getattr(layer, "detach_norm", True)),
+    )
+    if isinstance(layer, VeraLinear):
+        proj = layer.vera_projection
+        spec.options = {
+            "projection_prng_key": proj.seed,
+            "save_projection": proj.save_projection,
+            "d_initial": layer.d_initial,
+        }
+    return spec, "targets"
+
+
+def derived_layout(model: nn.Module) -> tuple[dict[str, list[str]], dict[str, AdapterSpec]]:
+    """({group: module paths}, {group: spec}) rebuilding every attached weight adapter of ``model``:
+    each group is one set of equal settings, its "tower" prefixes are the layers' own paths."""
+    groups: dict[str, tuple[AdapterSpec, str, list[str]]] = {}
+    for path, layer in adapter_layers(model):
+        spec, field_name = layer_spec(layer)
+        key = json.dumps([asdict(spec), field_name], sort_keys=True)
+        groups.setdefault(key, (spec, field_name, []))[2].append(path)
+    towers: dict[str, list[str]] = {}
+    specs: dict[str, AdapterSpec] = {}
+    for i, (spec, field_name, paths) in enumerate(groups.values()):
+        setattr(spec, field_name, sorted({p.rsplit(".", 1)[-1] for p in paths}))
+        towers[f"layers{i}"], specs[f"layers{i}"] = paths, spec
+    return towers, specs
 
 
 def load_adapter(
@@ -190,12 +231,18 @@ def load_adapter(
         raise AdapterError(f"{folder}: no {WEIGHTS_NAME}; is this an adapter folder?")
     tensors = load_file(str(folder / WEIGHTS_NAME))
     meta_path = folder / META_NAME
-    if meta_path.is_file() and towers is not None:
-        meta = json.loads(meta_path.read_text())
-        specs = {t: AdapterSpec(**s) for t, s in meta["specs"].items()}
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    specs = {t: AdapterSpec(**s) for t, s in (meta.get("specs") or {}).items()}
+    if specs and "towers" in meta:  # saved without tower specs: the layers' own paths
+        for paths in meta["towers"].values():
+            for path in paths:
+                _base_linear(model, path, meta_path)
+        attach(model, meta["towers"], specs)
+    elif specs and towers is not None:
         attach(model, towers, specs)
     else:
         _attach_from_peft(model, folder, tensors)
+    check_tensors(model, tensors, folder)
     _load_peft_tensors(model, tensors, folder)
     if (folder / EXTRAS_NAME).is_file():
         _load_extras(model, load_file(str(folder / EXTRAS_NAME)), folder)
@@ -282,6 +329,38 @@ def _pattern_value(patterns: dict, path: str, default):
         if re.match(rf"(.*\.)?({key})$", path):
             return value
     return default
+
+
+def _first(keys: list[str], n: int = 3) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    """Refuse a PEFT file whose tensors are not exactly those of the attached layers: missing,
+    unexpected or mis-shaped keys are one :class:`AdapterError` line naming the first few."""
+    shared = (VERA_A_KEY, VERA_B_KEY)  # the VeRA pair is checked by VeraProjection.load
+    want = {k: tuple(v.shape) for k, v in lora_state_dict(model).items() if k not in shared}
+    got = {k: tuple(v.shape) for k, v in tensors.items() if k not in shared}
+    missing = sorted(want.keys() - got.keys())
+    if missing:
+        raise AdapterError(
+            f"{folder}: {len(missing)} adapter tensor(s) missing from {WEIGHTS_NAME}: {_first(missing)}; "
+            "the folder is incomplete or was written for other targets"
+        )
+    unexpected = sorted(got.keys() - want.keys())
+    if unexpected:
+        raise AdapterError(
+            f"{folder}: {len(unexpected)} unexpected tensor(s) in {WEIGHTS_NAME}: {_first(unexpected)}; "
+            "not adapted in this model (was the adapter trained with other targets?)"
+        )
+    wrong = sorted(k for k in want if want[k] != got[k])
+    if wrong:
+        shown = [f"{k} {got[k]} (model needs {want[k]})" for k in wrong]
+        raise AdapterError(
+            f"{folder}: {len(wrong)} tensor(s) in {WEIGHTS_NAME} with the wrong shape: {_first(shown)}; "
+            "the adapter was trained on a base model with other sizes or another rank"
+        )
 
 
 def _load_peft_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], folder: Path) -> None:

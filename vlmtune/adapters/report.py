@@ -65,3 +65,19 @@ def format_report(rows: list[ParamCount]) -> str:
     for r in rows:
         lines.append(f"{r.name:<10} {r.trainable:>14,} {r.total:>14,} {r.percent:>9.4f}%")
     return "\n".join(lines)
+
+
+def placement_lines(towers: dict[str, list[str]], specs: dict, adapted: list[str]) -> list[str]:
+    """One line per tower: its method and the adapted module paths under it counted by leaf name
+    (``language   dora    k_proj x2, q_proj x2   (prefixes: ...)``)."""
+    from collections import Counter
+
+    lines = []
+    for tower, prefixes in towers.items():
+        spec = specs.get(tower)
+        method = spec.method if spec is not None else "frozen"
+        paths = [p for p in adapted if any(p == q or p.startswith(q + ".") for q in prefixes)]
+        leaves = Counter(p.rsplit(".", 1)[-1] for p in paths)
+        what = ", ".join(f"{leaf} x{n}" for leaf, n in sorted(leaves.items())) or "-"
+        lines.append(f"  {tower:<10} {method:<7} {what}   (prefixes: {', '.join(prefixes)})")
+    return lines

@@ -94,6 +94,7 @@ class TrainConfig:
     save_every: int = 0  # steps; 0 = only at the end
     keep_last: int = 2
     nonfinite: str = "stop"  # stop | skip
+    allow_dead_adapters: bool = False  # go on when adapter tensors get no gradient in step 1 (train.audit)
     eval_at_start: bool = True
     eval_at_end: bool = True
     num_processes: int = 1

@@ -375,12 +375,10 @@ register_pipeline("llava", build_llava_style)
 def describe_plan(cfg: RunConfig, folder: str | None = None) -> str:
     """Per tower: which modules the recipe would adapt (counts by leaf name) and the trainable share,
     from the checkpoint's config alone (the model is built on the meta device: no weights are read)."""
-    from collections import Counter
-
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     from vlmtune.adapters.inject import attach
-    from vlmtune.adapters.report import format_report, param_report
+    from vlmtune.adapters.report import format_report, param_report, placement_lines
 
     path = folder or cfg.model.name_or_path
     model_type = read_model_type(path, cfg.model.name_or_path, cfg.model.trust_remote_code)
@@ -392,11 +390,5 @@ def describe_plan(cfg: RunConfig, folder: str | None = None) -> str:
     resolve_default_targets(cfg, family)
     attached = attach(model, towers, cfg.adapters.specs())
     lines = [f"{cfg.model.name_or_path}: {type(model).__name__} (model_type '{model_type}')"]
-    for tower, prefixes in towers.items():
-        spec = cfg.adapters.specs().get(tower)
-        method = spec.method if spec is not None else "frozen"
-        paths = [p for p in attached if any(p == q or p.startswith(q + ".") for q in prefixes)]
-        leaves = Counter(p.rsplit(".", 1)[-1] for p in paths)
-        what = ", ".join(f"{leaf} x{n}" for leaf, n in sorted(leaves.items())) or "-"
-        lines.append(f"  {tower:<10} {method:<7} {what}   (prefixes: {', '.join(prefixes)})")
+    lines += placement_lines(towers, cfg.adapters.specs(), list(attached))
     return "\n".join([*lines, format_report(param_report(model, towers))])

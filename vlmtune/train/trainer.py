@@ -33,8 +33,8 @@ from vlmtune.data.packing import num_samples
 from vlmtune.data.sampler import grouped_batches
 from vlmtune.models.base import Pipeline, move_batch
 from vlmtune.models.qlora import is_quantized
+from vlmtune.train import audit, fsdp
 from vlmtune.train import distributed as ddp
-from vlmtune.train import fsdp
 from vlmtune.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from vlmtune.train.optim import build_optimizer, build_scheduler, param_groups
 from vlmtune.train.run import MetricsLogger, plot_loss_curve
@@ -156,8 +156,10 @@ class Trainer:
         steps = t.max_steps or math.ceil(t.epochs * self.micro_per_epoch / t.grad_accum)
         self.total_steps = max(1, steps)
         model = pipeline.model
-        if cfg.model.gradient_checkpointing:
-            enable_checkpointing(model)
+        if cfg.model.gradient_checkpointing and enable_checkpointing(model):
+            audit.tower_inputs_require_grad(
+                model, audit.adapted_prefixes(pipeline.towers, cfg.adapters.specs())
+            )
         if self.sharded:  # fully_shard moves one layer at a time to the device, then keeps its shard
             fsdp.check_config(cfg)
             fsdp.shard_model(model, cfg, self.accelerator.device)
@@ -170,6 +172,7 @@ class Trainer:
         self.step = 0  # optimizer steps done
         self.micro = 0  # micro-batches consumed
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss (train.nonfinite=skip)
+        self.gradients_audited = self.sharded  # FSDP holds gradient shards: the audit needs whole tensors
 
     # ------------------------------------------------------------------ data
     def _epoch_order(self, epoch: int) -> list[int]:
@@ -316,6 +319,10 @@ class Trainer:
         model = self.pipeline.model
         self._log(format_report(param_report(model, self.pipeline.towers)))
         self._log(
+            "adapted modules:\n"
+            + audit.check_placement(model, self.pipeline.towers, self.cfg.adapters.specs())
+        )
+        self._log(
             "lr groups: "
             + ", ".join(
                 f"{g['name']}={g['lr']:g} ({sum(p.numel() for p in g['params']):,})" for g in self.groups
@@ -446,6 +453,10 @@ class Trainer:
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             return None, (0.0, 0, 0)
+        if not self.gradients_audited:  # after the first backward (vlmtune.train.audit)
+            dead, self.gradients_audited = audit.check_gradients(self.pipeline.model, t.allow_dead_adapters)
+            if dead and self.gradients_audited:
+                self._log(f"warning: {len(dead)} dead adapter tensor(s) (train.allow_dead_adapters=true)")
         with timer.phase("optimizer"):
             max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
             if self.sharded:  # FSDP reduce-scattered the gradients in backward
