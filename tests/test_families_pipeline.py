@@ -255,8 +255,11 @@ def test_unsupported_or_mismatched_checkpoints_stop_with_one_line(folders, tmp_p
         assert f"model.name_or_path='{folder}'" in message, (case, message)
 
 
-def test_train_eval_merge_commands_on_a_qwen2_vl_checkpoint(folders, records, tmp_path):
-    """The CLI end to end on a non-LLaVA family: train (per-tower) -> eval the run folder -> merge."""
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_train_eval_merge_commands_on_every_family(name, folders, records, tmp_path):
+    """The README's per-tower command on each family, end to end through the CLI: `vlmtune train llava-dora
+    model.name_or_path=FOLDER` (DoRA language, LoRA vision, projector trained) -> `vlmtune eval` on the run
+    folder -> `vlmtune merge` (with its own logit check) -> a folder of the same model_type and processor."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from vlmtune.cli import main
@@ -264,7 +267,7 @@ def test_train_eval_merge_commands_on_a_qwen2_vl_checkpoint(folders, records, tm
     data = tmp_path / "vqa.jsonl"
     vqa = [r for r in records if r["task"] == "vqa"]
     data.write_text("".join(json.dumps({**r, "id": f"q{i}"}) + "\n" for i, r in enumerate(vqa * 4)))
-    common = [f"model.name_or_path={folders('qwen2_vl')}", f"data.train={data}", f"data.eval={data}"]
+    common = [f"model.name_or_path={folders(name)}", f"data.train={data}", f"data.eval={data}"]
     run = tmp_path / "run"
     argv = ["train", "llava-dora", *common, *PER_TOWER, "train.max_steps=2", "train.batch_size=2",
             "eval.batch_size=2", "--output-dir", str(run), "--quiet"]  # fmt: skip
@@ -272,10 +275,12 @@ def test_train_eval_merge_commands_on_a_qwen2_vl_checkpoint(folders, records, tm
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert main(["eval", "shapes-vqa", "--model", str(run), "--data", str(data), "--out", str(tmp_path / "ev"),
                  "--quiet"]) == 0  # fmt: skip
+    assert len((tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()) == 4
     assert main(["merge", str(run), str(tmp_path / "merged")]) == 0
-    merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
-    assert merged.config.model_type == "qwen2_vl"
-    assert AutoProcessor.from_pretrained(tmp_path / "merged").chat_template
+    source = json.loads((folders(name) / "config.json").read_text())["model_type"]
+    assert AutoModelForImageTextToText.from_pretrained(tmp_path / "merged").config.model_type == source
+    processor = AutoProcessor.from_pretrained(tmp_path / "merged")
+    assert type(processor).__name__ == type(AutoProcessor.from_pretrained(folders(name))).__name__
 
 
 def test_info_prints_per_tower_modules_and_share_without_loading_weights(folders, capsys):
