@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import pytest
+from toy_models import llava_run
 
-from vlmtune.adapters import attach
 from vlmtune.core.config import ConfigError, load_config
 from vlmtune.data.records import load_records
-from vlmtune.models import build_pipeline
 from vlmtune.train.checkpoint import checkpoint_dirs
 from vlmtune.train.command import _resolve_resume
-from vlmtune.train.trainer import Trainer, seed_everything
+from vlmtune.train.trainer import Trainer
 
 
 def test_resume_falls_back_to_the_newest_checkpoint_that_loads(model_dir, shapes_cache, tmp_path, capsys):
     records = load_records("shapes:vqa", split="train", n_images=2, cache_dir=shapes_cache)[:8]
-    cfg = load_config(
-        "llava-dora",
-        [f"model.name_or_path={model_dir}", "train.max_steps=4", "train.batch_size=2", "train.save_every=2",
-         "train.keep_last=3", "adapters.language.r=4", "adapters.language.alpha=8"],
+    cfg, pipe = llava_run(
+        f"model.name_or_path={model_dir}", "train.max_steps=4", "train.batch_size=2", "train.save_every=2",
+        "train.keep_last=3", "adapters.language.r=4", "adapters.language.alpha=8",
     )  # fmt: skip
-    seed_everything(cfg.train.seed)
-    pipe = build_pipeline(cfg)
-    attach(pipe.model, pipe.towers, cfg.adapters.specs())
     run = tmp_path / "run"
     Trainer(pipe, cfg, records, run, quiet=True).fit()
     older, newest = checkpoint_dirs(run)[-2:]

@@ -5,16 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from toy_models import llava_run
 
-from vlmtune.adapters import attach
 from vlmtune.core.config import ConfigError, load_config
 from vlmtune.data.records import load_records
 from vlmtune.data.sampler import MEGABATCH, grouped_batches
-from vlmtune.models import build_pipeline
 from vlmtune.train.checkpoint import checkpoint_dirs
 from vlmtune.train.run import read_metrics
 from vlmtune.train.timing import PHASES
-from vlmtune.train.trainer import Trainer, seed_everything
+from vlmtune.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -23,24 +22,17 @@ def records(shapes_cache) -> list[dict]:
 
 
 def make(model_dir: Path, *overrides: str):
-    cfg = load_config(
-        "llava-dora",
-        [
-            f"model.name_or_path={model_dir}",
-            "adapters.language.r=4",
-            "adapters.language.alpha=8",
-            "train.batch_size=4",
-            "train.grad_accum=2",
-            "train.max_steps=4",
-            "train.log_every=1",
-            "train.lr=1e-3",
-            *overrides,
-        ],
+    return llava_run(
+        f"model.name_or_path={model_dir}",
+        "adapters.language.r=4",
+        "adapters.language.alpha=8",
+        "train.batch_size=4",
+        "train.grad_accum=2",
+        "train.max_steps=4",
+        "train.log_every=1",
+        "train.lr=1e-3",
+        *overrides,
     )
-    seed_everything(cfg.train.seed)
-    pipe = build_pipeline(cfg)
-    attach(pipe.model, pipe.towers, cfg.adapters.specs())
-    return cfg, pipe
 
 
 def losses(run_dir: Path) -> dict[int, float]:

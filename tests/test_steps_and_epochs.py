@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from vlmtune.adapters import attach
+from toy_models import llava_run
+
 from vlmtune.core.config import load_config
 from vlmtune.data.records import load_records
-from vlmtune.models import build_pipeline
 from vlmtune.train.run import read_metrics
-from vlmtune.train.trainer import Trainer, seed_everything
+from vlmtune.train.trainer import Trainer
 
 
 def test_typed_epochs_clear_the_recipe_max_steps_and_typed_max_steps_still_win():
@@ -22,14 +22,10 @@ def test_three_epochs_on_six_records_run_exactly_three_epochs_and_print_the_plan
     model_dir, shapes_cache, tmp_path, capsys
 ):
     records = load_records("shapes:vqa", split="train", n_images=2, cache_dir=shapes_cache)[:6]
-    cfg = load_config(
-        "llava-dora",
-        [f"model.name_or_path={model_dir}", "train.epochs=3", "train.batch_size=2", "train.log_every=1",
-         "adapters.language.r=4", "adapters.language.alpha=8"],
+    cfg, pipe = llava_run(
+        f"model.name_or_path={model_dir}", "train.epochs=3", "train.batch_size=2", "train.log_every=1",
+        "adapters.language.r=4", "adapters.language.alpha=8",
     )  # fmt: skip
-    seed_everything(cfg.train.seed)
-    pipe = build_pipeline(cfg)
-    attach(pipe.model, pipe.towers, cfg.adapters.specs())
     trainer = Trainer(pipe, cfg, records, tmp_path / "run")
     trainer.fit()
     steps = [r["step"] for r in read_metrics(tmp_path / "run") if "loss" in r]

@@ -7,16 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from toy_models import llava_run
 from transformers import LlavaForConditionalGeneration
 
-from vlmtune.adapters import attach
-from vlmtune.core.config import load_config
 from vlmtune.data.records import load_records
-from vlmtune.models import build_pipeline
 from vlmtune.train.checkpoint import checkpoint_dirs
 from vlmtune.train.optim import lr_lambda, param_groups
 from vlmtune.train.run import read_metrics
-from vlmtune.train.trainer import Trainer, seed_everything
+from vlmtune.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -25,26 +23,19 @@ def records(shapes_cache) -> list[dict]:
 
 
 def make(model_dir: Path, *overrides: str):
-    cfg = load_config(
-        "llava-dora",
-        [
-            f"model.name_or_path={model_dir}",
-            "adapters.language.r=4",
-            "adapters.language.alpha=8",
-            "adapters.language.dropout=0.1",  # exercises the RNG state on resume
-            "train.batch_size=4",
-            "train.grad_accum=2",
-            "train.max_steps=6",
-            "train.log_every=1",
-            "train.lr=1e-3",
-            "train.projector_lr=1e-3",
-            *overrides,
-        ],
+    return llava_run(
+        f"model.name_or_path={model_dir}",
+        "adapters.language.r=4",
+        "adapters.language.alpha=8",
+        "adapters.language.dropout=0.1",  # exercises the RNG state on resume
+        "train.batch_size=4",
+        "train.grad_accum=2",
+        "train.max_steps=6",
+        "train.log_every=1",
+        "train.lr=1e-3",
+        "train.projector_lr=1e-3",
+        *overrides,
     )
-    seed_everything(cfg.train.seed)
-    pipe = build_pipeline(cfg)
-    attach(pipe.model, pipe.towers, cfg.adapters.specs())
-    return cfg, pipe
 
 
 def losses(run_dir: Path) -> dict[int, float]:
