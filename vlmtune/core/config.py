@@ -122,6 +122,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # model.name_or_path -> {"dotted.key": value}: the recipe's settings for one base model (the embedded
+    # toy presets), applied under every key the user did not type; see load_config
+    model_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 # keys whose 0 means "off" or "all", but never a negative number
@@ -291,7 +294,12 @@ def read_recipe(name_or_path: str) -> dict:
     data.setdefault("recipe", path.stem)  # before inheriting, so a child keeps its own name
     parent = data.pop("base", None)
     if parent:
-        data = _deep_update(read_recipe(parent), data)
+        inherited = read_recipe(parent)
+        own = set(_flat_dict(data))  # what this recipe sets itself wins over the parent's model_defaults
+        for entry in (inherited.get("model_defaults") or {}).values():
+            for key in own & set(entry or {}):
+                del entry[key]
+        data = _deep_update(inherited, data)
     return data
 
 
@@ -407,7 +415,43 @@ def load_config(recipe: str, overrides: list[str] | tuple[str, ...] = ()) -> Run
         keys, value = parse_override(text)
         apply_override(data, keys, value)
         typed.add(".".join(keys))
+    for dotted, value in model_defaults_for(data).items():
+        if dotted not in typed:  # what the user typed wins over the recipe's per-model setting
+            apply_override(data, dotted.split("."), value)
     if "train.epochs" in typed and "train.max_steps" not in typed:
         # what the user typed wins over the recipe: train.max_steps > 0 would override train.epochs
         data.setdefault("train", {})["max_steps"] = 0
     return validate(from_dict(RunConfig, data))
+
+
+def model_defaults_for(data: dict) -> dict[str, Any]:
+    """The recipe's ``model_defaults`` entry for the chosen ``model.name_or_path`` (``{}`` if none).
+
+    The LLaVA recipes keep LLaVA-1.5's r=128 for real checkpoints and give the embedded 128-wide
+    ``shapes-tiny`` its own rank and learning rate (r=128 would train 109% of its language model)."""
+    table = data.get("model_defaults") or {}
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"recipe {data.get('recipe')}: model_defaults must map a model to key: value settings"
+        )
+    entry = table.get(str((data.get("model") or {}).get("name_or_path", "")), {}) or {}
+    if not isinstance(entry, dict):
+        raise ConfigError(f"recipe {data.get('recipe')}: model_defaults entries must be key: value mappings")
+    return entry
+
+
+def applied_model_defaults(cfg: RunConfig) -> str:
+    """``"adapters.language.r=8, train.lr=0.001"``: the per-model settings in force in ``cfg`` ('' if none)."""
+    entry = cfg.model_defaults.get(cfg.model.name_or_path, {})
+    now = _flat_dict(to_dict(cfg))
+    return ", ".join(f"{k}={v}" for k, v in entry.items() if now.get(k) == v)
+
+
+def _flat_dict(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "model_defaults":
+            out.update(_flat_dict(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from vlmtune.core.config import ConfigError, RunConfig, load_config, to_dict
+from vlmtune.core.config import ConfigError, RunConfig, applied_model_defaults, load_config, to_dict
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +118,10 @@ def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: b
     say = say if main_proc else (lambda *_: None)
     if main_proc:
         write_config(run_dir, to_dict(cfg))
+    if applied_model_defaults(cfg):
+        say(
+            f"recipe settings for {cfg.model.name_or_path}: {applied_model_defaults(cfg)} (type a key to change it)"
+        )
     errors = ErrorLog()
     with ddp.main_process_first():  # the main process fills the dataset cache
         train_records = load_split(cfg, cfg.data.train, "train", cfg.data.max_train_samples, errors)
