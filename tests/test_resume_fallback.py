@@ -48,12 +48,12 @@ def test_resume_with_another_config_is_one_line_naming_the_keys(tmp_path):
         _resolve_resume(str(run), load_config("llava-dora", ["train.max_steps=800"]))[0] == run
     )  # longer: fine
     with pytest.raises(ConfigError) as err:
-        _resolve_resume(str(run), load_config("llava-dora", ["train.lr=1e-3", "adapters.language.r=8"]))
+        _resolve_resume(str(run), load_config("llava-dora", ["train.lr=5e-4", "adapters.language.r=16"]))
     message = str(err.value)
     assert (
         "\n" not in message
-        and "adapters.language.r (128 -> 8)" in message
-        and "train.lr (0.0002 -> 0.001)" in message
+        and "adapters.language.r (8 -> 16)" in message
+        and "train.lr (0.001 -> 0.0005)" in message
     )
     with pytest.raises(ConfigError, match=r"recipe \('llava-dora' -> 'llava-lora'\)"):
         _resolve_resume(str(run), load_config("llava-lora"))
