@@ -56,7 +56,8 @@ class DataConfig:
     train: str = "shapes:vqa"  # JSONL path, or shapes:<task>[,<task>...]
     eval: str = "shapes:vqa"
     tasks: list[str] = field(default_factory=list)
-    image_root: str = ""  # images resolved relative to this (default: the JSONL file's folder)
+    image_root: str = ""  # images resolved relative to this (default: the data file's folder)
+    columns: dict = field(default_factory=dict)  # record key -> the user's column/key, e.g. {"messages": "conv"}
     max_length: int = 512
     template_seed: int = 0
     on_error: str = "raise"  # raise | skip

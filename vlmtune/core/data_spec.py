@@ -5,8 +5,10 @@
     imagefolder:<root>[@<split>]           <root>/<class>/<image>, or <root>/<split>/<class>/<image>
     hf:<name or disk path>[@<split>]       a ``datasets`` image-classification set
     <a.jsonl>[,<b.json>...]                user files: vlmtune JSONL, or a LLaVA conversation list
+    <c.parquet> | <saved_folder>           a ``datasets`` Parquet file or ``save_to_disk`` folder
 
-``@<split>`` (the last ``@`` of a generated spec) picks the split; without it the caller's applies.
+``@<split>`` (the last ``@`` of a generated spec, or after a saved ``datasets`` folder) picks the split;
+without it the caller's applies.
 A spec is parsed here and resolved to files by :mod:`vlmtune.data.spec`; this module only reads text.
 """
 
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 from vlmtune.core.errors import DataError
 
 GENERATED_KINDS = ("shapes", "digits", "imagefolder", "hf")
+# the formats of user files, by suffix; anything else names a folder written by ``Dataset.save_to_disk``
+FILE_FORMATS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
 
 
 @dataclass(frozen=True)
@@ -53,4 +57,17 @@ def parse_spec(text: str) -> DataSpec:
                 )
             return DataSpec(kind, tasks, split.strip())
         return DataSpec(kind, (body.strip(),), split.strip())
-    return DataSpec("files", tuple(p.strip() for p in text.split(",")))
+    items, split = [], ""
+    for part in (p.strip() for p in text.split(",")):
+        body, at, name = part.rpartition("@")  # a saved DatasetDict folder may name its split: ds@validation
+        if at and body and "/" not in name and file_format(body) == "datasets":
+            part, split = body, name.strip()
+        items.append(part)
+    return DataSpec("files", tuple(items), split)
+
+
+def file_format(item: str) -> str:
+    """The format of one user-file item of a spec: ``jsonl``, ``json`` (a list: LLaVA / ShareGPT),
+    ``parquet``, or ``datasets`` (a ``save_to_disk`` folder: any other name)."""
+    suffix = "." + item.rsplit(".", 1)[-1].lower() if "." in item.rsplit("/", 1)[-1] else ""
+    return FILE_FORMATS.get(suffix, "datasets")
