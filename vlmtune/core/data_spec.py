@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlmtune.core.errors import DataError
+from vlmtune.core.errors import ConfigError, DataError
 
 GENERATED_KINDS = ("shapes", "digits", "imagefolder", "hf")
 # the formats of user files, by suffix; anything else names a folder written by ``Dataset.save_to_disk``
@@ -71,3 +71,22 @@ def file_format(item: str) -> str:
     ``parquet``, or ``datasets`` (a ``save_to_disk`` folder: any other name)."""
     suffix = "." + item.rsplit(".", 1)[-1].lower() if "." in item.rsplit("/", 1)[-1] else ""
     return FILE_FORMATS.get(suffix, "datasets")
+
+
+# keys data.columns may map (the record fields of docs/ARCHITECTURE.md plus the conversation formats')
+COLUMN_KEYS = ("id", "task", "image", "images", "messages", "conversations", "system", "question", "answer",
+               "answers", "caption", "captions", "choices", "label", "meta")  # fmt: skip
+
+
+def check_columns(columns: dict) -> dict[str, str]:
+    """``data.columns`` checked: known record keys mapped to non-empty column names (one line otherwise)."""
+    if not isinstance(columns, dict):
+        raise ConfigError(f"data.columns must be a mapping like data.columns.messages=conv, got {columns!r}")
+    for key, source in columns.items():
+        if key not in COLUMN_KEYS:
+            raise ConfigError(
+                f"data.columns.{key}: unknown record key '{key}'; map one of {', '.join(COLUMN_KEYS)}"
+            )
+        if not isinstance(source, str) or not source:
+            raise ConfigError(f"data.columns.{key} must name a column (a string), got {source!r}")
+    return dict(columns)

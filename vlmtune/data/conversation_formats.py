@@ -27,29 +27,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlmtune.core.errors import ConfigError
 from vlmtune.data.errors import DataError
 from vlmtune.data.templates import IMAGE_TOKEN
 
 # role names of the accepted formats -> the internal ``from`` values
 ROLES = {"user": "human", "human": "human", "assistant": "gpt", "gpt": "gpt", "system": "system"}
-# keys data.columns may map (the record fields of docs/ARCHITECTURE.md plus the conversation formats')
-COLUMN_KEYS = ("id", "task", "image", "images", "messages", "conversations", "system", "question", "answer",
-               "answers", "caption", "captions", "choices", "label", "meta")  # fmt: skip
-
-
-def check_columns(columns: dict) -> dict[str, str]:
-    """``data.columns`` checked: known record keys mapped to non-empty column names (one line otherwise)."""
-    if not isinstance(columns, dict):
-        raise ConfigError(f"data.columns must be a mapping like data.columns.messages=conv, got {columns!r}")
-    for key, source in columns.items():
-        if key not in COLUMN_KEYS:
-            raise ConfigError(
-                f"data.columns.{key}: unknown record key '{key}'; map one of {', '.join(COLUMN_KEYS)}"
-            )
-        if not isinstance(source, str) or not source:
-            raise ConfigError(f"data.columns.{key} must name a column (a string), got {source!r}")
-    return dict(columns)
 
 
 def rename_columns(row: dict, columns: dict[str, str]) -> dict:

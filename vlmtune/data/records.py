@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset
 
-from vlmtune.core.data_spec import file_format, parse_spec
+from vlmtune.core.data_spec import check_columns, file_format, parse_spec
 from vlmtune.core.io import read_text
-from vlmtune.data.conversation_formats import check_columns, check_turns, rename_columns, to_internal
+from vlmtune.data.conversation_formats import check_turns, rename_columns, to_internal
 from vlmtune.data.errors import ON_ERROR, DataError, ErrorLog, handle
 from vlmtune.data.images import load_image
 from vlmtune.data.spec import spec_paths
