@@ -335,6 +335,7 @@ def test_cli_skip_writes_the_skip_list_into_the_run_folder(own, model_dir, tmp_p
     assert cli.main(argv) == 0
     skipped = json.loads((run / "data_errors.json").read_text())
     assert skipped["skipped"] == 4 and f"{path}:2" in skipped["first_reasons"][0]
+    assert skipped["skipped_at"] == [f"{path}:{n}" for n in (2, 5, 6, 7)]  # every skip, by file and line
     capsys.readouterr()
     argv = tiny_train_args(
         model_dir, f"data.train={path}", "data.eval=", "--output-dir", str(tmp_path / "raise")

@@ -188,7 +188,7 @@ def _collect(
                 )
             resolve_images(record, base, check_images, where)
         except DataError as e:
-            handle(e, on_error, errors)
+            handle(e, on_error, errors, where)
             continue
         first_line[record["id"]] = where
         records.append(record)
