@@ -122,6 +122,11 @@ def test_cli_trains_and_evaluates_own_llava_data_with_the_conversation_benchmark
     # and `vlmtune eval conversation` on the run folder scores the same data the same way
     assert cli.main(["eval", "conversation", "--model", "run", "--data", "own_val.json", "--image-root",
                      "images", "--out", "again", "--max-new-tokens", "4", "--quiet"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert cli.main(["eval", "--compare", "run/eval/base", "run/eval/tuned"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("conversation"))
+    base_f1, tuned_f1 = summary["base"]["f1"], summary["tuned"]["f1"]
+    assert line.split()[2:5] == ["2", f"{base_f1:.2f}", f"{tuned_f1:.2f}"]  # n, A, B: the token F1 per record
     again = json.loads(Path("again/metrics.json").read_text())
     assert again["loss"] == pytest.approx(summary["tuned"]["loss"], rel=1e-5)
     assert again["f1"] == summary["tuned"]["f1"]
