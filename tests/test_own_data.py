@@ -171,6 +171,15 @@ def test_bad_conversations_stop_at_load_time_with_one_line(tmp_path, row, messag
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_file_of_another_suffix_is_read_as_jsonl_and_a_plain_folder_is_refused(own, tmp_path):
+    (tmp_path / "own.txt").write_text((own / "own_messages.jsonl").read_text())
+    assert len(load_records(str(tmp_path / "own.txt"))) == 3
+    with pytest.raises(
+        DataError, match=r"data file '.*images' not found; .* a folder written by datasets' save_to_disk"
+    ):
+        load_records(str(own / "images"))
+
+
 # ---------------------------------------------------------------- datasets
 def save_dataset(own: Path, out: Path, split: str | None = None):
     """own.json's records as a datasets folder: an Image column ``img`` (bytes), ``conv`` in OpenAI format."""

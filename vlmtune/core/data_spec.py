@@ -15,6 +15,7 @@ A spec is parsed here and resolved to files by :mod:`vlmtune.data.spec`; this mo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from vlmtune.core.errors import ConfigError, DataError
 
@@ -67,10 +68,10 @@ def parse_spec(text: str) -> DataSpec:
 
 
 def file_format(item: str) -> str:
-    """The format of one user-file item of a spec: ``jsonl``, ``json`` (a list: LLaVA / ShareGPT),
-    ``parquet``, or ``datasets`` (a ``save_to_disk`` folder: any other name)."""
-    suffix = "." + item.rsplit(".", 1)[-1].lower() if "." in item.rsplit("/", 1)[-1] else ""
-    return FILE_FORMATS.get(suffix, "datasets")
+    """The format of one user-file item of a spec by its suffix: ``jsonl``, ``json`` (a list: LLaVA /
+    ShareGPT), ``parquet``, or ``datasets`` (any other name: a ``save_to_disk`` folder if it is one; a
+    file of another suffix is read as JSONL)."""
+    return FILE_FORMATS.get(PurePosixPath(item).suffix.lower(), "datasets")
 
 
 # keys data.columns may map (the record fields of docs/ARCHITECTURE.md plus the conversation formats')

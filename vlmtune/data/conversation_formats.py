@@ -96,15 +96,17 @@ def is_conversation(row: Any) -> bool:
     return isinstance(row, dict) and ("messages" in row or "conversations" in row)
 
 
-def to_internal(row: Any, where: str, fallback_id: str, columns: dict[str, str] | None = None) -> Any:
-    """One parsed row -> the internal record (see the module docstring). Rows that are not conversations
-    (vlmtune task records) pass through after the column renaming; non-objects pass through unchanged
-    for :func:`vlmtune.data.records.validate_record` to reject."""
+def to_internal(
+    row: Any, where: str, fallback_id: str, columns: dict[str, str] | None = None
+) -> tuple[Any, bool]:
+    """One parsed row -> ``(internal record, whether its id is fallback_id)`` (see the module docstring).
+    Rows that are not conversations (vlmtune task records) pass through after the column renaming;
+    non-objects pass through unchanged for :func:`vlmtune.data.records.validate_record` to reject."""
     if not isinstance(row, dict):
-        return row
+        return row, False
     row = rename_columns(row, columns or {})
     if not is_conversation(row) or row.get("task", "conversation") != "conversation":
-        return row
+        return row, False
     record = {k: v for k, v in row.items() if k not in ("messages", "system")}
     found: list[str] = []
     field = "messages" if "messages" in row else "conversations"
@@ -117,10 +119,10 @@ def to_internal(row: Any, where: str, fallback_id: str, columns: dict[str, str] 
         record["images"] = found
     if isinstance(record.get("images"), list) and len(record["images"]) == 1 and "image" not in record:
         record["image"] = record.pop("images")[0]
-    if record.get("id") in (None, ""):
+    derived = record.get("id") in (None, "")
+    if derived:
         record["id"] = fallback_id
-        record["id_derived"] = True
-    return record
+    return record, derived
 
 
 def check_turns(record: dict, where: str) -> None:

@@ -175,12 +175,12 @@ def _collect(
     base = Path(image_root).expanduser() if image_root else path.parent
     records: list[dict] = []
     first_line: dict[str, str] = {}
-    total = derived = 0
+    total = 0
+    derived: list[str] = []  # ids named by file and line (conversations without one)
     for where, parse, fallback_id in items:
         total += 1
         try:
-            record = to_internal(parse(), where, fallback_id, columns)
-            derived += bool(isinstance(record, dict) and record.pop("id_derived", False))
+            record, derived_id = to_internal(parse(), where, fallback_id, columns)
             record = validate_record(record, where, required_fields_by_task, task)
             if record["id"] in first_line:
                 raise DataError(
@@ -192,6 +192,7 @@ def _collect(
             continue
         first_line[record["id"]] = where
         records.append(record)
+        derived += [record["id"]] if derived_id else []
     skipped = errors.count - skipped_before
     if total == 0:
         raise DataError(f"{path}: empty file (no records); check the path or regenerate the data")
@@ -203,7 +204,7 @@ def _collect(
     if derived:
         log.warning(
             "%s: %d record(s) have no 'id'; named by file and line/index (e.g. '%s'), stable while the file's "
-            "order stays", path, derived, next(r["id"] for r in records if r["id"].startswith(path.name)),
+            "order stays", path, len(derived), derived[0],
         )  # fmt: skip
     return records
 
@@ -302,9 +303,9 @@ def read_dataset(
 
 def read_records(path: str | Path, split: str = "train", columns: dict | None = None, **kwargs) -> list[dict]:
     """Dispatch on the format (:func:`vlmtune.core.data_spec.file_format`): ``.json`` ->
-    :func:`read_llava_json`, ``.parquet`` / a saved folder -> :func:`read_dataset`, else :func:`read_jsonl`."""
+    :func:`read_llava_json`, ``.parquet`` / a folder -> :func:`read_dataset`, else :func:`read_jsonl`."""
     fmt = file_format(str(path))
-    if fmt in ("parquet", "datasets"):
+    if fmt == "parquet" or Path(path).is_dir():
         return read_dataset(path, split, columns=columns, **kwargs)
     reader = read_llava_json if fmt == "json" else read_jsonl
     return reader(path, columns=check_columns(columns or {}), **kwargs)

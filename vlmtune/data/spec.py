@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vlmtune.core.data_spec import DataSpec, file_format, parse_spec
+from vlmtune.core.data_spec import DataSpec, parse_spec
 from vlmtune.core.errors import DataError
 from vlmtune.data import classification, shapes
 
@@ -33,7 +33,7 @@ def spec_paths(
     paths = []
     for part in parsed.items:
         path = Path(part).expanduser()
-        if not (is_saved_dataset(path) if file_format(part) == "datasets" else path.is_file()):
+        if not (is_saved_dataset(path) if path.is_dir() else path.is_file()):
             raise DataError(
                 f"data file '{part}' not found; give an existing .jsonl/.json/.parquet file, a folder written "
                 f"by datasets' save_to_disk, or shapes:<task> (tasks: {', '.join(shapes.TASKS)})"
