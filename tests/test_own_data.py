@@ -281,18 +281,33 @@ def two_image_record(folder: Path) -> dict:
         {"role": "assistant", "content": "no"}]}  # fmt: skip
 
 
-@pytest.mark.parametrize("which", ["vicuna", "chat_template"])
-def test_multi_image_records_train(which, tmp_path, model_dir, request):
+MULTI_IMAGE_FAMILIES = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3",
+                        "idefics3", "smolvlm", "mllama", "internvl"]  # fmt: skip
+
+
+@pytest.mark.parametrize("which", ["vicuna", *MULTI_IMAGE_FAMILIES])
+def test_multi_image_records_train_and_generate(which, tmp_path, model_dir):
     (tmp_path / "two.jsonl").write_text(json.dumps(two_image_record(tmp_path)) + "\n")
     (record,) = load_records(str(tmp_path / "two.jsonl"))
     assert record["images"] == [str(tmp_path / "0.png"), str(tmp_path / "1.png")]
-    pipe = family_pipeline(model_dir if which == "vicuna" else request.getfixturevalue("qwen_folder"))
+    pipe = family_pipeline(model_dir if which == "vicuna" else build_family(which, tmp_path / which))
     batch = pipe.collate([record], train=True)
-    image_id = pipe.image_token_id
-    per_image = int((batch["input_ids"] == image_id).sum()) // 2
-    assert per_image > 0 and int((batch["input_ids"] == image_id).sum()) == 2 * per_image
+    if which in ("vicuna", "llava", "qwen2_vl"):  # one block of image tokens per image, of one size
+        n = int((batch["input_ids"] == pipe.image_token_id).sum())
+        assert n > 0 and n % 2 == 0
     loss = pipe.loss(batch)
     assert torch.isfinite(loss) and loss > 0
+    (text,) = pipe.generate(pipe.collate([record], train=False), max_new_tokens=2)
+    assert isinstance(text, str)
+
+
+def test_paligemma_refuses_a_multi_image_record_with_one_line(tmp_path):
+    (tmp_path / "two.jsonl").write_text(json.dumps(two_image_record(tmp_path)) + "\n")
+    pipe = family_pipeline(build_family("paligemma", tmp_path / "paligemma"))
+    with pytest.raises(
+        DataError, match=r"^record 'two' has 2 images, but PaliGemma takes one image per prompt"
+    ):
+        pipe.collate(load_records(str(tmp_path / "two.jsonl")), train=True)
 
 
 # ---------------------------------------------------------------- on_error=skip
