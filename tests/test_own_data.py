@@ -77,12 +77,13 @@ def as_sharegpt(record: dict) -> dict:
 
 @pytest.fixture()
 def own(tmp_path: Path) -> Path:
-    """``own/``: images/, own.json (LLaVA), own_messages.jsonl, own_sharegpt.json, own_val.json."""
+    """``own/``: images/, own.json (LLaVA), own_messages.jsonl / .json, own_sharegpt.json, own_val.json."""
     root = tmp_path / "own"
     write_images(root / "images")
     records = llava_json()
     (root / "own.json").write_text(json.dumps(records))
     (root / "own_messages.jsonl").write_text("".join(json.dumps(as_messages(r)) + "\n" for r in records))
+    (root / "own_messages.json").write_text(json.dumps([as_messages(r, with_id=True) for r in records]))
     (root / "own_sharegpt.json").write_text(json.dumps([as_sharegpt(r) for r in records]))
     (root / "own_val.json").write_text(json.dumps(records[:2]))
     return root
@@ -259,19 +260,19 @@ def test_three_formats_give_the_same_token_ids_and_labels(
     sources = {
         "llava": load_records(str(own / "own.json")),
         "messages": load_records(str(own / "own_messages.jsonl")),
+        "messages_json": load_records(str(own / "own_messages.json")),
         "datasets": load_records(str(tmp_path / "ds"), columns=COLUMNS),
     }
     batches = {name: pipe.collate(records, train=True) for name, records in sources.items()}
     reference = batches["llava"]
     assert (reference["labels"] != -100).sum() > 0
-    for name in ("messages", "datasets"):
+    for name in ("messages", "messages_json", "datasets"):
         for key, value in reference.items():
             if isinstance(value, torch.Tensor):
                 assert torch.equal(batches[name][key], value), f"{name}: {key} differs"
     prompts = {name: pipe.collate(records, train=False)["input_ids"] for name, records in sources.items()}
-    assert torch.equal(prompts["messages"], prompts["llava"]) and torch.equal(
-        prompts["datasets"], prompts["llava"]
-    )
+    for name in ("messages", "messages_json", "datasets"):
+        assert torch.equal(prompts[name], prompts["llava"]), f"{name}: generation prompt differs"
 
 
 def two_image_record(folder: Path) -> dict:

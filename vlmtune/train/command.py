@@ -135,7 +135,8 @@ def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: b
         errors.write(run_dir / "data_errors.json")
         say(f"data: {errors.summary()}")
     if (chosen := benchmark_for(eval_records, cfg.eval.benchmark)) != cfg.eval.benchmark:
-        say(f"eval: data.eval holds conversations: benchmark {chosen} instead of {cfg.eval.benchmark}")
+        say(f"eval: data.eval holds conversations: benchmark {chosen} instead of {cfg.eval.benchmark} "
+            f"(answers generated up to eval.max_new_tokens={cfg.eval.max_new_tokens} tokens)")  # fmt: skip
         cfg.eval.benchmark = chosen
     pipeline = build_pipeline(cfg)
     say(f"run folder: {run_dir}  |  train {len(train_records)} records, eval {len(eval_records)}")
