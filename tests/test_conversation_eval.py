@@ -61,6 +61,21 @@ def test_reference_is_the_last_answer_and_the_prompt_is_the_history():
         bench.references({"id": "x", "conversations": [{"from": "human", "value": "Q"}]})
 
 
+def test_generation_prompt_is_the_conversation_up_to_its_last_answer(model_dir):
+    from vlmtune.data.templates import generation_prompt
+    from vlmtune.eval.benchmarks import prepare
+
+    record = {"id": "r", "task": "conversation", "conversations": [
+        {"from": "human", "value": "Q1"}, {"from": "gpt", "value": "A1"},
+        {"from": "human", "value": "Q2"}, {"from": "gpt", "value": "A2"}]}  # fmt: skip
+    pipe = build_pipeline(load_config("llava-dora", [f"model.name_or_path={model_dir}"]))
+    prompt = "".join(
+        text for text, _ in pipe.segments(prepare(get_benchmark("conversation"), record), train=False)
+    )
+    assert prompt == generation_prompt(record)
+    assert prompt.endswith("USER: Q1 ASSISTANT: A1</s>USER: Q2 ASSISTANT:") and "A2" not in prompt
+
+
 def test_conversation_data_picks_the_conversation_benchmark():
     conv = [{"id": "a", "task": "conversation"}]
     assert benchmark_for(conv, "shapes-vqa") == "conversation"
