@@ -209,7 +209,7 @@ def _collect(
     return records
 
 
-def _jsonl_items(path: Path) -> Iterable[tuple[str, Callable[[], Any]]]:
+def _jsonl_items(path: Path) -> Iterable[Item]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             if not raw.strip():
@@ -288,17 +288,22 @@ def read_dataset(
 ) -> list[dict]:
     """Records of a ``datasets`` Parquet file or ``save_to_disk`` folder (``split`` of a DatasetDict):
     ``data.columns`` renamed, images (paths, bytes, PIL) as paths (:mod:`vlmtune.data.datasets_files`)."""
+    path = Path(path)
+    items = _dataset_items(path, split, check_columns(columns or {}))
+    return _collect(items, path, on_error, errors, required_fields_by_task, image_root, task, check_images)
+
+
+def _dataset_items(path: Path, split: str, columns: dict[str, str]) -> Iterable[Item]:
+    """Rows of a dataset, renamed by ``columns``, with their images turned into paths when parsed."""
     from vlmtune.data.datasets_files import dataset_rows, with_image_paths
 
-    path = Path(path)
-    columns = check_columns(columns or {})
-    rows = dataset_rows(path, split, columns)
-    items = (
-        (f"{path}:row {i}", lambda r=r, w=f"{path}:row {i}": with_image_paths(rename_columns(r, columns), w),
-         f"{path.name}#{i}")
-        for i, r in enumerate(rows)
-    )  # fmt: skip
-    return _collect(items, path, on_error, errors, required_fields_by_task, image_root, task, check_images)
+    for i, row in enumerate(dataset_rows(path, split, columns)):
+        where = f"{path}:row {i}"
+
+        def parse(row: dict = row, where: str = where) -> dict:
+            return with_image_paths(rename_columns(row, columns), where)
+
+        yield where, parse, f"{path.name}#{i}"
 
 
 def read_records(path: str | Path, split: str = "train", columns: dict | None = None, **kwargs) -> list[dict]:
