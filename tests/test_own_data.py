@@ -371,3 +371,21 @@ def test_cli_skip_writes_the_skip_list_into_the_run_folder(own, model_dir, tmp_p
     assert not (tmp_path / "raise").exists() or not any(
         (tmp_path / "raise").rglob("adapter_model.safetensors")
     )
+
+
+def test_cli_trains_and_evaluates_on_a_saved_dataset_with_a_column_mapping(
+    own, model_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path / "cache"))
+    save_dataset(own, tmp_path / "ds")
+    columns = [f"data.columns.{key}={column}" for key, column in COLUMNS.items()]
+    run = tmp_path / "run"
+    argv = tiny_train_args(model_dir, f"data.train={tmp_path / 'ds'}", f"data.eval={tmp_path / 'ds'}", *columns,
+                           "train.eval_at_start=false", "--output-dir", str(run))  # fmt: skip
+    assert cli.main(argv) == 0
+    summary = json.loads((run / "eval.json").read_text())
+    assert summary["benchmark"] == "conversation" and summary["tuned"]["count"] == 3
+    rows = [
+        json.loads(line) for line in (run / "eval" / "tuned" / "predictions.jsonl").read_text().splitlines()
+    ]
+    assert [r["id"] for r in rows] == ["r0", "r1", "r2"] and rows[2]["reference"] == "yes"
