@@ -222,6 +222,27 @@ def test_saved_dataset_and_parquet_give_the_llava_records(own, tmp_path, monkeyp
     assert from_disk[0]["image"] == from_parquet[0]["image"]  # content-addressed: one file per image
 
 
+def test_dataset_image_values_become_paths(tmp_path, monkeypatch):
+    from vlmtune.data.datasets_files import image_path
+
+    monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path / "cache"))
+    (png,) = write_images(tmp_path, 1)
+    data = png.read_bytes()
+    stored = image_path({"bytes": data, "path": "x.png"}, "row 0")
+    assert Path(stored).read_bytes() == data and stored.endswith(".png")
+    assert image_path(data, "row 0") == stored  # same bytes, same file (the suffix sniffed from the bytes)
+    assert (
+        image_path("rel/a.png", "row 0") == "rel/a.png"
+        and image_path({"bytes": None, "path": "b.png"}, "") == "b.png"
+    )
+    from_pil = image_path(Image.open(png), "row 0")  # re-encoded as PNG: the same pixels
+    assert np.array_equal(np.asarray(Image.open(from_pil)), np.asarray(Image.open(png)))
+    with pytest.raises(
+        DataError, match=r"^own.parquet:row 3: image: image value 42 is not a path, bytes or an image"
+    ):
+        image_path(42, "own.parquet:row 3: image")
+
+
 def test_dataset_dict_split_and_bad_columns(own, tmp_path, monkeypatch):
     monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path / "cache"))
     save_dataset(own, tmp_path / "dd", split="validation")
