@@ -123,6 +123,7 @@ def test_cli_trains_and_evaluates_own_llava_data_with_the_conversation_benchmark
     assert "eval: data.eval holds conversations: benchmark conversation instead of shapes-vqa" in out
     assert "base  model conversation: f1 " in out and "tuned model conversation: f1 " in out
     summary = json.loads(Path("run/eval.json").read_text())
+    assert "benchmark: conversation" in Path("run/config.yaml").read_text()  # what was evaluated
     assert summary["benchmark"] == "conversation" and summary["eval_records"] == 2
     for stage in ("base", "tuned"):
         metrics = summary[stage]
@@ -134,9 +135,10 @@ def test_cli_trains_and_evaluates_own_llava_data_with_the_conversation_benchmark
         assert [r["reference"] for r in rows] == ["2", "no, there is none."]  # the last answers
         assert all({"exact_match", "f1", "raw"} <= set(r) for r in rows)
     assert summary["tuned"]["loss"] != summary["base"]["loss"]  # the adapter trained
-    # and `vlmtune eval conversation` on the run folder scores the same data the same way
+    # and `vlmtune eval conversation` on the run folder scores the same data the same way (its
+    # eval.max_new_tokens=4 from config.yaml)
     assert cli.main(["eval", "conversation", "--model", "run", "--data", "own_val.json", "--image-root",
-                     "images", "--out", "again", "--max-new-tokens", "4", "--quiet"]) == 0  # fmt: skip
+                     "images", "--out", "again", "--quiet"]) == 0  # fmt: skip
     capsys.readouterr()
     assert cli.main(["eval", "--compare", "run/eval/base", "run/eval/tuned"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("conversation"))

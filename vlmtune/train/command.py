@@ -138,6 +138,8 @@ def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: b
         say(f"eval: data.eval holds conversations: benchmark {chosen} instead of {cfg.eval.benchmark} "
             f"(answers generated up to eval.max_new_tokens={cfg.eval.max_new_tokens} tokens)")  # fmt: skip
         cfg.eval.benchmark = chosen
+        if main_proc:  # the run folder says what was evaluated (`vlmtune eval RUN` reads it)
+            write_config(run_dir, to_dict(cfg))
     pipeline = build_pipeline(cfg)
     say(f"run folder: {run_dir}  |  train {len(train_records)} records, eval {len(eval_records)}")
     summary: dict = {"recipe": cfg.recipe, "benchmark": cfg.eval.benchmark, "eval_records": len(eval_records)}
