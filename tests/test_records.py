@@ -114,7 +114,11 @@ def test_skip_policy_counts_and_writes(tmp_path):
     assert errors.reasons[1].startswith(f"{p}:4: record 'c' field 'answers'")
     assert errors.summary() == f"skipped 4 bad record(s); first: {errors.reasons[0]}"
     out = errors.write(tmp_path / "run" / "data_errors.json")
-    assert json.loads(out.read_text()) == {"skipped": 4, "first_reasons": errors.reasons}
+    assert json.loads(out.read_text()) == {
+        "skipped": 4,
+        "first_reasons": errors.reasons,
+        "skipped_at": [f"{p}:{n}" for n in (2, 4, 5, 6)],
+    }
     with pytest.raises(DataError, match="data.on_error must be one of raise, skip"):
         read_jsonl(p, on_error="ignore", errors=errors)
 

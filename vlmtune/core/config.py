@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from vlmtune.core.adapter_spec import AdapterSpec
-from vlmtune.core.data_spec import parse_spec
+from vlmtune.core.data_spec import check_columns, parse_spec
 from vlmtune.core.errors import ConfigError, DataError
 from vlmtune.core.io import read_text
 
@@ -56,7 +56,10 @@ class DataConfig:
     train: str = "shapes:vqa"  # JSONL path, or shapes:<task>[,<task>...]
     eval: str = "shapes:vqa"
     tasks: list[str] = field(default_factory=list)
-    image_root: str = ""  # images resolved relative to this (default: the JSONL file's folder)
+    image_root: str = ""  # images resolved relative to this (default: the data file's folder)
+    columns: dict = field(
+        default_factory=dict
+    )  # record key -> the user's column/key, e.g. {"messages": "conv"}
     max_length: int = 512
     template_seed: int = 0
     on_error: str = "raise"  # raise | skip
@@ -372,8 +375,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         except DataError as e:
             raise ConfigError(f"config key 'data.{key}': {e}") from None
         for part in spec.items if spec and not spec.generated else ():
-            if part.endswith((".json", ".jsonl")) and not Path(part).is_file():
+            if part.endswith((".json", ".jsonl", ".parquet")) and not Path(part).is_file():
                 raise ConfigError(f"config key 'data.{key}': file {part} does not exist")
+    check_columns(cfg.data.columns)
     if cfg.data.image_root and not Path(cfg.data.image_root).is_dir():
         raise ConfigError(f"config key 'data.image_root': folder {cfg.data.image_root} does not exist")
     for dotted, allowed in choices.items():

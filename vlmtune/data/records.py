@@ -1,9 +1,11 @@
-"""Read and validate records: vlmtune JSONL (one record per line) or LLaVA conversation JSON.
+"""Read and validate records: vlmtune JSONL (one record per line), a JSON list (LLaVA / ShareGPT), or a
+``datasets`` Parquet file / ``save_to_disk`` folder.
 
-Each record is checked for an ``id`` (unique), a known ``task`` and the fields that task needs
-(:data:`REQUIRED_FIELDS`); image paths are resolved to absolute paths (relative to ``image_root``,
-else the data file's folder). Errors name ``file:line`` and the key; see :mod:`vlmtune.data.errors`
-for the raise/skip policy.
+Each row is first brought to the internal record (:mod:`vlmtune.data.conversation_formats`: ``data.columns``
+renaming, OpenAI/ShareGPT ``messages`` -> LLaVA ``conversations``, a derived id when it has none), then
+checked for an ``id`` (unique), a known ``task`` and the fields that task needs (:data:`REQUIRED_FIELDS`);
+image paths are resolved to absolute paths (relative to ``image_root``, else the data file's folder).
+Errors name ``file:line`` and the key; see :mod:`vlmtune.data.errors` for the raise/skip policy.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset
 
-from vlmtune.core.data_spec import parse_spec
+from vlmtune.core.data_spec import check_columns, file_format, parse_spec
 from vlmtune.core.io import read_text
+from vlmtune.data.conversation_formats import check_turns, rename_columns, to_internal
 from vlmtune.data.errors import ON_ERROR, DataError, ErrorLog, handle
 from vlmtune.data.images import load_image
 from vlmtune.data.spec import spec_paths
@@ -115,6 +118,8 @@ def validate_record(
     for key, (check, what) in FIELD_CHECKS.items():
         if key in record and not check(record[key]):
             raise DataError(f"{where}: record '{rid}' field '{key}' must be {what}, got {record[key]!r:.80}")
+    if task == "conversation":
+        check_turns(record, where)
     return record
 
 
@@ -146,8 +151,13 @@ def _check_file(path: Path) -> None:
         raise DataError(f"data file '{path}' is a folder; give a .jsonl or .json file")
 
 
+# (where, parse, fallback id): where names file and line for messages, parse() returns the row,
+# fallback id is the stable id a conversation without one gets
+Item = tuple[str, Callable[[], Any], str]
+
+
 def _collect(
-    items: Iterable[tuple[str, Callable[[], Any]]],
+    items: Iterable[Item],
     path: Path,
     on_error: str,
     errors: ErrorLog | None,
@@ -155,8 +165,9 @@ def _collect(
     image_root: str | Path | None,
     task: str | None,
     check_images: bool,
+    columns: dict[str, str] | None = None,
 ) -> list[dict]:
-    """Validate ``(where, parse)`` items in order, applying the on_error policy."""
+    """Validate items in order (each row through ``to_internal`` first), applying the on_error policy."""
     if on_error not in ON_ERROR:
         raise DataError(f"data.on_error must be one of {', '.join(ON_ERROR)}, got '{on_error}'")
     errors = errors if errors is not None else ErrorLog()
@@ -165,20 +176,23 @@ def _collect(
     records: list[dict] = []
     first_line: dict[str, str] = {}
     total = 0
-    for where, parse in items:
+    derived: list[str] = []  # ids named by file and line (conversations without one)
+    for where, parse, fallback_id in items:
         total += 1
         try:
-            record = validate_record(parse(), where, required_fields_by_task, task)
+            record, derived_id = to_internal(parse(), where, fallback_id, columns)
+            record = validate_record(record, where, required_fields_by_task, task)
             if record["id"] in first_line:
                 raise DataError(
                     f"{where}: duplicate id '{record['id']}' (first at {first_line[record['id']]}); ids must be unique"
                 )
             resolve_images(record, base, check_images, where)
         except DataError as e:
-            handle(e, on_error, errors)
+            handle(e, on_error, errors, where)
             continue
         first_line[record["id"]] = where
         records.append(record)
+        derived += [record["id"]] if derived_id else []
     skipped = errors.count - skipped_before
     if total == 0:
         raise DataError(f"{path}: empty file (no records); check the path or regenerate the data")
@@ -187,10 +201,15 @@ def _collect(
         raise DataError(f"{path}: no valid records ({skipped} skipped; first: {first})")
     if skipped:
         log.warning("%s: skipped %d bad record(s) of %d (data.on_error=skip)", path, skipped, total)
+    if derived:
+        log.warning(
+            "%s: %d record(s) have no 'id'; named by file and line/index (e.g. '%s'), stable while the file's "
+            "order stays", path, len(derived), derived[0],
+        )  # fmt: skip
     return records
 
 
-def _jsonl_items(path: Path) -> Iterable[tuple[str, Callable[[], Any]]]:
+def _jsonl_items(path: Path) -> Iterable[Item]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             if not raw.strip():
@@ -207,7 +226,7 @@ def _jsonl_items(path: Path) -> Iterable[tuple[str, Callable[[], Any]]]:
                 except json.JSONDecodeError as e:
                     raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
 
-            yield where, parse
+            yield where, parse, f"{path.name}:{lineno}"
 
 
 def read_jsonl(
@@ -218,12 +237,16 @@ def read_jsonl(
     image_root: str | Path | None = None,
     task: str | None = None,
     check_images: bool = False,
+    columns: dict[str, str] | None = None,
 ) -> list[dict]:
-    """Records of a vlmtune JSONL file (blank lines ignored); ``task`` fills records without one."""
+    """Records of a vlmtune JSONL file (blank lines ignored; vlmtune records or conversations in any
+    format of :mod:`~vlmtune.data.conversation_formats`); ``task`` fills records without one."""
     path = Path(path)
     _check_file(path)
     items = _jsonl_items(path)
-    return _collect(items, path, on_error, errors, required_fields_by_task, image_root, task, check_images)
+    return _collect(
+        items, path, on_error, errors, required_fields_by_task, image_root, task, check_images, columns
+    )
 
 
 def read_llava_json(
@@ -234,8 +257,10 @@ def read_llava_json(
     image_root: str | Path | None = None,
     task: str | None = "conversation",
     check_images: bool = False,
+    columns: dict[str, str] | None = None,
 ) -> list[dict]:
-    """LLaVA's format as is: a JSON list of ``{"id", "image"?, "conversations": [...]}`` (task conversation)."""
+    """A JSON list: LLaVA's ``{"id", "image"?, "conversations": [...]}`` as is (task conversation), or
+    ShareGPT / OpenAI ``messages`` records (:mod:`~vlmtune.data.conversation_formats`)."""
     path = Path(path)
     _check_file(path)
     try:
@@ -244,14 +269,51 @@ def read_llava_json(
         raise DataError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of records (LLaVA format), got {type(data).__name__}")
-    items = ((f"{path}:item {i}", lambda r=r: r) for i, r in enumerate(data))
+    items = ((f"{path}:item {i}", lambda r=r: r, f"{path.name}#{i}") for i, r in enumerate(data))
+    return _collect(
+        items, path, on_error, errors, required_fields_by_task, image_root, task, check_images, columns
+    )
+
+
+def read_dataset(
+    path: str | Path,
+    split: str = "train",
+    on_error: str = "raise",
+    errors: ErrorLog | None = None,
+    required_fields_by_task: dict[str, tuple[tuple[str, ...], ...]] | None = None,
+    image_root: str | Path | None = None,
+    task: str | None = None,
+    check_images: bool = False,
+    columns: dict[str, str] | None = None,
+) -> list[dict]:
+    """Records of a ``datasets`` Parquet file or ``save_to_disk`` folder (``split`` of a DatasetDict):
+    ``data.columns`` renamed, images (paths, bytes, PIL) as paths (:mod:`vlmtune.data.datasets_files`)."""
+    path = Path(path)
+    items = _dataset_items(path, split, check_columns(columns or {}))
     return _collect(items, path, on_error, errors, required_fields_by_task, image_root, task, check_images)
 
 
-def read_records(path: str | Path, **kwargs) -> list[dict]:
-    """Dispatch on the suffix: ``.json`` -> :func:`read_llava_json`, else :func:`read_jsonl`."""
-    reader = read_llava_json if Path(path).suffix.lower() == ".json" else read_jsonl
-    return reader(path, **kwargs)
+def _dataset_items(path: Path, split: str, columns: dict[str, str]) -> Iterable[Item]:
+    """Rows of a dataset, renamed by ``columns``, with their images turned into paths when parsed."""
+    from vlmtune.data.datasets_files import dataset_rows, with_image_paths
+
+    for i, row in enumerate(dataset_rows(path, split, columns)):
+        where = f"{path}:row {i}"
+
+        def parse(row: dict = row, where: str = where) -> dict:
+            return with_image_paths(rename_columns(row, columns), where)
+
+        yield where, parse, f"{path.name}#{i}"
+
+
+def read_records(path: str | Path, split: str = "train", columns: dict | None = None, **kwargs) -> list[dict]:
+    """Dispatch on the format (:func:`vlmtune.core.data_spec.file_format`): ``.json`` ->
+    :func:`read_llava_json`, ``.parquet`` / a folder -> :func:`read_dataset`, else :func:`read_jsonl`."""
+    fmt = file_format(str(path))
+    if fmt == "parquet" or Path(path).is_dir():
+        return read_dataset(path, split, columns=columns, **kwargs)
+    reader = read_llava_json if fmt == "json" else read_jsonl
+    return reader(path, columns=check_columns(columns or {}), **kwargs)
 
 
 def read_classification(spec: str, split: str = "train", max_samples: int = 0) -> list[dict]:
@@ -287,19 +349,23 @@ def load_records(
     image_size: int = 64,
     tasks: Iterable[str] = (),
     check_images: bool = False,
+    columns: dict[str, str] | None = None,
 ) -> list[dict]:
-    """Records of a data spec (``shapes:vqa[,caption][@split]`` or JSONL/JSON paths, comma-separated).
+    """Records of a data spec (``shapes:vqa[,caption][@split]``, or JSONL / JSON / Parquet files and saved
+    ``datasets`` folders, comma-separated; ``columns``: ``data.columns`` for user files).
 
     Ids must be unique across files. ``tasks`` (when given) keeps only those tasks; ``max_samples``
     (> 0) keeps the first N records. ``image_root`` applies to user files, not to generated
     (``shapes:``, ``digits:``, ...) data, whose images sit next to their JSONL.
     """
-    root = None if parse_spec(spec).generated else image_root
+    parsed = parse_spec(spec)
+    root = None if parsed.generated else image_root
     records: list[dict] = []
     seen: set[str] = set()
-    for path in spec_paths(spec, split, n_images, cache_dir, image_size):
+    for path in spec_paths(parsed, split, n_images, cache_dir, image_size):
         kwargs = dict(on_error=on_error, errors=errors, image_root=root, check_images=check_images)
-        for record in read_records(path, **kwargs):
+        user = {} if parsed.generated else {"split": parsed.split_or(split), "columns": columns}
+        for record in read_records(path, **user, **kwargs):
             if record["id"] in seen:
                 handle(
                     DataError(f"{path}: id '{record['id']}' also appears in another data file"),
@@ -332,6 +398,7 @@ def load_split(
         n_images=cfg.data.shapes_size if split == "train" else None,
         tasks=cfg.data.tasks,
         check_images=cfg.data.on_error == "skip",  # skip: find unreadable images now and count them
+        columns=cfg.data.columns,
     )
 
 

@@ -33,10 +33,15 @@ def spec_paths(
     paths = []
     for part in parsed.items:
         path = Path(part).expanduser()
-        if not path.is_file():
+        if not (is_saved_dataset(path) if path.is_dir() else path.is_file()):
             raise DataError(
-                f"data file '{part}' not found; give an existing .jsonl/.json path or shapes:<task> "
-                f"(tasks: {', '.join(shapes.TASKS)})"
+                f"data file '{part}' not found; give an existing .jsonl/.json/.parquet file, a folder written "
+                f"by datasets' save_to_disk, or shapes:<task> (tasks: {', '.join(shapes.TASKS)})"
             )
         paths.append(path)
     return paths
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A folder written by ``Dataset.save_to_disk`` (``state.json``) or ``DatasetDict.save_to_disk``."""
+    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())

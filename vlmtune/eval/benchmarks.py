@@ -34,6 +34,8 @@ class Benchmark:
     # (entries of a published answers/results file, records) -> [{"id": record id, "prediction": text}]
     adapt_predictions: Callable[[list[dict], list[dict]], list[dict]] | None = None
     submission_file: str = "submission.json"  # .json (a list), .jsonl (one object a line) or .xlsx (rows)
+    # (pipeline, records, batch_size) -> metrics that need the model itself (e.g. conversation loss)
+    model_metrics: Callable[..., dict] | None = None
 
 
 BENCHMARKS: dict[str, Benchmark] = {}
@@ -47,6 +49,7 @@ EXTENSIONS = (
     "vlmtune.eval.mme",
     "vlmtune.eval.mmbench",
     "vlmtune.eval.seed",
+    "vlmtune.eval.conversation",
 )
 
 

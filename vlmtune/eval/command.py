@@ -142,7 +142,8 @@ def read_eval_data(spec: str, image_root: str | None) -> list[dict]:
     from vlmtune.core.data_spec import parse_spec
     from vlmtune.data.records import REQUIRED_FIELDS, load_records, read_records
 
-    if parse_spec(spec).generated:  # shapes:, digits:, imagefolder:, hf:
+    parsed = parse_spec(spec)
+    if parsed.generated:  # shapes:, digits:, imagefolder:, hf:
         return load_records(spec, split="test", image_root=image_root)
     relaxed = {
         task: tuple(
@@ -151,8 +152,10 @@ def read_eval_data(spec: str, image_root: str | None) -> list[dict]:
         for task, groups in REQUIRED_FIELDS.items()
     }
     records: list[dict] = []
-    for part in (p.strip() for p in spec.split(",") if p.strip()):
-        records += read_records(part, required_fields_by_task=relaxed, image_root=image_root)
+    for part in (p for p in parsed.items if p):
+        records += read_records(
+            part, parsed.split_or("test"), required_fields_by_task=relaxed, image_root=image_root
+        )
     ids = [r["id"] for r in records]
     if len(set(ids)) != len(ids):
         raise EvalError(f"--data {spec}: record ids repeat across files")

@@ -6,7 +6,7 @@ both sides are compared example by example on the rows' ids:
 
 - the per-example score is the row's ``accuracy`` (VQA-style soft accuracy), else ``correct`` (0/1;
   MMBench rows are first reduced to one CircularEval 0/1 per question ``group``), else the caption's
-  ``CIDEr`` (its corpus score is the mean of these);
+  ``CIDEr`` (its corpus score is the mean of these), else the token ``f1`` of a ``conversation`` row;
 - ``diff = mean(B) - mean(A)`` in points; the interval is the 2.5th / 97.5th percentile of the mean
   difference over ``RESAMPLES`` = 10,000 resamples of the paired examples with replacement
   (``numpy.random.default_rng(SEED = 0)``, percentile bootstrap as lmms-eval's ``bootstrap_stderr``
@@ -80,6 +80,8 @@ def example_scores(rows: list[dict]) -> dict[str, tuple[float, str]]:
             score = float(bool(r["correct"]))
         elif isinstance(r.get("scores"), dict) and "CIDEr" in r["scores"]:
             score = float(r["scores"]["CIDEr"]) / 100.0
+        elif isinstance(r.get("f1"), (int, float)):
+            score = float(r["f1"])
         else:
             return {}
         group = next((str(r[k]) for k in GROUP_KEYS if r.get(k)), "")

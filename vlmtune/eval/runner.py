@@ -43,13 +43,16 @@ def _has_references(benchmark: Benchmark, rows: list[dict]) -> bool:
     return bool(present) and all(present)
 
 
-def _finish(benchmark: Benchmark, rows: list[dict], out_dir, score_options: dict | None) -> dict:
-    """Score ``rows`` (if they have references) and write the output folder."""
+def _finish(
+    benchmark: Benchmark, rows: list[dict], out_dir, score_options: dict | None, extra: dict | None = None
+) -> dict:
+    """Score ``rows`` (if they have references), add ``extra`` (model metrics), write the output folder."""
     metrics: dict = {"benchmark": benchmark.name}
     if _has_references(benchmark, rows):
         metrics.update(benchmark.score(rows, **(score_options or {})))
     else:
         metrics.update(count=len(rows), scored=False, note="no references: predictions (and submission) only")
+    metrics.update(extra or {})
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +169,8 @@ def run_benchmark(
         pipeline, prepared, batch_size, max_new_tokens, num_beams, progress, desc=benchmark_name
     )
     rows = [{**_row(benchmark, r, t), "prompt": r["prompt"]} for r, t in zip(prepared, texts)]
-    return _finish(benchmark, rows, out_dir, score_options)
+    extra = benchmark.model_metrics(pipeline, records, batch_size) if benchmark.model_metrics else None
+    return _finish(benchmark, rows, out_dir, score_options, extra)
 
 
 # ---------------------------------------------------------------- scoring existing predictions

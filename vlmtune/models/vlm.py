@@ -30,6 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from vlmtune.core.config import ConfigError, RunConfig
+from vlmtune.core.errors import DataError
 from vlmtune.data.collate import IGNORE_INDEX, IMAGE_PLACEHOLDER
 from vlmtune.data.packing import model_inputs
 from vlmtune.data.records import record_images
@@ -243,7 +244,13 @@ class FamilyPipeline(LlavaPipeline):
 
     def _encode_prefix_suffix(self, record: dict, images: list, train: bool) -> Example:
         """PaliGemma: prefix = the user turns (placeholders dropped: the processor puts the image tokens and
-        BOS first), suffix = the last answer; the processor labels the suffix (``token_type_ids == 1``)."""
+        BOS first), suffix = the last answer; the processor labels the suffix (``token_type_ids == 1``).
+        One image per prompt: a multi-image record is refused with one line."""
+        if len(images) > 1:
+            raise DataError(
+                f"record '{record['id']}' has {len(images)} images, but PaliGemma takes one image per prompt; "
+                "give it single-image records"
+            )
         turns = self._turns(record, train)
         answers = [t for role, t in turns if ROLES[role] == "assistant"]
         prefix = "\n".join(

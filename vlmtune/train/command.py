@@ -104,6 +104,7 @@ def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: b
     from vlmtune.core.io import atomic_write_json
     from vlmtune.data.errors import ErrorLog
     from vlmtune.data.records import load_split
+    from vlmtune.eval.conversation import benchmark_for
     from vlmtune.presets import build_pipeline
     from vlmtune.train import distributed as ddp
     from vlmtune.train.evaluate import describe, evaluate, headline
@@ -137,6 +138,12 @@ def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: b
     if errors.count:
         errors.write(run_dir / "data_errors.json")
         say(f"data: {errors.summary()}")
+    if (chosen := benchmark_for(eval_records, cfg.eval.benchmark)) != cfg.eval.benchmark:
+        say(f"eval: data.eval holds conversations: benchmark {chosen} instead of {cfg.eval.benchmark} "
+            f"(answers generated up to eval.max_new_tokens={cfg.eval.max_new_tokens} tokens)")  # fmt: skip
+        cfg.eval.benchmark = chosen
+        if main_proc:  # the run folder says what was evaluated (`vlmtune eval RUN` reads it)
+            write_config(run_dir, to_dict(cfg))
     pipeline = build_pipeline(cfg)
     say(f"run folder: {run_dir}  |  train {len(train_records)} records, eval {len(eval_records)}")
     summary: dict = {"recipe": cfg.recipe, "benchmark": cfg.eval.benchmark, "eval_records": len(eval_records)}

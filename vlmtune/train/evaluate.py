@@ -37,7 +37,7 @@ def headline(metrics: dict) -> tuple[str, float | None]:
     return "", None
 
 
-SECONDARY = ("CIDEr", "nlvr_accuracy", "mIoU")
+SECONDARY = ("CIDEr", "nlvr_accuracy", "mIoU", "exact_match", "loss", "perplexity")
 
 
 def describe(metrics: dict) -> str:

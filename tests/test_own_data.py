@@ -1,0 +1,412 @@
+"""Your own data (issue 21): LLaVA JSON with data.image_root, ShareGPT / OpenAI ``messages`` records,
+``datasets`` folders and Parquet files with a column mapping, multi-image records, and data.on_error=skip.
+
+The acceptance check: the same records as LLaVA JSON, as ``messages`` JSONL and as a saved ``datasets``
+folder give the same token ids, labels and pixels through the pipeline's collate (the LLaVA vicuna path
+and one chat-template family).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from vlm_families import build_family
+
+from vlmtune import cli
+from vlmtune.core.config import ConfigError, load_config
+from vlmtune.core.data_spec import parse_spec
+from vlmtune.data.errors import DataError, ErrorLog
+from vlmtune.data.records import load_records
+from vlmtune.models import build_pipeline
+
+QA = [  # (image index or None, turns): a single-turn, a two-turn and a text-only conversation
+    (0, [("What color is the circle?", "red"), ("How many shapes?", "2")]),
+    (1, [("Is there a triangle?", "no, there is none.")]),
+    (None, [("Say yes.", "yes")]),
+]
+
+
+def write_images(folder: Path, n: int = 3) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        pixels = (np.random.RandomState(i).rand(24 + 8 * i, 32, 3) * 255).astype("uint8")
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+        paths.append(folder / f"{i}.png")
+    return paths
+
+
+def llava_json(image_prefix: str = "images/") -> list[dict]:
+    """The records in LLaVA's format (relative image paths)."""
+    out = []
+    for k, (image, turns) in enumerate(QA):
+        conv = []
+        for j, (q, a) in enumerate(turns):
+            lead = "<image>\n" if j == 0 and image is not None else ""
+            conv += [{"from": "human", "value": lead + q}, {"from": "gpt", "value": a}]
+        record = {"id": f"r{k}", "conversations": conv}
+        if image is not None:
+            record["image"] = f"{image_prefix}{image}.png"
+        out.append(record)
+    return out
+
+
+def as_messages(record: dict, with_id: bool = False) -> dict:
+    """The same record in LLaMA-Factory's OpenAI-style format (no id unless asked)."""
+    roles = {"human": "user", "gpt": "assistant"}
+    out = {"messages": [{"role": roles[t["from"]], "content": t["value"]} for t in record["conversations"]]}
+    if "image" in record:
+        out["images"] = [record["image"]]
+    return {"id": record["id"], **out} if with_id else out
+
+
+def as_sharegpt(record: dict) -> dict:
+    """ShareGPT with OpenAI role names inside ``conversations``, an ``images`` list and no id."""
+    roles = {"human": "user", "gpt": "assistant"}
+    out = {
+        "conversations": [{"from": roles[t["from"]], "value": t["value"]} for t in record["conversations"]]
+    }
+    return {**out, "images": [record["image"]]} if "image" in record else out
+
+
+@pytest.fixture()
+def own(tmp_path: Path) -> Path:
+    """``own/``: images/, own.json (LLaVA), own_messages.jsonl / .json, own_sharegpt.json, own_val.json."""
+    root = tmp_path / "own"
+    write_images(root / "images")
+    records = llava_json()
+    (root / "own.json").write_text(json.dumps(records))
+    (root / "own_messages.jsonl").write_text("".join(json.dumps(as_messages(r)) + "\n" for r in records))
+    (root / "own_messages.json").write_text(json.dumps([as_messages(r, with_id=True) for r in records]))
+    (root / "own_sharegpt.json").write_text(json.dumps([as_sharegpt(r) for r in records]))
+    (root / "own_val.json").write_text(json.dumps(records[:2]))
+    return root
+
+
+def strip_ids(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "id"} for r in records]
+
+
+# ---------------------------------------------------------------- formats -> one internal record
+def test_messages_and_sharegpt_records_become_the_llava_record(own, caplog):
+    llava = load_records(str(own / "own.json"))
+    with caplog.at_level(logging.WARNING, logger="vlmtune.data"):
+        messages = load_records(str(own / "own_messages.jsonl"))
+        sharegpt = load_records(str(own / "own_sharegpt.json"))
+    assert strip_ids(messages) == strip_ids(llava) == strip_ids(sharegpt)
+    assert llava[0]["image"] == str(own / "images" / "0.png") and "image" not in llava[2]
+    assert llava[0]["task"] == "conversation" and llava[0]["conversations"][3] == {
+        "from": "gpt",
+        "value": "2",
+    }
+    # ids: derived from file and line (JSONL) or list index (JSON), and said once per file
+    assert [r["id"] for r in messages] == [
+        "own_messages.jsonl:1",
+        "own_messages.jsonl:2",
+        "own_messages.jsonl:3",
+    ]
+    assert [r["id"] for r in sharegpt] == [
+        "own_sharegpt.json#0",
+        "own_sharegpt.json#1",
+        "own_sharegpt.json#2",
+    ]
+    said = [r.getMessage() for r in caplog.records if "have no 'id'" in r.getMessage()]
+    assert len(said) == 2 and "own_messages.jsonl: 3 record(s) have no 'id'" in said[0]
+    assert "(e.g. 'own_messages.jsonl:1')" in said[0] and "(e.g. 'own_sharegpt.json#0')" in said[1]
+
+
+def test_content_parts_system_prompt_and_column_mapping(tmp_path):
+    write_images(tmp_path)
+    row = {
+        "conv": [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+        ],
+        "pics": ["0.png"],
+        "key": 7,
+        "system": "Be brief.",
+    }
+    (tmp_path / "d.jsonl").write_text(json.dumps(row) + "\n")
+    cols = {"messages": "conv", "images": "pics", "id": "key"}
+    (rec,) = load_records(str(tmp_path / "d.jsonl"), columns=cols)
+    assert rec["id"] == "7" and rec["image"] == str(tmp_path / "0.png")
+    assert rec["conversations"] == [
+        {"from": "system", "value": "Be brief."},
+        {"from": "human", "value": "<image>\nWhat color?"},
+        {"from": "gpt", "value": "red"},
+    ]
+    with pytest.raises(
+        ConfigError, match=r"data.columns.mesages: unknown record key 'mesages'; map one of id"
+    ):
+        load_config("llava-dora", ["data.columns.mesages=conv"])
+    assert load_config("llava-dora", ["data.columns.messages=conv"]).data.columns == {"messages": "conv"}
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"messages": [{"role": "assistant", "content": "A"}, {"role": "user", "content": "Q"}]},
+         "own.jsonl:1: record 'own.jsonl:1' turn 1 is from 'gpt', expected 'human' (user)"),
+        ({"messages": [{"role": "user", "content": "Q"}]},
+         "own.jsonl:1: record 'own.jsonl:1' has no assistant turn"),
+        ({"messages": [{"role": "tool", "content": "Q"}]},
+         "own.jsonl:1: messages turn 1 has role 'tool'; use user/assistant/system"),
+        ({"messages": [{"role": "user", "content": "<image><image>Q"}, {"role": "assistant", "content": "A"}],
+          "images": ["0.png"]},
+         "own.jsonl:1: record 'own.jsonl:1' has 1 image(s) but 2 '<image>' placeholder(s)"),
+        ({"messages": [{"role": "user", "content": "<image>Q"}, {"role": "assistant", "content": "A"}]},
+         "has 0 image(s) but 1 '<image>' placeholder(s)"),
+    ],
+)  # fmt: skip
+def test_bad_conversations_stop_at_load_time_with_one_line(tmp_path, row, message):
+    write_images(tmp_path, 1)
+    (tmp_path / "own.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError) as err:
+        load_records(str(tmp_path / "own.jsonl"))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_file_of_another_suffix_is_read_as_jsonl_and_a_plain_folder_is_refused(own, tmp_path):
+    (tmp_path / "own.txt").write_text((own / "own_messages.jsonl").read_text())
+    assert len(load_records(str(tmp_path / "own.txt"))) == 3
+    with pytest.raises(
+        DataError, match=r"data file '.*images' not found; .* a folder written by datasets' save_to_disk"
+    ):
+        load_records(str(own / "images"))
+
+
+# ---------------------------------------------------------------- datasets
+def save_dataset(own: Path, out: Path, split: str | None = None):
+    """own.json's records as a datasets folder: an Image column ``img`` (bytes), ``conv`` in OpenAI format."""
+    import datasets
+
+    rows = [as_messages(r, with_id=True) for r in llava_json()]
+    images = [(own / r["images"][0]).read_bytes() if "images" in r else None for r in rows]
+    data = {
+        "key": [r["id"] for r in rows],
+        "conv": [r["messages"] for r in rows],
+        "img": [{"bytes": b, "path": None} if b else None for b in images],
+    }
+    ds = datasets.Dataset.from_dict(data, features=datasets.Features({
+        "key": datasets.Value("string"),
+        "conv": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
+        "img": datasets.Image(),
+    }))  # fmt: skip
+    (datasets.DatasetDict({split: ds}) if split else ds).save_to_disk(str(out))
+    return ds
+
+
+COLUMNS = {"id": "key", "messages": "conv", "image": "img"}
+
+
+def test_saved_dataset_and_parquet_give_the_llava_records(own, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path / "cache"))
+    ds = save_dataset(own, tmp_path / "ds")
+    ds.to_parquet(str(tmp_path / "own.parquet"))
+    llava = load_records(str(own / "own.json"))
+    from_disk = load_records(str(tmp_path / "ds"), columns=COLUMNS)
+    from_parquet = load_records(str(tmp_path / "own.parquet"), columns=COLUMNS)
+    for records in (from_disk, from_parquet):
+        assert [r["id"] for r in records] == ["r0", "r1", "r2"]
+        assert [r["conversations"] for r in records] == [r["conversations"] for r in llava]
+        assert "image" not in records[2]
+        for got, want in zip(records[:2], llava[:2]):  # the image bytes, written once to the cache
+            assert Path(got["image"]).parent == tmp_path / "cache" / "dataset-images"
+            assert Path(got["image"]).read_bytes() == Path(want["image"]).read_bytes()
+    assert from_disk[0]["image"] == from_parquet[0]["image"]  # content-addressed: one file per image
+
+
+def test_dataset_image_values_become_paths(tmp_path, monkeypatch):
+    from vlmtune.data.datasets_files import image_path
+
+    monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path / "cache"))
+    (png,) = write_images(tmp_path, 1)
+    data = png.read_bytes()
+    stored = image_path({"bytes": data, "path": "x.png"}, "row 0")
+    assert Path(stored).read_bytes() == data and stored.endswith(".png")
+    assert image_path(data, "row 0") == stored  # same bytes, same file (the suffix sniffed from the bytes)
+    assert (
+        image_path("rel/a.png", "row 0") == "rel/a.png"
+        and image_path({"bytes": None, "path": "b.png"}, "") == "b.png"
+    )
+    from_pil = image_path(Image.open(png), "row 0")  # re-encoded as PNG: the same pixels
+    assert np.array_equal(np.asarray(Image.open(from_pil)), np.asarray(Image.open(png)))
+    with pytest.raises(
+        DataError, match=r"^own.parquet:row 3: image: image value 42 is not a path, bytes or an image"
+    ):
+        image_path(42, "own.parquet:row 3: image")
+
+
+def test_dataset_dict_split_and_bad_columns(own, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path / "cache"))
+    save_dataset(own, tmp_path / "dd", split="validation")
+    assert parse_spec(f"{tmp_path / 'dd'}@validation").split == "validation"
+    assert len(load_records(f"{tmp_path / 'dd'}@validation", columns=COLUMNS)) == 3
+    assert len(load_records(str(tmp_path / "dd"), split="test", columns=COLUMNS)) == 3  # its only split
+    with pytest.raises(DataError, match=r"dd: data.columns.messages=conversation: no column 'conversation' "
+                                        r"\(columns: key, conv, img\)"):  # fmt: skip
+        load_records(str(tmp_path / "dd"), columns={**COLUMNS, "messages": "conversation"})
+    with pytest.raises(
+        DataError, match=r"data file '.*nothing' not found; give an existing .jsonl/.json/.parquet"
+    ):
+        load_records(str(tmp_path / "nothing"))
+
+
+# ---------------------------------------------------------------- the same tokens through collate
+@pytest.fixture(scope="module")
+def qwen_folder(tmp_path_factory) -> Path:
+    return build_family("qwen2_vl", tmp_path_factory.mktemp("families") / "qwen2_vl")
+
+
+def family_pipeline(folder: Path):
+    cfg = load_config("llava-dora", [f"model.name_or_path={folder}", "model.dtype=float32"])
+    return build_pipeline(cfg)
+
+
+@pytest.mark.parametrize("which", ["vicuna", "chat_template"])
+def test_three_formats_give_the_same_token_ids_and_labels(
+    which, own, tmp_path, monkeypatch, model_dir, request
+):
+    monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path / "cache"))
+    save_dataset(own, tmp_path / "ds")
+    folder = model_dir if which == "vicuna" else request.getfixturevalue("qwen_folder")
+    pipe = family_pipeline(folder)
+    assert type(pipe).__name__ == ("LlavaPipeline" if which == "vicuna" else "FamilyPipeline")
+    sources = {
+        "llava": load_records(str(own / "own.json")),
+        "messages": load_records(str(own / "own_messages.jsonl")),
+        "messages_json": load_records(str(own / "own_messages.json")),
+        "datasets": load_records(str(tmp_path / "ds"), columns=COLUMNS),
+    }
+    batches = {name: pipe.collate(records, train=True) for name, records in sources.items()}
+    reference = batches["llava"]
+    assert (reference["labels"] != -100).sum() > 0
+    for name in ("messages", "messages_json", "datasets"):
+        for key, value in reference.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(batches[name][key], value), f"{name}: {key} differs"
+    prompts = {name: pipe.collate(records, train=False)["input_ids"] for name, records in sources.items()}
+    for name in ("messages", "messages_json", "datasets"):
+        assert torch.equal(prompts[name], prompts["llava"]), f"{name}: generation prompt differs"
+
+
+def two_image_record(folder: Path) -> dict:
+    write_images(folder, 2)
+    return {"id": "two", "images": ["0.png", "1.png"], "messages": [
+        {"role": "user", "content": "<image>\n<image>\nAre the two images the same?"},
+        {"role": "assistant", "content": "no"}]}  # fmt: skip
+
+
+MULTI_IMAGE_FAMILIES = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3",
+                        "idefics3", "smolvlm", "mllama", "internvl"]  # fmt: skip
+
+
+@pytest.mark.parametrize("which", ["vicuna", *MULTI_IMAGE_FAMILIES])
+def test_multi_image_records_train_and_generate(which, tmp_path, model_dir):
+    (tmp_path / "two.jsonl").write_text(json.dumps(two_image_record(tmp_path)) + "\n")
+    (record,) = load_records(str(tmp_path / "two.jsonl"))
+    assert record["images"] == [str(tmp_path / "0.png"), str(tmp_path / "1.png")]
+    pipe = family_pipeline(model_dir if which == "vicuna" else build_family(which, tmp_path / which))
+    batch = pipe.collate([record], train=True)
+    if which in ("vicuna", "llava", "qwen2_vl"):  # one block of image tokens per image, of one size
+        n = int((batch["input_ids"] == pipe.image_token_id).sum())
+        assert n > 0 and n % 2 == 0
+    loss = pipe.loss(batch)
+    assert torch.isfinite(loss) and loss > 0
+    (text,) = pipe.generate(pipe.collate([record], train=False), max_new_tokens=2)
+    assert isinstance(text, str)
+
+
+def test_paligemma_refuses_a_multi_image_record_with_one_line(tmp_path):
+    (tmp_path / "two.jsonl").write_text(json.dumps(two_image_record(tmp_path)) + "\n")
+    pipe = family_pipeline(build_family("paligemma", tmp_path / "paligemma"))
+    with pytest.raises(
+        DataError, match=r"^record 'two' has 2 images, but PaliGemma takes one image per prompt"
+    ):
+        pipe.collate(load_records(str(tmp_path / "two.jsonl")), train=True)
+
+
+# ---------------------------------------------------------------- on_error=skip
+def write_bad_messages(own: Path) -> Path:
+    """own_messages.jsonl plus a bad JSON line, a record without messages' answer field, a missing image."""
+    lines = (own / "own_messages.jsonl").read_text().splitlines()
+    lines.insert(1, '{"messages": [{"role": "user", "content": "Q"}, ')
+    lines.append(json.dumps({"id": "noanswer", "messages": [{"role": "user", "content": "Q"}]}))
+    lines.append(json.dumps({"id": "noimage", **as_messages(llava_json()[0]), "images": ["images/gone.png"]}))
+    lines.append(json.dumps({"id": "nofield", "task": "vqa", "image": "images/0.png", "question": "Q?"}))
+    path = own / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_skip_counts_every_record_problem_and_raise_names_the_first(own, model_dir):
+    path = write_bad_messages(own)
+    cfg = load_config(
+        "llava-dora", [f"model.name_or_path={model_dir}", f"data.train={path}", "data.on_error=skip"]
+    )
+    from vlmtune.data.records import load_split
+
+    errors = ErrorLog()
+    records = load_split(cfg, cfg.data.train, "train", 0, errors)
+    assert [r["id"] for r in records] == ["bad.jsonl:1", "bad.jsonl:3", "bad.jsonl:4"]
+    reasons = errors.to_dict()["first_reasons"]
+    assert errors.count == 4 and len(reasons) == 4
+    assert f"{path}:2: not valid JSON" in reasons[0]
+    assert f"{path}:5: record 'noanswer' has no assistant turn" in reasons[1]
+    assert f"{path}:6: record 'noimage' image '{own / 'images' / 'gone.png'}' not found" in reasons[2]
+    assert f"{path}:7: record 'nofield' lacks field 'answers'" in reasons[3]
+    cfg.data.on_error = "raise"
+    with pytest.raises(DataError, match=rf"^{path}:2: not valid JSON"):
+        load_split(cfg, cfg.data.train, "train", 0, ErrorLog())
+
+
+def tiny_train_args(model_dir: Path, *extra: str) -> list[str]:
+    return ["train", "llava-dora", f"model.name_or_path={model_dir}", "adapters.language.r=4",
+            "adapters.language.alpha=8", "train.max_steps=2", "train.batch_size=2", "eval.batch_size=2",
+            "eval.max_new_tokens=4", "--quiet", *extra]  # fmt: skip
+
+
+def test_cli_skip_writes_the_skip_list_into_the_run_folder(own, model_dir, tmp_path, capsys):
+    path = write_bad_messages(own)
+    run = tmp_path / "run"
+    argv = tiny_train_args(
+        model_dir, f"data.train={path}", "data.eval=", "data.on_error=skip", "--output-dir", str(run)
+    )
+    assert cli.main(argv) == 0
+    skipped = json.loads((run / "data_errors.json").read_text())
+    assert skipped["skipped"] == 4 and f"{path}:2" in skipped["first_reasons"][0]
+    assert skipped["skipped_at"] == [f"{path}:{n}" for n in (2, 5, 6, 7)]  # every skip, by file and line
+    capsys.readouterr()
+    argv = tiny_train_args(
+        model_dir, f"data.train={path}", "data.eval=", "--output-dir", str(tmp_path / "raise")
+    )
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"vlmtune train: error: {path}:2: not valid JSON (")
+    assert not (tmp_path / "raise").exists() or not any(
+        (tmp_path / "raise").rglob("adapter_model.safetensors")
+    )
+
+
+def test_cli_trains_and_evaluates_on_a_saved_dataset_with_a_column_mapping(
+    own, model_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path / "cache"))
+    save_dataset(own, tmp_path / "ds")
+    columns = [f"data.columns.{key}={column}" for key, column in COLUMNS.items()]
+    run = tmp_path / "run"
+    argv = tiny_train_args(model_dir, f"data.train={tmp_path / 'ds'}", f"data.eval={tmp_path / 'ds'}", *columns,
+                           "train.eval_at_start=false", "--output-dir", str(run))  # fmt: skip
+    assert cli.main(argv) == 0
+    summary = json.loads((run / "eval.json").read_text())
+    assert summary["benchmark"] == "conversation" and summary["tuned"]["count"] == 3
+    rows = [
+        json.loads(line) for line in (run / "eval" / "tuned" / "predictions.jsonl").read_text().splitlines()
+    ]
+    assert [r["id"] for r in rows] == ["r0", "r1", "r2"] and rows[2]["reference"] == "yes"
