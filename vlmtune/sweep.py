@@ -74,6 +74,9 @@ SUITES: dict[str, Suite] = {
 }
 
 
+ALPHA_FREE = ("vera", "dvora")  # no alpha (the scale is learned in Λ_b, Λ_d): the recipe's alpha is unset
+
+
 def run_overrides(suite: Suite, extra: list[str], method: str, r: int, seed: int) -> list[str]:
     t = suite.tower
     return [
@@ -82,7 +85,9 @@ def run_overrides(suite: Suite, extra: list[str], method: str, r: int, seed: int
         *extra,
         f"adapters.{t}.method={method}",
         f"adapters.{t}.r={r}",
-        f"adapters.{t}.alpha={suite.alpha_ratio * r:g}",
+        f"adapters.{t}.alpha={suite.alpha_ratio * r:g}"
+        if method not in ALPHA_FREE
+        else f"adapters.{t}.alpha=null",
         f"train.seed={seed}",
     ]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vlmtune.adapters.lora import LoraLinear, lora_scaling
+from vlmtune.adapters.lora.layer import LoraLinear, lora_scaling
 
 
 class DyLoraLinear(LoraLinear):
