@@ -83,6 +83,7 @@ class Method:
     magnitude: bool = False  # accepts ``magnitude_only`` targets (DoRA §5.6)
     after_attach: Callable[[nn.Module, AdapterSpec, Any], None] | None = None  # e.g. DyLoRA's rank sampler
     validate: Callable[[AdapterSpec, str], None] | None = None  # spec checks beyond options (VeRA: no alpha)
+    layer_options: Callable[[nn.Module], dict] | None = None  # options that rebuild an attached layer
 
     @property
     def display(self) -> str:

@@ -318,13 +318,9 @@ def layer_spec(layer: nn.Module) -> tuple[AdapterSpec, str]:
         rslora=bool(getattr(layer, "rslora", False)),
         detach_norm=bool(getattr(layer, "detach_norm", True)),
     )
-    if isinstance(layer, VeraLinear):
-        proj = layer.vera_projection
-        spec.options = {
-            "projection_prng_key": proj.seed,
-            "save_projection": proj.save_projection,
-            "d_initial": layer.d_initial,
-        }
+    method = registry.method_of(layer)
+    if method is not None and method.layer_options is not None:
+        spec.options = method.layer_options(layer)
     return spec, "targets"
 
 

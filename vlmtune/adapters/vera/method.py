@@ -52,6 +52,16 @@ def build_projection(
     return proj.to(bases[0].weight.device)
 
 
+def layer_options(layer: VeraLinear) -> dict:
+    """The options that rebuild ``layer`` (``save_adapter`` without tower specs)."""
+    proj = layer.vera_projection
+    return {
+        "projection_prng_key": proj.seed,
+        "save_projection": proj.save_projection,
+        "d_initial": layer.d_initial,
+    }
+
+
 def _kwargs(spec: AdapterSpec, options: VeraOptions) -> dict:
     return {"dropout": spec.dropout, "d_initial": options.d_initial}
 
@@ -69,6 +79,7 @@ VERA = Method(
     family="vera",
     shared=build_projection,
     validate=check_no_alpha,
+    layer_options=layer_options,
     peft=(
         PeftLayer(
             VeraLinear, "VERA", VERA_TENSORS, False, lambda b, i: VeraLinear(b, i.shared, **_peft_kwargs(i))
@@ -86,6 +97,7 @@ DVORA = Method(
     family="vera",
     shared=build_projection,
     validate=check_no_alpha,
+    layer_options=layer_options,
     magnitude=True,
     peft=(
         PeftLayer(
