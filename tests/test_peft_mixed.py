@@ -154,3 +154,37 @@ def test_lora_magnitude_changed_after_saving_is_refused(trained, tmp_path):
     save_file(tensors, str(folder / "adapter_model.safetensors"))
     with pytest.raises(AdapterError, match="is LoRA in vlmtune_adapter.json but its lora_magnitude_vector"):
         vlmtune_model(base, folder)
+
+
+def test_trained_norm_layers_are_modules_to_save_that_peft_restores(tmp_path):
+    """``trainable_norms`` on both towers: every norm layer is a ``modules_to_save`` entry (full path) and
+    peft's model reproduces vlmtune's logits; nothing is left for ``trainable_extras``."""
+    from toy_models import LLAVA_TOWERS, inputs, tiny_llava
+
+    from vlmtune.adapters import AdapterSpec, attach, save_adapter
+
+    model = tiny_llava()
+    specs = {
+        "language": AdapterSpec(method="dora", r=2, targets=["q", "v"], trainable_norms=True),
+        "vision": AdapterSpec(method="lora", r=2, targets=["q", "v"], trainable_norms=True),
+        "projector": AdapterSpec(method="full"),
+    }
+    attach(model, LLAVA_TOWERS, specs)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    expected = model.eval()(**inputs()).logits
+    save_adapter(model, tmp_path / "a", specs)
+    cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    norms = [m for m in cfg["modules_to_save"] if "norm" in m]
+    assert len(norms) == 2 * 2 + 2 + 3, cfg[
+        "modules_to_save"
+    ]  # CLIP: 2 per layer x 2 + pre/post; Llama: 2 + final
+    assert "model.multi_modal_projector" in cfg["modules_to_save"]
+    assert not (tmp_path / "a" / "trainable_extras.safetensors").exists()
+    loaded = peft.PeftModel.from_pretrained(tiny_llava(), tmp_path / "a").eval()
+    with torch.no_grad():
+        diff = rel(loaded(**inputs()).logits, expected)
+    assert diff < TOL, f"peft logits differ by {diff:.2e} (relative)"
