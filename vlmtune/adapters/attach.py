@@ -14,7 +14,6 @@ from torch import nn
 
 from vlmtune.adapters import registry
 from vlmtune.adapters.dora.magnitude import MagnitudeOnlyLinear
-from vlmtune.adapters.dylora.layer import DyLoraLinear
 from vlmtune.adapters.method import Method, parse_options
 from vlmtune.adapters.targets import (
     replace_module,
@@ -158,7 +157,5 @@ def merge(model: nn.Module) -> nn.Module:
             "that cannot be merged into the base weights; save the adapter folder instead"
         )
     for path, layer in list(adapter_layers(model)):
-        if isinstance(layer, DyLoraLinear):
-            layer.set_rank(layer.eval_rank)
         replace_module(model, path, layer.merged_linear())
     return model

@@ -49,6 +49,11 @@ class DyLoraLinear(LoraLinear):
         b = self.rank
         return self.scaling * (self.lora_B.weight[:, :b] @ self.lora_A.weight[:b])
 
+    def merged_linear(self) -> nn.Linear:
+        """Merge at ``eval_rank`` (the rank :func:`set_dylora_rank` chose) and return the plain layer."""
+        self.set_rank(self.eval_rank)
+        return super().merged_linear()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
         if self.merged:
