@@ -188,3 +188,46 @@ def test_trained_norm_layers_are_modules_to_save_that_peft_restores(tmp_path):
     with torch.no_grad():
         diff = rel(loaded(**inputs()).logits, expected)
     assert diff < TOL, f"peft logits differ by {diff:.2e} (relative)"
+
+
+def test_a_trained_module_list_is_saved_by_its_items_so_peft_can_wrap_them(tmp_path):
+    """peft refuses ``modules_to_save`` on a ModuleList (Qwen3-VL's ``deepstack_merger_list``): its items go."""
+    from torch import nn
+
+    from vlmtune.adapters import AdapterSpec, attach, save_adapter
+
+    def toy() -> nn.Module:
+        torch.manual_seed(0)
+        model = nn.Module()
+        model.lm = nn.Module()
+        model.lm.q_proj = nn.Linear(8, 8)
+        model.mergers = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 8)])
+        model.forward = lambda x: model.lm.q_proj(model.mergers[1](model.mergers[0](x)))
+        return model
+
+    model = toy()
+    specs = {
+        "language": AdapterSpec(method="lora", r=2, targets=["q_proj"]),
+        "projector": AdapterSpec(method="full"),
+    }
+    attach(model, {"language": ["lm"], "projector": ["mergers"]}, specs)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1)
+    x = torch.randn(3, 8)
+    expected = model(x)
+    save_adapter(model, tmp_path / "a", specs)
+    cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert cfg["modules_to_save"] == ["mergers.0", "mergers.1"]
+    loaded = peft.PeftModel.from_pretrained(toy(), tmp_path / "a").eval()
+    with torch.no_grad():
+        assert (
+            rel(
+                loaded.base_model.model.lm.q_proj(
+                    loaded.base_model.model.mergers[1](loaded.base_model.model.mergers[0](x))
+                ),
+                expected,
+            )
+            < TOL
+        )

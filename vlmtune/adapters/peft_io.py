@@ -141,7 +141,8 @@ def _adapter_param_ids(model: nn.Module) -> set[int]:
 def modules_to_save(model: nn.Module) -> list[str]:
     """Full paths of the outermost modules whose every parameter trains and that hold no adapter
     (a trained projector, a norm layer): PEFT ``modules_to_save``. A path is kept only when PEFT's
-    suffix match (``name.endswith(entry)``) finds exactly that module."""
+    suffix match (``name.endswith(entry)``) finds exactly that module; a ModuleList / ModuleDict is
+    listed by its items (PEFT cannot wrap a container)."""
     adapter_ids = _adapter_param_ids(model)
     names = [n for n, _ in model.named_modules(remove_duplicate=False)]
     chosen: list[str] = []
@@ -149,6 +150,7 @@ def modules_to_save(model: nn.Module) -> list[str]:
         params = list(module.parameters())
         if (
             not name
+            or isinstance(module, nn.ModuleList | nn.ModuleDict)  # peft wraps no containers: their items
             or not params
             or any(name.startswith(c + ".") for c in chosen)
             or any(getattr(m, "adapter_module", False) for m in module.modules())
@@ -276,6 +278,8 @@ def save_adapter(
     else:  # no tower specs given: describe the attached layers themselves (groups of equal settings)
         towers, derived = derived_layout(model)
         meta["towers"], meta["specs"] = towers, {t: asdict(s) for t, s in derived.items()}
+    if extras:  # what PeftModel.from_pretrained will not restore (vlmtune's load_adapter does)
+        meta["not_in_peft"] = sorted(extras)
     if base_info is not None:
         meta["base"] = base_info
     atomic_write_json(meta, out / META_NAME)
