@@ -65,7 +65,7 @@ def test_unknown_or_ill_typed_option_is_one_line_naming_tower_method_and_option(
 
 @pytest.mark.parametrize("method", ["vera", "dvora"])
 def test_vera_refuses_alpha_and_accepts_it_unset(method: str) -> None:
-    with pytest.raises(AdapterError, match=r"adapters.language.alpha=8.0: VeRA/DVoRA have no alpha"):
+    with pytest.raises(AdapterError, match=r"adapters.language.alpha=8.0: (VeRA|DVoRA) has no alpha"):
         attach(
             tiny_llava(),
             LLAVA_TOWERS,
@@ -170,3 +170,24 @@ def test_base_info_round_trips_and_the_loadable_base_is_recorded(tmp_path) -> No
     save_adapter(model, tmp_path / "b")
     assert read_base_info(tmp_path / "b") is None
     assert read_base_info(tmp_path / "no-such-folder") is None
+
+
+def test_sweep_unsets_alpha_for_vera_and_old_folders_with_the_ignored_default_still_load(tmp_path) -> None:
+    from vlmtune.core.config import load_config
+    from vlmtune.sweep import alpha_override
+
+    assert alpha_override("language", "vera", 16) == "adapters.language.alpha=null"
+    assert alpha_override("language", "dora", 16) == "adapters.language.alpha=16"
+    cfg = load_config(
+        "vlbart-dora", ["adapters.language.method=vera", alpha_override("language", "vera", 256)]
+    )
+    assert cfg.adapters.language.alpha is None
+    specs = {"language": AdapterSpec(method="vera", r=4, targets=["q", "v"])}
+    model = tiny_llava()
+    attach(model, LLAVA_TOWERS, specs)
+    save_adapter(model, tmp_path / "a", specs)
+    meta_path = tmp_path / "a" / "vlmtune_adapter.json"
+    meta = json.loads(meta_path.read_text())
+    meta["specs"]["language"]["alpha"] = 16.0  # what folders written before recorded
+    meta_path.write_text(json.dumps(meta))
+    load_adapter(tiny_llava(), tmp_path / "a", LLAVA_TOWERS)

@@ -69,6 +69,11 @@ def attach(model: nn.Module, towers: dict[str, list[str]], specs: dict[str, Adap
             continue
         method = registry.get(spec.method, tower)
         options = parse_options(method, spec, tower)
+        if not method.uses_alpha and spec.alpha is not None:
+            raise AdapterError(
+                f"adapters.{tower}.alpha={spec.alpha}: {method.display} has no alpha (its scale is learned); "
+                "remove it (or set it to null)"
+            )
         if method.validate is not None:
             method.validate(spec, tower)
         if spec.magnitude_only and not method.magnitude:

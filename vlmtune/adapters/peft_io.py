@@ -445,7 +445,7 @@ def load_adapter(
     tensors = load_file(str(folder / WEIGHTS_NAME))
     cfg = read_peft_config(folder)
     meta = read_meta(folder)
-    specs = {t: AdapterSpec(**s) for t, s in (meta.get("specs") or {}).items()}
+    specs = {t: _saved_spec(s) for t, s in (meta.get("specs") or {}).items()}
     if specs and "towers" in meta:  # saved without tower specs: the layers' own paths
         for paths in meta["towers"].values():
             for path in paths:
@@ -461,6 +461,16 @@ def load_adapter(
     if (folder / EXTRAS_NAME).is_file():
         _load_extras(model, load_file(str(folder / EXTRAS_NAME)), folder)
     return model
+
+
+def _saved_spec(fields: dict) -> AdapterSpec:
+    """A spec from ``vlmtune_adapter.json``; folders written before alpha could be unset recorded the
+    ignored default 16 for methods without alpha (VeRA, DVoRA): read as unset."""
+    spec = AdapterSpec(**fields)
+    method = registry.METHODS.get(spec.method)
+    if method is not None and not method.uses_alpha:
+        spec.alpha = None
+    return spec
 
 
 def _attach_from_peft(

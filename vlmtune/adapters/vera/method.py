@@ -29,14 +29,6 @@ class VeraOptions:
     d_initial: float = option(0.1, doc="initial value of Λ_d")
 
 
-def check_no_alpha(spec: AdapterSpec, tower: str) -> None:
-    if spec.alpha is not None:
-        raise AdapterError(
-            f"adapters.{tower}.alpha={spec.alpha}: VeRA/DVoRA have no alpha (the scale is learned in Λ_b, Λ_d); "
-            "remove it (or set it to null)"
-        )
-
-
 def build_projection(
     bases: list[nn.Linear], specs: list[AdapterSpec], options: list[VeraOptions]
 ) -> VeraProjection:
@@ -78,7 +70,7 @@ VERA = Method(
     build=lambda base, spec, o, proj: VeraLinear(base, proj, **_kwargs(spec, o)),
     family="vera",
     shared=build_projection,
-    validate=check_no_alpha,
+    uses_alpha=False,
     layer_options=layer_options,
     peft=(
         PeftLayer(
@@ -96,7 +88,7 @@ DVORA = Method(
     ),
     family="vera",
     shared=build_projection,
-    validate=check_no_alpha,
+    uses_alpha=False,
     layer_options=layer_options,
     magnitude=True,
     peft=(
