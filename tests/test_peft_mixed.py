@@ -231,3 +231,27 @@ def test_a_trained_module_list_is_saved_by_its_items_so_peft_can_wrap_them(tmp_p
             )
             < TOL
         )
+
+
+def test_a_peft_written_folder_with_modules_to_save_by_short_name_loads_in_vlmtune(tmp_path):
+    """peft matches ``modules_to_save`` by suffix (``multi_modal_projector``); vlmtune reads it the same way."""
+    from toy_models import inputs, tiny_llava
+
+    cfg = peft.LoraConfig(
+        r=2, target_modules=["q_proj"], modules_to_save=["multi_modal_projector"], use_dora=True
+    )
+    ref = peft.get_peft_model(tiny_llava(), cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in ref.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    ref.eval()
+    with torch.no_grad():
+        expected = ref(**inputs()).logits
+    ref.save_pretrained(tmp_path / "a")
+    ours = load_adapter(tiny_llava(), tmp_path / "a").eval()
+    assert {type(layer) for _, layer in adapter_layers(ours)} == {DoraLinear}
+    with torch.no_grad():
+        diff = rel(ours(**inputs()).logits, expected)
+    assert diff < TOL, f"vlmtune logits differ by {diff:.2e} (relative)"

@@ -152,14 +152,28 @@ def modules_to_save(model: nn.Module) -> list[str]:
             not name
             or isinstance(module, nn.ModuleList | nn.ModuleDict)  # peft wraps no containers: their items
             or not params
+            or not all(p.requires_grad and id(p) not in adapter_ids for p in params)
             or any(name.startswith(c + ".") for c in chosen)
             or any(getattr(m, "adapter_module", False) for m in module.modules())
-            or not all(p.requires_grad and id(p) not in adapter_ids for p in params)
             or sum(n.endswith(name) for n in names) != 1
         ):
             continue
         chosen.append(name)
     return chosen
+
+
+def resolve_modules_to_save(model: nn.Module, entries: list[str]) -> list[str]:
+    """Full paths of the modules a PEFT ``modules_to_save`` list names, matched as PEFT does
+    (``name.endswith(entry)``; ``multi_modal_projector`` in a folder written by PEFT), outermost only."""
+    found: list[str] = []
+    for name, _ in model.named_modules():
+        if (
+            name
+            and any(name.endswith(e) for e in entries)
+            and not any(name.startswith(f + ".") for f in found)
+        ):
+            found.append(name)
+    return found
 
 
 def _params_under(model: nn.Module, paths: list[str]) -> dict[str, nn.Parameter]:
@@ -455,7 +469,7 @@ def load_adapter(
         attach(model, towers, specs)
     else:
         _attach_from_peft(model, folder, tensors, cfg, meta.get("modules") or {})
-    saved = cfg.get("modules_to_save") or []
+    saved = resolve_modules_to_save(model, cfg.get("modules_to_save") or [])
     check_tensors(model, tensors, folder, bool(cfg.get("use_dora")), saved)
     _load_peft_tensors(model, tensors, folder, saved)
     if (folder / EXTRAS_NAME).is_file():
