@@ -8,6 +8,7 @@ modules; layer methods of one family (VeRA/DVoRA) share one state built from all
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -39,11 +40,15 @@ def adapter_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
+@dataclass
 class _LayerPlan:
     """One tower's layer method: what to wrap (``paths``) and what gets a magnitude only (``mag``)."""
 
-    def __init__(self, method: Method, spec: AdapterSpec, options: Any, paths: list[str], mag: list[str]):
-        self.method, self.spec, self.options, self.paths, self.mag = method, spec, options, paths, mag
+    method: Method
+    spec: AdapterSpec
+    options: Any
+    paths: list[str]
+    mag: list[str]
 
 
 def attach(model: nn.Module, towers: dict[str, list[str]], specs: dict[str, AdapterSpec]) -> dict[str, str]:
@@ -68,35 +73,47 @@ def attach(model: nn.Module, towers: dict[str, list[str]], specs: dict[str, Adap
             attached.update({p: "full" for p in prefixes})
             continue
         method = registry.get(spec.method, tower)
-        options = parse_options(method, spec, tower)
-        if not method.uses_alpha and spec.alpha is not None:
-            raise AdapterError(
-                f"adapters.{tower}.alpha={spec.alpha}: {method.display} has no alpha (its scale is learned); "
-                "remove it (or set it to null)"
-            )
-        if method.validate is not None:
-            method.validate(spec, tower)
-        if spec.magnitude_only and not method.magnitude:
-            magnitude_methods = [n for n, m in registry.METHODS.items() if m.magnitude]
-            raise AdapterError(
-                f"adapters.{tower}.magnitude_only needs a method with a magnitude "
-                f"({', '.join(magnitude_methods)}), not '{spec.method}'"
-            )
+        options = _checked_options(method, spec, tower)
         if method.kind == "layer":
             mag = resolve_magnitude_only(model, prefixes, spec, tower)
             paths = [] if not spec.targets and mag else resolve_targets(model, prefixes, spec, tower)
             plans.append(_LayerPlan(method, spec, options, [p for p in paths if p not in mag], mag))
-            continue
-        for p in prefixes:
-            method.hook(model, model.get_submodule(p), spec, options, tower)
-            attached[p] = spec.method
-        if method.check is not None:
-            method.check(model, prefixes, spec, tower)
+        else:
+            attached.update(_hook_tower(model, prefixes, method, spec, options, tower))
     attached.update(_wrap_layers(model, plans))
     for tower, spec in specs.items():
         if spec is not None and spec.method != "frozen":
             _unfreeze_extras(model, towers[tower], spec)
     return attached
+
+
+def _checked_options(method: Method, spec: AdapterSpec, tower: str) -> Any:
+    """The spec's typed options; one-line errors for options, an alpha the method has not, or
+    ``magnitude_only`` on a method without a magnitude."""
+    options = parse_options(method, spec, tower)
+    if not method.uses_alpha and spec.alpha is not None:
+        raise AdapterError(
+            f"adapters.{tower}.alpha={spec.alpha}: {method.display} has no alpha (its scale is learned); "
+            "remove it (or set it to null)"
+        )
+    if spec.magnitude_only and not method.magnitude:
+        magnitude_methods = [n for n, m in registry.METHODS.items() if m.magnitude]
+        raise AdapterError(
+            f"adapters.{tower}.magnitude_only needs a method with a magnitude "
+            f"({', '.join(magnitude_methods)}), not '{spec.method}'"
+        )
+    return options
+
+
+def _hook_tower(
+    model: nn.Module, prefixes: list[str], method: Method, spec: AdapterSpec, options: Any, tower: str
+) -> dict[str, str]:
+    """Run a tower method's hook on every prefix of the tower, then its check once."""
+    for p in prefixes:
+        method.hook(model, model.get_submodule(p), spec, options, tower)
+    if method.check is not None:
+        method.check(model, prefixes, spec, tower)
+    return {p: method.name for p in prefixes}
 
 
 def _wrap_layers(model: nn.Module, plans: list[_LayerPlan]) -> dict[str, str]:

@@ -82,7 +82,6 @@ class Method:
     shared: Callable[[list[nn.Linear], list[AdapterSpec], list[Any]], Any] | None = None
     magnitude: bool = False  # accepts ``magnitude_only`` targets (DoRA §5.6)
     after_attach: Callable[[nn.Module, AdapterSpec, Any], None] | None = None  # e.g. DyLoRA's rank sampler
-    validate: Callable[[AdapterSpec, str], None] | None = None  # spec checks beyond options
     uses_alpha: bool = True  # False (VeRA, DVoRA): setting ``adapters.<tower>.alpha`` is an error
     layer_options: Callable[[nn.Module], dict] | None = None  # options that rebuild an attached layer
 
