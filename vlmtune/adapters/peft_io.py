@@ -41,6 +41,7 @@ from vlmtune.adapters import registry
 from vlmtune.adapters.attach import adapter_layers, attach
 from vlmtune.adapters.lora.layer import lora_scaling
 from vlmtune.adapters.method import PeftLayer, PeftLayerInfo
+from vlmtune.adapters.report import adapter_param_ids
 from vlmtune.adapters.targets import base_linear, replace_module
 from vlmtune.adapters.vera.layer import VeraLinear, VeraProjection, shared_projection
 from vlmtune.core.adapter_spec import AdapterSpec
@@ -129,21 +130,12 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------- trained non-adapter modules
-def _adapter_param_ids(model: nn.Module) -> set[int]:
-    """Parameters of anything an adapter added (layers' own tensors, prompts, bottlenecks)."""
-    ids: set[int] = set()
-    for module in model.modules():
-        if getattr(module, "adapter_module", False):
-            ids.update(id(p) for n, p in module.named_parameters() if not n.startswith("base_layer."))
-    return ids
-
-
 def modules_to_save(model: nn.Module) -> list[str]:
     """Full paths of the outermost modules whose every parameter trains and that hold no adapter
     (a trained projector, a norm layer): PEFT ``modules_to_save``. A path is kept only when PEFT's
     suffix match (``name.endswith(entry)``) finds exactly that module; a ModuleList / ModuleDict is
     listed by its items (PEFT cannot wrap a container)."""
-    adapter_ids = _adapter_param_ids(model)
+    adapter_ids = adapter_param_ids(model)
     names = [n for n, _ in model.named_modules(remove_duplicate=False)]
     chosen: list[str] = []
     for name, module in model.named_modules():
