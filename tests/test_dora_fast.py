@@ -194,7 +194,7 @@ def test_merged_layer_runs_only_the_base_ops() -> None:
 
 
 def test_eval_norm_is_cached_until_a_weight_changes(monkeypatch) -> None:
-    import vlmtune.adapters.dora as dora_mod
+    import vlmtune.adapters.dora.layer as dora_mod
 
     calls = []
     real = dora_mod.row_norm_lowrank

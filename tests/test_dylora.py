@@ -79,7 +79,7 @@ TOWERS = {"language": ["block"]}
 
 def test_training_forward_samples_one_rank_for_all_layers() -> None:
     model = Wrapper()
-    spec = AdapterSpec(method="dylora", r=8, targets=["q_proj", "v_proj"], options={"r_min": 2, "seed": 0})
+    spec = AdapterSpec(method="dylora", r=8, targets=["q_proj", "v_proj"], options={"min_rank": 2, "seed": 0})
     attach(model, TOWERS, {"language": spec})
     layers = [m for _, m in adapter_layers(model)]
     x = torch.randn(2, 16)

@@ -24,7 +24,7 @@ from vlmtune.adapters import (
     merge,
     save_adapter,
 )
-from vlmtune.adapters.inject import known_methods
+from vlmtune.adapters.registry import known_methods
 
 # method -> (tower, spec, mergeable)
 CASES: dict[str, tuple[str, AdapterSpec, bool]] = {
@@ -36,11 +36,23 @@ CASES: dict[str, tuple[str, AdapterSpec, bool]] = {
     "vera": ("language", AdapterSpec(method="vera", r=8, targets=["q", "v", "up"]), True),
     "dvora": ("language", AdapterSpec(method="dvora", r=8, targets=["q", "v", "up"]), True),
     "bitfit": ("vision", AdapterSpec(method="bitfit"), True),
-    "houlsby": ("language", AdapterSpec(method="houlsby", r=4, targets=["o", "down"]), False),
-    "parallel": ("language", AdapterSpec(method="parallel", r=4, targets=["mlp"]), False),
-    "bottleneck": ("language", AdapterSpec(method="bottleneck", r=4, targets=["down"]), False),
-    "adapter": ("language", AdapterSpec(method="adapter", r=4, targets=["down"]), False),
-    "prompt": ("language", AdapterSpec(method="prompt", options={"num_tokens": 3}), False),
+    "houlsby": (
+        "language",
+        AdapterSpec(method="houlsby", targets=["o", "down"], options={"width": 4}),
+        False,
+    ),
+    "parallel": ("language", AdapterSpec(method="parallel", targets=["mlp"], options={"width": 4}), False),
+    "bottleneck": (
+        "language",
+        AdapterSpec(method="bottleneck", targets=["down"], options={"width": 4}),
+        False,
+    ),
+    "adapter": (
+        "language",
+        AdapterSpec(method="adapter", targets=["down"], options={"width": 4, "placement": "parallel"}),
+        False,
+    ),
+    "prompt": ("language", AdapterSpec(method="prompt", options={"length": 3}), False),
     "pin": ("projector", AdapterSpec(method="pin", options={"hidden": [16]}), False),
     "vpt": ("vision", AdapterSpec(method="vpt", options={"length": 3}), False),
 }

@@ -29,7 +29,7 @@ def tiny_llama() -> LlamaForCausalLM:
 
 def prompted(**options) -> LlamaForCausalLM:
     model = tiny_llama()
-    attach(model, TOWERS, {"language": AdapterSpec(method="prompt", options={"num_tokens": N, **options})})
+    attach(model, TOWERS, {"language": AdapterSpec(method="prompt", options={"length": N, **options})})
     return model
 
 
@@ -78,7 +78,7 @@ def test_init_from_label_tokens_and_save_load(tmp_path) -> None:
         model.model.soft_prompt.prompt.normal_()
     ids = torch.randint(1, 50, (1, 6))
     expected = model(input_ids=ids).logits
-    spec = AdapterSpec(method="prompt", options={"num_tokens": N})
+    spec = AdapterSpec(method="prompt", options={"length": N})
     save_adapter(model, tmp_path / "a", specs={"language": spec})
     fresh = load_adapter(tiny_llama(), tmp_path / "a", towers=TOWERS)
     assert isinstance(fresh.model.soft_prompt, SoftPrompt)

@@ -74,6 +74,15 @@ SUITES: dict[str, Suite] = {
 }
 
 
+def alpha_override(tower: str, method: str, alpha: float) -> str:
+    """``adapters.<tower>.alpha=...``; null for methods without alpha (VeRA, DVoRA: an error if set)."""
+    from vlmtune.adapters.registry import METHODS
+
+    if method in METHODS and not METHODS[method].uses_alpha:
+        return f"adapters.{tower}.alpha=null"
+    return f"adapters.{tower}.alpha={alpha:g}"
+
+
 def run_overrides(suite: Suite, extra: list[str], method: str, r: int, seed: int) -> list[str]:
     t = suite.tower
     return [
@@ -82,7 +91,7 @@ def run_overrides(suite: Suite, extra: list[str], method: str, r: int, seed: int
         *extra,
         f"adapters.{t}.method={method}",
         f"adapters.{t}.r={r}",
-        f"adapters.{t}.alpha={suite.alpha_ratio * r:g}",
+        alpha_override(t, method, suite.alpha_ratio * r),
         f"train.seed={seed}",
     ]
 

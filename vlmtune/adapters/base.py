@@ -22,7 +22,7 @@ class WeightAdapter(nn.Module):
 
     method = "adapter"
     adapter_module = True  # vlmtune.adapters.report counts everything but base_layer as adapter
-    weight_adapter = True  # vlmtune.adapters.inject.adapter_layers finds it
+    weight_adapter = True  # vlmtune.adapters.attach.adapter_layers finds it
 
     def __init__(self, base_layer: nn.Linear) -> None:
         super().__init__()

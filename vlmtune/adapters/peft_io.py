@@ -1,26 +1,34 @@
-"""Adapter folders in Hugging Face PEFT's format.
+"""Adapter folders in Hugging Face PEFT's format (peft 0.21), written and read through the registry.
 
-    adapter_config.json           PEFT ``LoraConfig`` (peft_type LORA, use_dora, r, lora_alpha, ...)
-                                  or ``VeraConfig`` (peft_type VERA, r, projection_prng_key, ...)
-    adapter_model.safetensors     LORA: base_model.model.<path>.lora_A.weight / lora_B.weight
-                                        / lora_magnitude_vector (DoRA, magnitude-only DoRA)
-                                  VERA: base_model.model.<path>.vera_lambda_b / vera_lambda_d
-                                        [/ lora_magnitude_vector: DVoRA, vlmtune only]
-                                        + base_model.vera_A / base_model.vera_B (save_projection)
-    vlmtune_adapter.json          vlmtune's own description (towers, methods, full specs)
-    trainable_extras.safetensors  other trained tensors (projector, biases, prompts, bottleneck
-                                  adapters, a second adapter family) by model key
+    adapter_config.json           PEFT ``LoraConfig`` (peft_type LORA) or ``VeraConfig`` (VERA), with
+                                  ``base_model_name_or_path`` = the model folder or hub id that was
+                                  loaded and ``modules_to_save`` = the fully trained modules
+    adapter_model.safetensors     base_model.model.<path>.<tensor> for every adapted layer (tensor names
+                                  from its method's :class:`~vlmtune.adapters.method.PeftLayer`),
+                                  base_model.model.<param> for the modules_to_save (projector...),
+                                  base_model.vera_A / vera_B (VeRA, save_projection)
+    vlmtune_adapter.json          vlmtune's own description: tower specs, the method of every adapted
+                                  module, the base as given (a preset name stays a name) and its
+                                  folder, and ``base`` (the caller's ``base_info``, e.g. a fingerprint)
+    trainable_extras.safetensors  other trained tensors no PEFT file can hold (prompts, bottleneck
+                                  adapters, a lone bias, a second adapter family) by model key
 
-The PEFT file holds one family: VeRA when every weight adapter is VeRA/DVoRA, else LoRA (LoRA,
-DoRA, DyLoRA at ``r_max``, magnitude-only DoRA). ``peft.PeftModel.from_pretrained(base, folder)``
-loads LoRA, DoRA and VeRA folders written here, and :func:`load_adapter` reads folders written by
-PEFT.
+The PEFT file holds one family: VeRA when every weight adapter is VeRA/DVoRA, else LoRA.
+
+**Mixed LoRA and DoRA layers** (e.g. DoRA on the language tower, LoRA on the vision tower): PEFT has
+one model-wide ``use_dora``. The folder sets it when any layer is DoRA and gives every plain LoRA
+layer the magnitude ``m = ||W0 + s B A||_c`` (computed at save time, fp32, detached). PEFT's DoRA
+forward is ``y = W0 x + b + (m/||W0 + s B A||_c - 1) W0 x + (m/||W0 + s B A||_c) s B A drop(x)``
+(its norm is detached), so with that ``m`` the ratio is 1 and the layer computes exactly
+``W0 x + b + s B A drop(x)``: LoRA, in eval and in train mode, with or without dropout and bias
+(further training in PEFT moves ``m`` and makes it DoRA, as PEFT would). vlmtune reads such a layer
+back as LoRA (``vlmtune_adapter.json`` names its method) after checking that its magnitude still is
+that norm; a plain PEFT reader sees DoRA with ratio 1, the same function.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -29,11 +37,13 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from vlmtune.adapters.dora import DoraLinear
-from vlmtune.adapters.granularity import MagnitudeOnlyLinear
-from vlmtune.adapters.inject import adapter_layers, attach
-from vlmtune.adapters.lora import LoraLinear
-from vlmtune.adapters.vera import DVoraLinear, VeraLinear, VeraProjection
+from vlmtune.adapters import registry
+from vlmtune.adapters.attach import adapter_layers, attach
+from vlmtune.adapters.lora.layer import lora_scaling
+from vlmtune.adapters.method import PeftLayer, PeftLayerInfo
+from vlmtune.adapters.report import adapter_param_ids
+from vlmtune.adapters.targets import base_linear, replace_module
+from vlmtune.adapters.vera.layer import VeraLinear, VeraProjection, shared_projection
 from vlmtune.core.adapter_spec import AdapterSpec
 from vlmtune.core.errors import AdapterError
 from vlmtune.core.io import atomic_write_json, atomic_write_safetensors
@@ -44,25 +54,56 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 META_NAME = "vlmtune_adapter.json"
 EXTRAS_NAME = "trainable_extras.safetensors"
 VERA_A_KEY, VERA_B_KEY = "base_model.vera_A", "base_model.vera_B"
-_LEAF = re.compile(
-    r"^(.*)\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector|vera_lambda_b|vera_lambda_d)$"
-)
+MAGNITUDE = "lora_magnitude_vector"
+FORMAT = "vlmtune-adapter/2"
 
 
-def family(layer: nn.Module) -> str:
-    """``vera`` for VeRA/DVoRA layers, ``lora`` for the rest."""
-    return "vera" if isinstance(layer, VeraLinear) else "lora"
+# ---------------------------------------------------------------- which layers go into the PEFT file
+def peft_type(layer: nn.Module) -> str | None:
+    p = registry.peft_layer_of(layer)
+    return None if p is None else p.peft_type
 
 
 def peft_family(model: nn.Module) -> str:
-    """The family written to the PEFT file: ``vera`` only when every weight adapter is VeRA."""
-    families = {family(layer) for _, layer in adapter_layers(model)}
-    return "vera" if families == {"vera"} else "lora"
+    """The PEFT type of the file: ``VERA`` only when every weight adapter is VeRA/DVoRA, else ``LORA``."""
+    types = {peft_type(layer) for _, layer in adapter_layers(model)}
+    return "VERA" if types == {"VERA"} else "LORA"
 
 
 def _peft_layers(model: nn.Module) -> dict[str, nn.Module]:
     fam = peft_family(model)
-    return {p: layer for p, layer in adapter_layers(model) if family(layer) == fam}
+    return {p: layer for p, layer in adapter_layers(model) if peft_type(layer) == fam}
+
+
+def model_uses_dora(model: nn.Module) -> bool:
+    """Whether the PEFT file needs ``use_dora`` (some layer of its family carries a magnitude)."""
+    return any(registry.peft_layer_of(layer).dora for layer in _peft_layers(model).values())
+
+
+@torch.no_grad()
+def identity_magnitude(layer: nn.Module) -> torch.Tensor:
+    """``||W0 + s B A||_c`` (out,) in fp32 at the saved rank: the DoRA magnitude that makes PEFT's DoRA
+    forward equal this LoRA layer (module docstring). Computed like PEFT (dense, ``linalg.norm``)."""
+    a, b = layer.lora_A.weight.float(), layer.lora_B.weight.float()
+    w = layer.base_layer.weight.float() + lora_scaling(layer.r, layer.alpha, layer.rslora) * (b @ a)
+    return torch.linalg.norm(w, dim=1).to(layer.lora_A.weight.dtype)
+
+
+def _derived_magnitude(layer: nn.Module, use_dora: bool) -> bool:
+    """Whether ``layer`` writes an identity magnitude: a LoRA-type layer in a ``use_dora`` LORA file."""
+    p = registry.peft_layer_of(layer)
+    return use_dora and p.peft_type == "LORA" and not p.dora
+
+
+def peft_shapes(model: nn.Module, use_dora: bool) -> dict[str, tuple[int, ...]]:
+    """{PEFT key: shape} of the adapter tensors the PEFT file holds for ``model`` (no VeRA pair)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for path, layer in _peft_layers(model).items():
+        for name, t in layer._adapter_tensors().items():
+            out[f"{PEFT_PREFIX}{path}.{name}"] = tuple(t.shape)
+        if _derived_magnitude(layer, use_dora):
+            out[f"{PEFT_PREFIX}{path}.{MAGNITUDE}"] = (layer.out_features,)
+    return out
 
 
 def vera_projection(model: nn.Module) -> VeraProjection | None:
@@ -73,78 +114,124 @@ def vera_projection(model: nn.Module) -> VeraProjection | None:
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """PEFT-keyed tensors of every layer of the PEFT family (+ VeRA's shared pair if saved)."""
+    """PEFT-keyed adapter tensors of every layer of the file's family (+ VeRA's shared pair if saved,
+    + the identity magnitude of LoRA layers under ``use_dora``)."""
+    use_dora = model_uses_dora(model)
     out: dict[str, torch.Tensor] = {}
     for path, layer in _peft_layers(model).items():
         out.update(layer.adapter_state(PEFT_PREFIX + path))
+        if _derived_magnitude(layer, use_dora):
+            out[f"{PEFT_PREFIX}{path}.{MAGNITUDE}"] = identity_magnitude(layer)
     proj = vera_projection(model)
-    if peft_family(model) == "vera" and proj is not None and proj.save_projection:
+    if peft_family(model) == "VERA" and proj is not None and proj.save_projection:
         out[VERA_A_KEY] = proj.vera_A.detach().contiguous()
         out[VERA_B_KEY] = proj.vera_B.detach().contiguous()
     return out
 
 
-def extras_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable tensors not in the PEFT file, under their model keys."""
+# ---------------------------------------------------------------- trained non-adapter modules
+def modules_to_save(model: nn.Module) -> list[str]:
+    """Full paths of the outermost modules whose every parameter trains and that hold no adapter
+    (a trained projector, a norm layer): PEFT ``modules_to_save``. A path is kept only when PEFT's
+    suffix match (``name.endswith(entry)``) finds exactly that module; a ModuleList / ModuleDict is
+    listed by its items (PEFT cannot wrap a container)."""
+    adapter_ids = adapter_param_ids(model)
+    names = [n for n, _ in model.named_modules(remove_duplicate=False)]
+    chosen: list[str] = []
+    for name, module in model.named_modules():
+        params = list(module.parameters())
+        if (
+            not name
+            or isinstance(module, nn.ModuleList | nn.ModuleDict)  # peft wraps no containers: their items
+            or not params
+            or not all(p.requires_grad and id(p) not in adapter_ids for p in params)
+            or any(name.startswith(c + ".") for c in chosen)
+            or any(getattr(m, "adapter_module", False) for m in module.modules())
+            or sum(n.endswith(name) for n in names) != 1
+        ):
+            continue
+        chosen.append(name)
+    return chosen
+
+
+def resolve_modules_to_save(model: nn.Module, entries: list[str]) -> list[str]:
+    """Full paths of the modules a PEFT ``modules_to_save`` list names, matched as PEFT does
+    (``name.endswith(entry)``; ``multi_modal_projector`` in a folder written by PEFT), outermost only."""
+    found: list[str] = []
+    for name, _ in model.named_modules():
+        if (
+            name
+            and any(name.endswith(e) for e in entries)
+            and not any(name.startswith(f + ".") for f in found)
+        ):
+            found.append(name)
+    return found
+
+
+def _params_under(model: nn.Module, paths: list[str]) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if any(n.startswith(q + ".") for q in paths)}
+
+
+def extras_state_dict(model: nn.Module, saved: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Trainable tensors neither in the PEFT file's adapter layers nor under ``saved`` (modules_to_save)."""
     in_peft = {id(t) for layer in _peft_layers(model).values() for t in layer._adapter_tensors().values()}
+    in_peft |= {id(p) for p in _params_under(model, saved or []).values()}
     return {
         name: p.detach() for name, p in model.named_parameters() if p.requires_grad and id(p) not in in_peft
     }
 
 
-def peft_config(model: nn.Module, base_name_or_path: str | None) -> dict:
+# ---------------------------------------------------------------- configs
+def peft_config(model: nn.Module, base_name_or_path: str | None, saved: list[str] | None = None) -> dict:
     """A PEFT ``LoraConfig`` or ``VeraConfig`` dict describing the adapted layers by full path."""
-    if peft_family(model) == "vera":
-        return vera_config(model, base_name_or_path)
+    if peft_family(model) == "VERA":
+        return vera_config(model, base_name_or_path, saved)
     layers = _peft_layers(model)
     ranks = Counter(layer.r for layer in layers.values())
     alphas = Counter(layer.alpha for layer in layers.values())
     r = ranks.most_common(1)[0][0] if ranks else 8
     alpha = alphas.most_common(1)[0][0] if alphas else 8
-    first = next((layer for layer in layers.values() if isinstance(layer, LoraLinear)), None)
+    first = next((layer for layer in layers.values() if hasattr(layer, "lora_A")), None)
     dropout = getattr(getattr(first, "lora_dropout", None), "p", 0.0)
     return {
+        **_common_config(base_name_or_path, layers, saved),
         "peft_type": "LORA",
-        "task_type": None,
-        "base_model_name_or_path": base_name_or_path,
         "r": r,
         "lora_alpha": alpha,
         "lora_dropout": dropout,
-        "target_modules": sorted(layers),
         "rank_pattern": {p: layer.r for p, layer in layers.items() if layer.r != r},
         "alpha_pattern": {p: layer.alpha for p, layer in layers.items() if layer.alpha != alpha},
-        "use_dora": any(isinstance(layer, DoraLinear | MagnitudeOnlyLinear) for layer in layers.values()),
+        "use_dora": model_uses_dora(model),
         "use_rslora": bool(first is not None and first.rslora),
-        "bias": "none",
-        "fan_in_fan_out": False,
         "init_lora_weights": True,
-        "modules_to_save": None,
-        "layers_to_transform": None,
-        "layers_pattern": None,
-        "inference_mode": True,
-        "revision": None,
     }
 
 
-def vera_config(model: nn.Module, base_name_or_path: str | None) -> dict:
+def vera_config(model: nn.Module, base_name_or_path: str | None, saved: list[str] | None = None) -> dict:
     """A PEFT ``VeraConfig`` dict (peft_type VERA)."""
     layers = _peft_layers(model)
     first = next(iter(layers.values()))
     proj = first.vera_projection
     return {
+        **_common_config(base_name_or_path, layers, saved),
         "peft_type": "VERA",
-        "task_type": None,
-        "base_model_name_or_path": base_name_or_path,
         "r": proj.r,
-        "target_modules": sorted(layers),
         "projection_prng_key": proj.seed,
         "save_projection": proj.save_projection,
         "vera_dropout": getattr(first.vera_dropout, "p", 0.0),
         "d_initial": first.d_initial,
+        "init_weights": True,
+    }
+
+
+def _common_config(base_name_or_path: str | None, layers: dict, saved: list[str] | None) -> dict:
+    return {
+        "task_type": None,
+        "base_model_name_or_path": base_name_or_path,
+        "target_modules": sorted(layers),
+        "modules_to_save": saved or None,
         "fan_in_fan_out": False,
         "bias": "none",
-        "modules_to_save": None,
-        "init_weights": True,
         "layers_to_transform": None,
         "layers_pattern": None,
         "inference_mode": True,
@@ -152,51 +239,98 @@ def vera_config(model: nn.Module, base_name_or_path: str | None) -> dict:
     }
 
 
+def loadable_base(model: nn.Module, given: str | None) -> str | None:
+    """The base others can load: the folder or hub id the model was loaded from
+    (``config._name_or_path``, e.g. a preset's resolved folder), else what was given."""
+    loaded = getattr(getattr(model, "config", None), "_name_or_path", None)
+    return str(loaded) if loaded else given
+
+
+# ---------------------------------------------------------------- save
 def save_adapter(
     model: nn.Module,
     out_dir: str | Path,
     specs: dict[str, AdapterSpec] | None = None,
     base_name_or_path: str | None = None,
+    base_info: dict | None = None,
 ) -> Path:
-    """Write a PEFT-compatible adapter folder (atomically, file by file)."""
+    """Write a PEFT-compatible adapter folder (atomically, file by file).
+
+    ``base_name_or_path``: the base as the user named it (a preset name, a folder, a hub id); PEFT's
+    config records the loadable form (:func:`loadable_base`). ``base_info``: any JSON-able dict (e.g.
+    the base fingerprint) stored under ``"base"`` in ``vlmtune_adapter.json`` (:func:`read_base_info`).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_safetensors(lora_state_dict(model), out / WEIGHTS_NAME)
-    atomic_write_json(peft_config(model, base_name_or_path), out / CONFIG_NAME)
-    extras = extras_state_dict(model)
+    saved = modules_to_save(model)
+    params = _params_under(model, saved)
+    tensors = {**lora_state_dict(model), **{PEFT_PREFIX + n: p.detach() for n, p in params.items()}}
+    atomic_write_safetensors(tensors, out / WEIGHTS_NAME)
+    loadable = loadable_base(model, base_name_or_path)
+    atomic_write_json(peft_config(model, loadable, saved), out / CONFIG_NAME)
+    extras = extras_state_dict(model, saved)
     if extras:
         atomic_write_safetensors(extras, out / EXTRAS_NAME)
-    meta: dict = {"format": "vlmtune-adapter/1", "base_model_name_or_path": base_name_or_path}
+    elif (out / EXTRAS_NAME).is_file():
+        (out / EXTRAS_NAME).unlink()  # a stale file from an earlier save would load wrong tensors
+    meta: dict = {
+        "format": FORMAT,
+        "base_model_name_or_path": base_name_or_path,
+        "base_model_path": loadable,
+        "modules": {p: _method_name(layer) for p, layer in adapter_layers(model)},
+    }
     if specs:
         meta["specs"] = {t: asdict(s) for t, s in specs.items() if s is not None}
     else:  # no tower specs given: describe the attached layers themselves (groups of equal settings)
         towers, derived = derived_layout(model)
         meta["towers"], meta["specs"] = towers, {t: asdict(s) for t, s in derived.items()}
+    if extras:  # what PeftModel.from_pretrained will not restore (vlmtune's load_adapter does)
+        meta["not_in_peft"] = sorted(extras)
+    if base_info is not None:
+        meta["base"] = base_info
     atomic_write_json(meta, out / META_NAME)
     return out
+
+
+def _method_name(layer: nn.Module) -> str:
+    method = registry.method_of(layer)
+    return layer.method if method is None else method.name
+
+
+def read_meta(folder: str | Path) -> dict:
+    """``vlmtune_adapter.json`` of an adapter folder ({} for a folder written by plain PEFT)."""
+    path = Path(folder) / META_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise AdapterError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def read_base_info(folder: str | Path) -> dict | None:
+    """The ``base_info`` dict :func:`save_adapter` stored (``"base"`` in ``vlmtune_adapter.json``), or None."""
+    return read_meta(folder).get("base")
 
 
 def layer_spec(layer: nn.Module) -> tuple[AdapterSpec, str]:
     """The :class:`AdapterSpec` that rebuilds ``layer`` and the spec list its leaf name goes in
     (``targets``, or ``magnitude_only`` for a magnitude-only DoRA layer)."""
-    if isinstance(layer, MagnitudeOnlyLinear):
-        return AdapterSpec(method="dora", alpha=layer.alpha), "magnitude_only"
+    name = _method_name(layer)
+    if registry.peft_layer_of(layer).tensors == frozenset({MAGNITUDE}):
+        return AdapterSpec(method=name, alpha=layer.alpha), "magnitude_only"
     dropout = getattr(layer, "lora_dropout", None) or getattr(layer, "vera_dropout", None)
     spec = AdapterSpec(
-        method=layer.method,
+        method=name,
         r=int(getattr(layer, "r", 8)),
-        alpha=float(getattr(layer, "alpha", 16.0)),
+        alpha=getattr(layer, "alpha", None),
         dropout=float(getattr(dropout, "p", 0.0)),
         rslora=bool(getattr(layer, "rslora", False)),
         detach_norm=bool(getattr(layer, "detach_norm", True)),
     )
-    if isinstance(layer, VeraLinear):
-        proj = layer.vera_projection
-        spec.options = {
-            "projection_prng_key": proj.seed,
-            "save_projection": proj.save_projection,
-            "d_initial": layer.d_initial,
-        }
+    method = registry.method_of(layer)
+    if method is not None and method.layer_options is not None:
+        spec.options = method.layer_options(layer)
     return spec, "targets"
 
 
@@ -216,41 +350,9 @@ def derived_layout(model: nn.Module) -> tuple[dict[str, list[str]], dict[str, Ad
     return towers, specs
 
 
-def load_adapter(
-    model: nn.Module,
-    adapter_dir: str | Path,
-    towers: dict[str, list[str]] | None = None,
-) -> nn.Module:
-    """Attach and load an adapter folder written by vlmtune or by PEFT onto ``model`` (in place).
-
-    Raises :class:`AdapterError` (one line) when the folder is incomplete or a tensor does not fit
-    the base model, naming the module.
-    """
-    folder = Path(adapter_dir)
-    if not (folder / WEIGHTS_NAME).is_file():
-        raise AdapterError(f"{folder}: no {WEIGHTS_NAME}; is this an adapter folder?")
-    tensors = load_file(str(folder / WEIGHTS_NAME))
-    meta_path = folder / META_NAME
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    specs = {t: AdapterSpec(**s) for t, s in (meta.get("specs") or {}).items()}
-    if specs and "towers" in meta:  # saved without tower specs: the layers' own paths
-        for paths in meta["towers"].values():
-            for path in paths:
-                _base_linear(model, path, meta_path)
-        attach(model, meta["towers"], specs)
-    elif specs and towers is not None:
-        attach(model, towers, specs)
-    else:
-        _attach_from_peft(model, folder, tensors)
-    check_tensors(model, tensors, folder)
-    _load_peft_tensors(model, tensors, folder)
-    if (folder / EXTRAS_NAME).is_file():
-        _load_extras(model, load_file(str(folder / EXTRAS_NAME)), folder)
-    return model
-
-
+# ---------------------------------------------------------------- load
 def read_peft_config(folder: Path) -> dict:
-    cfg_path = folder / CONFIG_NAME
+    cfg_path = Path(folder) / CONFIG_NAME
     if not cfg_path.is_file():
         raise AdapterError(f"{folder}: no {CONFIG_NAME}; is this an adapter folder?")
     try:
@@ -259,76 +361,134 @@ def read_peft_config(folder: Path) -> dict:
         raise AdapterError(f"{cfg_path}: line {e.lineno}: not valid JSON ({e.msg})") from None
 
 
-def _base_linear(model: nn.Module, path: str, where: Path) -> nn.Linear:
-    try:
-        base = model.get_submodule(path)
-    except AttributeError:
-        raise AdapterError(f"{where}: module '{path}' does not exist in this base model") from None
-    if not isinstance(base, nn.Linear):
-        raise AdapterError(f"{where}: module '{path}' is {type(base).__name__}, not nn.Linear")
-    return base
+def _adapter_leaf_names() -> set[str]:
+    return {name for m in registry.METHODS.values() for p in m.peft for name in p.tensors}
 
 
-def _set(model: nn.Module, path: str, layer: nn.Module) -> None:
-    parent, _, child = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, layer)
+def adapter_tensors_by_path(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """{module path: {leaf: tensor}} for the adapter tensors of a PEFT file (not the modules_to_save)."""
+    leaves = _adapter_leaf_names()
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if not key.startswith(PEFT_PREFIX):
+            continue
+        rest = key[len(PEFT_PREFIX) :]
+        for leaf in leaves:
+            if rest.endswith("." + leaf):
+                out.setdefault(rest[: -len(leaf) - 1], {})[leaf] = value
+                break
+    return out
 
 
-def _attach_from_peft(model: nn.Module, folder: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Wrap the layers named in a PEFT state dict (LORA or VERA), sizes from the tensors."""
-    cfg = read_peft_config(folder)
+def build_peft_layers(
+    bases: dict[str, nn.Linear],
+    found: dict[str, dict[str, torch.Tensor]],
+    cfg: dict,
+    recorded: dict[str, str],
+    where: Path,
+    tensors: dict[str, torch.Tensor],
+) -> dict[str, nn.Module]:
+    """{path: adapter layer} around ``bases`` (unloaded), each of the class its tensors describe
+    (``recorded``: vlmtune's {path: method}; else the registry's PEFT mapping)."""
     kind = cfg.get("peft_type", "LORA")
     if kind not in ("LORA", "VERA"):
-        raise AdapterError(f"{folder / CONFIG_NAME}: peft_type={kind} is not supported (LORA or VERA)")
+        raise AdapterError(f"{where}: peft_type={kind} is not supported (LORA or VERA)")
+    shared = _shared_projection(cfg, bases, tensors, where) if kind == "VERA" else None
+    layers: dict[str, nn.Module] = {}
+    for path, base in bases.items():
+        leaves = set(found[path])
+        p: PeftLayer | None = registry.peft_layer_for(
+            kind, leaves, bool(cfg.get("use_dora")), recorded.get(path)
+        )
+        if p is None:
+            raise AdapterError(
+                f"{where}: module '{path}' has tensors {', '.join(sorted(leaves))}, which form no {kind} layer"
+                + (" with use_dora" if cfg.get("use_dora") else "")
+            )
+        shapes = {k: tuple(v.shape) for k, v in found[path].items()}
+        try:
+            layers[path] = p.from_peft(base, PeftLayerInfo(path, cfg, shapes, shared))
+        except KeyError as e:  # the tensor that gives the layer's size (lora_A: the rank) is not there
+            raise AdapterError(
+                f"{where}: 1 adapter tensor(s) missing: {PEFT_PREFIX}{path}.{e.args[0]}; the folder is incomplete"
+            ) from None
+    return layers
+
+
+def _shared_projection(
+    cfg: dict, bases: dict[str, nn.Linear], tensors: dict[str, torch.Tensor], where: Path
+) -> VeraProjection:
+    saved = (
+        (tensors[VERA_A_KEY], tensors[VERA_B_KEY])
+        if VERA_A_KEY in tensors and VERA_B_KEY in tensors
+        else None
+    )
+    if not bases:
+        raise AdapterError(f"{where}: no vera_lambda_* tensors; is this a VeRA adapter?")
+    shapes = [(b.out_features, b.in_features) for b in bases.values()]
+    proj = shared_projection(
+        int(cfg.get("r", 256)),
+        int(cfg.get("projection_prng_key", 0)),
+        shapes,
+        bool(cfg.get("save_projection", True)),
+        saved,
+        str(where),
+    )
+    return proj.to(next(iter(bases.values())).weight.device)
+
+
+def load_adapter(
+    model: nn.Module, adapter_dir: str | Path, towers: dict[str, list[str]] | None = None
+) -> nn.Module:
+    """Attach and load an adapter folder written by vlmtune or by PEFT onto ``model`` (in place).
+
+    Raises :class:`AdapterError` (one line) when the folder is incomplete, holds tensors this model
+    does not have or of another shape, naming the first few keys.
+    """
+    folder = Path(adapter_dir)
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise AdapterError(f"{folder}: no {WEIGHTS_NAME}; is this an adapter folder?")
+    tensors = load_file(str(folder / WEIGHTS_NAME))
+    cfg = read_peft_config(folder)
+    meta = read_meta(folder)
+    specs = {t: _saved_spec(s) for t, s in (meta.get("specs") or {}).items()}
+    if specs and "towers" in meta:  # saved without tower specs: the layers' own paths
+        for paths in meta["towers"].values():
+            for path in paths:
+                base_linear(model, path, folder / META_NAME)
+        attach(model, meta["towers"], specs)
+    elif specs and towers is not None:
+        attach(model, towers, specs)
+    else:
+        _attach_from_peft(model, folder, tensors, cfg, meta.get("modules") or {})
+    saved = resolve_modules_to_save(model, cfg.get("modules_to_save") or [])
+    check_tensors(model, tensors, folder, bool(cfg.get("use_dora")), saved)
+    _load_peft_tensors(model, tensors, folder, saved)
+    if (folder / EXTRAS_NAME).is_file():
+        _load_extras(model, load_file(str(folder / EXTRAS_NAME)), folder)
+    return model
+
+
+def _saved_spec(fields: dict) -> AdapterSpec:
+    """A spec from ``vlmtune_adapter.json``; folders written before alpha could be unset recorded the
+    ignored default 16 for methods without alpha (VeRA, DVoRA): read as unset."""
+    spec = AdapterSpec(**fields)
+    method = registry.METHODS.get(spec.method)
+    if method is not None and not method.uses_alpha:
+        spec.alpha = None
+    return spec
+
+
+def _attach_from_peft(
+    model: nn.Module, folder: Path, tensors: dict[str, torch.Tensor], cfg: dict, recorded: dict[str, str]
+) -> None:
+    """Wrap the layers named in a PEFT state dict (LORA or VERA), sizes from the tensors."""
     model.requires_grad_(False)
     weights = folder / WEIGHTS_NAME
-    by_path: dict[str, set[str]] = {}
-    for key in tensors:
-        m = _LEAF.match(key[len(PEFT_PREFIX) :]) if key.startswith(PEFT_PREFIX) else None
-        if m:
-            by_path.setdefault(m.group(1), set()).add(m.group(2))
-    if kind == "VERA":
-        _attach_vera_from_peft(model, cfg, tensors, by_path, weights)
-        return
-    for path, leaves in sorted(by_path.items()):
-        base = _base_linear(model, path, weights)
-        alpha = _pattern_value(cfg.get("alpha_pattern") or {}, path, cfg.get("lora_alpha", 8))
-        if "lora_A.weight" not in leaves:
-            if "lora_magnitude_vector" in leaves:  # magnitude-only DoRA (granularity)
-                _set(model, path, MagnitudeOnlyLinear(base, alpha))
-                continue
-            raise AdapterError(f"{weights}: module '{path}' has no lora_A.weight")
-        r = tensors[f"{PEFT_PREFIX}{path}.lora_A.weight"].shape[0]
-        cls = DoraLinear if cfg.get("use_dora") else LoraLinear
-        _set(model, path, cls(base, r, alpha, cfg.get("lora_dropout", 0.0), cfg.get("use_rslora", False)))
-
-
-def _attach_vera_from_peft(
-    model: nn.Module, cfg: dict, tensors: dict[str, torch.Tensor], by_path: dict[str, set[str]], weights: Path
-) -> None:
-    """VeRA layers around one shared pair: saved (``vera_A``/``vera_B``) or regenerated from the seed."""
-    bases = {path: _base_linear(model, path, weights) for path in sorted(by_path)}
-    if not bases:
-        raise AdapterError(f"{weights}: no vera_lambda_* tensors; is this a VeRA adapter?")
-    r = int(cfg.get("r", 256))
-    in_max = max(b.in_features for b in bases.values())
-    out_max = max(b.out_features for b in bases.values())
-    if VERA_A_KEY in tensors:
-        in_max, out_max = tensors[VERA_A_KEY].shape[1], tensors[VERA_B_KEY].shape[0]
-    seed = int(cfg.get("projection_prng_key", 0))
-    proj = VeraProjection(r, in_max, out_max, seed, bool(cfg.get("save_projection", True)))
-    proj = proj.to(next(iter(bases.values())).weight.device)
-    kw = {"dropout": cfg.get("vera_dropout", 0.0), "d_initial": cfg.get("d_initial", 0.1)}
-    for path, base in bases.items():
-        cls = DVoraLinear if "lora_magnitude_vector" in by_path[path] else VeraLinear
-        _set(model, path, cls(base, proj, **kw))
-
-
-def _pattern_value(patterns: dict, path: str, default):
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", path):
-            return value
-    return default
+    found = adapter_tensors_by_path(tensors)
+    bases = {path: base_linear(model, path, weights) for path in sorted(found)}
+    for path, layer in build_peft_layers(bases, found, cfg, recorded, weights, tensors).items():
+        replace_module(model, path, layer)
 
 
 def _first(keys: list[str], n: int = 3) -> str:
@@ -336,11 +496,19 @@ def _first(keys: list[str], n: int = 3) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
-def check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], folder: Path) -> None:
-    """Refuse a PEFT file whose tensors are not exactly those of the attached layers: missing,
-    unexpected or mis-shaped keys are one :class:`AdapterError` line naming the first few."""
+def check_tensors(
+    model: nn.Module,
+    tensors: dict[str, torch.Tensor],
+    folder: Path,
+    use_dora: bool = False,
+    saved: list[str] | None = None,
+) -> None:
+    """Refuse a PEFT file whose tensors are not exactly those of the attached layers and the
+    ``saved`` modules: missing, unexpected or mis-shaped keys are one :class:`AdapterError` line
+    naming the first few."""
     shared = (VERA_A_KEY, VERA_B_KEY)  # the VeRA pair is checked by VeraProjection.load
-    want = {k: tuple(v.shape) for k, v in lora_state_dict(model).items() if k not in shared}
+    want = peft_shapes(model, use_dora)
+    want.update({PEFT_PREFIX + n: tuple(p.shape) for n, p in _params_under(model, saved or []).items()})
     got = {k: tuple(v.shape) for k, v in tensors.items() if k not in shared}
     missing = sorted(want.keys() - got.keys())
     if missing:
@@ -363,27 +531,42 @@ def check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], folder: Pa
         )
 
 
-def _load_peft_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+def _load_peft_tensors(
+    model: nn.Module, tensors: dict[str, torch.Tensor], folder: Path, saved: list[str]
+) -> None:
+    """Copy the checked tensors in: adapter tensors into their layers, the rest into the saved modules."""
     where = folder / WEIGHTS_NAME
-    layers = dict(adapter_layers(model))
     if VERA_A_KEY in tensors or VERA_B_KEY in tensors:
         proj = vera_projection(model)
         if proj is None or VERA_A_KEY not in tensors or VERA_B_KEY not in tensors:
             raise AdapterError(f"{where}: has a VeRA projection but this model has no complete VeRA layers")
         proj.load(tensors[VERA_A_KEY], tensors[VERA_B_KEY], where=str(where))
-    for key, value in tensors.items():
-        if key in (VERA_A_KEY, VERA_B_KEY):
-            continue
-        m = _LEAF.match(key[len(PEFT_PREFIX) :]) if key.startswith(PEFT_PREFIX) else None
-        if m is None:
-            raise AdapterError(f"{where}: unexpected key '{key}' (not a PEFT LoRA/VeRA key)")
-        path, leaf = m.groups()
-        if path not in layers:
-            raise AdapterError(
-                f"{where}: '{path}' has adapter weights but is not adapted in this model; "
-                "was the adapter trained with other targets?"
-            )
-        layers[path].load_adapter_tensor(leaf, value, where=f"{where}: module {path!r}")
+    layers = dict(adapter_layers(model))
+    magnitudes: dict[str, torch.Tensor] = {}
+    for path, found in adapter_tensors_by_path(tensors).items():
+        for leaf, value in found.items():
+            if leaf == MAGNITUDE and MAGNITUDE not in layers[path]._adapter_tensors():
+                magnitudes[path] = value  # a LoRA layer's identity magnitude: checked once A, B are in
+            else:
+                layers[path].load_adapter_tensor(leaf, value, where=f"{where}: module {path!r}")
+    params = _params_under(model, saved)
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[PEFT_PREFIX + name].to(p.dtype))
+    for path, value in magnitudes.items():
+        _check_identity_magnitude(layers[path], value, f"{where}: module {path!r}")
+
+
+def _check_identity_magnitude(layer: nn.Module, value: torch.Tensor, where: str) -> None:
+    """A LoRA layer's saved magnitude must still be ``||W0 + s B A||_c``; another value means it was
+    trained as DoRA (e.g. in PEFT) after vlmtune saved it, and reading it as LoRA would be wrong."""
+    want = identity_magnitude(layer).float()
+    err = ((value.float() - want).abs() / want.abs().clamp_min(1e-12)).max().item()
+    if err > 1e-4:
+        raise AdapterError(
+            f"{where}: is LoRA in {META_NAME} but its {MAGNITUDE} is not ||W0 + s B A|| (max relative "
+            f"difference {err:.1e}): it was trained as DoRA after saving; remove {META_NAME} to load it as DoRA"
+        )
 
 
 def _load_extras(model: nn.Module, tensors: dict[str, torch.Tensor], folder: Path) -> None:

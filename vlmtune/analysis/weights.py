@@ -4,7 +4,8 @@
 * DoRA:           W_t = m (W_0 + s B A) / ||W_0 + s B A||_c  (the merged weight; its row norms are m)
 * magnitude-only: W_t = m W_0 / ||W_0||_c
 * VeRA / DVoRA:   as above with Λ_b B Λ_d A as the update
-* full FT:        W_t is stored as is (``<path>.weight`` in ``trainable_extras.safetensors``)
+* full FT:        W_t is stored as is (PEFT ``modules_to_save`` in ``adapter_model.safetensors``,
+                  or ``<path>.weight`` in ``trainable_extras.safetensors``)
 
 The layer classes themselves do the merge, so this is the same arithmetic as training and
 ``vlmtune merge``.
@@ -12,7 +13,6 @@ The layer classes themselves do the merge, so this is the same arithmetic as tra
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,24 +20,16 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from vlmtune.adapters.dora import DoraLinear
-from vlmtune.adapters.granularity import MagnitudeOnlyLinear
-from vlmtune.adapters.lora import LoraLinear
 from vlmtune.adapters.peft_io import (
     EXTRAS_NAME,
-    PEFT_PREFIX,
     VERA_A_KEY,
-    VERA_B_KEY,
     WEIGHTS_NAME,
-    _pattern_value,
+    adapter_tensors_by_path,
+    build_peft_layers,
+    read_meta,
     read_peft_config,
 )
-from vlmtune.adapters.vera import DVoraLinear, VeraLinear, VeraProjection
 from vlmtune.core.errors import AdapterError
-
-_LEAF = re.compile(
-    r"^(.*)\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector|vera_lambda_b|vera_lambda_d)$"
-)
 
 
 def _linear(w0: torch.Tensor) -> nn.Linear:
@@ -64,48 +56,24 @@ def finetuned_weights(adapter_dir: str | Path, base: Mapping[str, torch.Tensor])
             return out
         raise AdapterError(f"{folder}: no {WEIGHTS_NAME} or {EXTRAS_NAME}; is this an adapter folder?")
     tensors = load_file(str(folder / WEIGHTS_NAME))
-    leaves: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        m = _LEAF.match(key[len(PEFT_PREFIX) :]) if key.startswith(PEFT_PREFIX) else None
-        if m and m.group(1) in base:
-            leaves.setdefault(m.group(1), {})[m.group(2)] = value
-    if not leaves:
-        return out
+    for path in base:  # modules_to_save (a trained projector): stored as is
+        if f"base_model.model.{path}.weight" in tensors:
+            out[path] = tensors[f"base_model.model.{path}.weight"].float()
+    found = adapter_tensors_by_path(tensors)
     cfg = read_peft_config(folder)
-    proj = _vera_projection(cfg, tensors, base, folder) if cfg.get("peft_type") == "VERA" else None
-    for path, found in leaves.items():
-        layer = _layer(cfg, path, found, _linear(base[path]), proj)
-        for name, value in found.items():
-            layer.load_adapter_tensor(name, value.float(), where=f"{folder / WEIGHTS_NAME}: module {path!r}")
-        out[path] = layer.merged_linear().weight.detach()
-    return out
-
-
-def _layer(cfg: dict, path: str, found: dict, base: nn.Linear, proj: VeraProjection | None) -> nn.Module:
-    if proj is not None:
-        return DVoraLinear(base, proj) if "lora_magnitude_vector" in found else VeraLinear(base, proj)
-    if "lora_A.weight" not in found:
-        return MagnitudeOnlyLinear(base)
-    r = found["lora_A.weight"].shape[0]
-    alpha = _pattern_value(cfg.get("alpha_pattern") or {}, path, cfg.get("lora_alpha", 8))
-    rslora = bool(cfg.get("use_rslora", False))
-    if "lora_magnitude_vector" in found:
-        return DoraLinear(base, r, alpha, rslora=rslora)
-    return LoraLinear(base, r, alpha, rslora=rslora)
-
-
-def _vera_projection(
-    cfg: dict, tensors: dict[str, torch.Tensor], base: Mapping[str, torch.Tensor], folder: Path
-) -> VeraProjection:
-    r, seed = int(cfg.get("r", 256)), int(cfg.get("projection_prng_key", 0))
-    if VERA_A_KEY in tensors:
-        proj = VeraProjection(r, tensors[VERA_A_KEY].shape[1], tensors[VERA_B_KEY].shape[0], seed)
-        proj.load(tensors[VERA_A_KEY], tensors[VERA_B_KEY], where=str(folder))
-        return proj
-    paths = [k[len(PEFT_PREFIX) :].rsplit(".", 1)[0] for k in tensors if k.endswith(".vera_lambda_b")]
-    if any(p not in base for p in paths):
+    if cfg.get("peft_type") == "VERA" and VERA_A_KEY not in tensors and any(p not in base for p in found):
         raise AdapterError(
             f"{folder}: the VeRA projection was not saved; pass the base weights of every adapted layer "
             "so it can be regenerated from projection_prng_key"
         )
-    return VeraProjection(r, max(base[p].shape[1] for p in paths), max(base[p].shape[0] for p in paths), seed)
+    bases = {path: _linear(base[path]) for path in sorted(found) if path in base}
+    if not bases:
+        return out
+    where = folder / WEIGHTS_NAME
+    layers = build_peft_layers(bases, found, cfg, read_meta(folder).get("modules") or {}, where, tensors)
+    for path, layer in layers.items():
+        for name, value in found[path].items():
+            if name in layer._adapter_tensors():  # a LoRA layer's identity magnitude is derived: skip it
+                layer.load_adapter_tensor(name, value.float(), where=f"{where}: module {path!r}")
+        out[path] = layer.merged_linear().weight.detach()
+    return out

@@ -34,7 +34,7 @@ class AdapterSpec:
 
     method: str = "frozen"
     r: int = 8
-    alpha: float = 16.0
+    alpha: float | None = None  # None (unset): 16 for the LoRA family; VeRA/DVoRA have no alpha
     dropout: float = 0.0
     targets: list[str] = field(default_factory=list)
     rslora: bool = False
@@ -55,3 +55,11 @@ def expand_targets(targets: list[str]) -> list[str]:
     for t in targets:
         names.extend(TARGET_ALIASES.get(t, (t,)))
     return names
+
+
+DEFAULT_LORA_ALPHA = 16.0
+
+
+def lora_alpha(spec: AdapterSpec) -> float:
+    """``spec.alpha``, or 16 when the recipe left it unset."""
+    return DEFAULT_LORA_ALPHA if spec.alpha is None else float(spec.alpha)

@@ -24,7 +24,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from vlmtune.adapters.inject import LAYER_METHODS, adapter_layers
+from vlmtune.adapters.attach import adapter_layers
+from vlmtune.adapters.registry import layer_method_names
 from vlmtune.adapters.report import placement_lines
 from vlmtune.core.adapter_spec import AdapterSpec
 from vlmtune.core.errors import AdapterError
@@ -50,7 +51,7 @@ def adapted_paths(model: nn.Module, towers: dict[str, list[str]], specs: dict[st
     """Weight-adapter layer paths, plus the prefixes of towers adapted as a whole (full, prompts...)."""
     paths = [path for path, _ in adapter_layers(model)]
     for tower, spec in specs.items():
-        if spec is not None and spec.method not in ("frozen", *LAYER_METHODS) and tower in towers:
+        if spec is not None and spec.method not in ("frozen", *layer_method_names()) and tower in towers:
             paths.extend(towers[tower])
     return paths
 

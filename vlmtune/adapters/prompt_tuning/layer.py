@@ -12,7 +12,7 @@ the model is frozen. Hooks on the decoder (e.g. ``LlamaModel``, which LLaVA call
 
 Init (``options.init``): ``vocab`` (default; embeddings of random vocabulary tokens, Lester et al.
 §3), ``text`` (embeddings of ``options.init_token_ids``, e.g. the class labels' tokens, repeated to
-fill ``n``) or ``random`` (uniform +-0.5). ``options.num_tokens`` sets ``n`` (default: ``r``).
+fill ``n``) or ``random`` (uniform +-0.5). ``options.length`` sets ``n`` (default: ``r``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vlmtune.adapters.inject import TOWER_CHECKS, register_tower_method
-from vlmtune.core.adapter_spec import AdapterSpec
 from vlmtune.core.errors import AdapterError
 
 
@@ -94,49 +92,3 @@ def find_decoder(tower: nn.Module) -> nn.Module | None:
         if get is not None and hasattr(m, "layers") and isinstance(get(), nn.Embedding):
             return m
     return None
-
-
-def initial_prompt(embedding: nn.Embedding, n: int, spec: AdapterSpec) -> torch.Tensor:
-    how = spec.options.get("init", "vocab")
-    w = embedding.weight.detach()
-    gen = torch.Generator().manual_seed(int(spec.options.get("seed", 0)))
-    if how == "random":
-        return (torch.rand(n, w.shape[1], generator=gen) - 0.5).to(w)
-    if how == "vocab":
-        ids = torch.randint(0, min(w.shape[0], 5000), (n,), generator=gen)  # Lester: 5000 most common
-        return w[ids.to(w.device)].clone()
-    if how == "text":
-        ids = list(spec.options.get("init_token_ids") or [])
-        if not ids or any(not 0 <= int(i) < w.shape[0] for i in ids):
-            raise AdapterError(
-                "prompt tuning: options.init=text needs options.init_token_ids, token ids in "
-                f"[0, {w.shape[0]}) (e.g. the tokenized class labels)"
-            )
-        ids = (ids * (n // len(ids) + 1))[:n]
-        return w[torch.tensor(ids, device=w.device)].clone()
-    raise AdapterError(f"prompt tuning: options.init must be vocab, text or random, got '{how}'")
-
-
-def attach_prompt(model: nn.Module, tower: nn.Module, spec: AdapterSpec, name: str) -> None:
-    decoder = find_decoder(tower)
-    if decoder is None or hasattr(decoder, "soft_prompt"):
-        return  # e.g. LLaVA's lm_head prefix; check_attached raises if no prefix had a decoder
-    n = int(spec.options.get("num_tokens", spec.r))
-    if n <= 0:
-        raise AdapterError(f"adapters.{name}.options.num_tokens must be > 0, got {n}")
-    prompt = SoftPrompt(initial_prompt(decoder.get_input_embeddings(), n, spec))
-    decoder.soft_prompt = prompt
-    decoder.register_forward_pre_hook(prompt.pre_hook, with_kwargs=True)
-    decoder.register_forward_hook(prompt.post_hook, with_kwargs=True)
-
-
-def check_attached(model: nn.Module, prefixes: list[str], spec: AdapterSpec, tower: str) -> None:
-    if not any(isinstance(m, SoftPrompt) for p in prefixes for m in model.get_submodule(p).modules()):
-        raise AdapterError(
-            f"adapters.{tower}.method=prompt: no decoder with token embeddings and layers under {prefixes}; "
-            "prompt tuning is for the language tower"
-        )
-
-
-register_tower_method("prompt", attach_prompt)
-TOWER_CHECKS["prompt"] = check_attached

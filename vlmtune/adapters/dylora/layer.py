@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vlmtune.adapters.lora import LoraLinear, lora_scaling
+from vlmtune.adapters.lora.layer import LoraLinear, lora_scaling
 
 
 class DyLoraLinear(LoraLinear):
@@ -48,6 +48,11 @@ class DyLoraLinear(LoraLinear):
         """``(alpha / b) * B[:, :b] @ A[:b]``, shape (out, in)."""
         b = self.rank
         return self.scaling * (self.lora_B.weight[:, :b] @ self.lora_A.weight[:b])
+
+    def merged_linear(self) -> nn.Linear:
+        """Merge at ``eval_rank`` (the rank :func:`set_dylora_rank` chose) and return the plain layer."""
+        self.set_rank(self.eval_rank)
+        return super().merged_linear()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)

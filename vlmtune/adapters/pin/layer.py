@@ -20,8 +20,6 @@ from functools import partial
 import torch
 from torch import nn
 
-from vlmtune.adapters.inject import register_tower_method
-from vlmtune.core.adapter_spec import AdapterSpec
 from vlmtune.core.errors import AdapterError
 
 
@@ -94,34 +92,3 @@ def add_pin(module: nn.Module, freq_dim: int = 64, hidden: tuple[int, ...] = (51
     module.register_forward_pre_hook(partial(_pre_hook, pin), with_kwargs=True)
     pin.requires_grad_(True)
     return pin
-
-
-PIN_OPTIONS = ("hidden", "freq_dim")
-
-
-def pin_hook(model: nn.Module, tower: nn.Module, spec: AdapterSpec, tower_name: str) -> None:
-    """TOWER_METHODS hook for ``method: pin`` on the tower that consumes the vision features."""
-    if tower_name == "vision":
-        raise AdapterError(
-            "adapters.vision.method=pin: PIN is added to the vision encoder's *output*; attach it to the "
-            "projector tower (adapters.projector.method=pin)"
-        )
-    unknown = sorted(set(spec.options) - set(PIN_OPTIONS))
-    if unknown:
-        raise AdapterError(
-            f"adapters.{tower_name}.options: unknown PIN option(s) {', '.join(unknown)}; valid: {', '.join(PIN_OPTIONS)}"
-        )
-    hidden = spec.options.get("hidden", [512, 768])
-    if not isinstance(hidden, list | tuple) or not all(isinstance(h, int) and h > 0 for h in hidden):
-        raise AdapterError(
-            f"adapters.{tower_name}.options.hidden must be a list of positive integers, got {hidden!r}"
-        )
-    freq_dim = spec.options.get("freq_dim", 64)
-    if not isinstance(freq_dim, int) or freq_dim <= 0 or freq_dim % 2:
-        raise AdapterError(
-            f"adapters.{tower_name}.options.freq_dim must be a positive even integer, got {freq_dim!r}"
-        )
-    add_pin(tower, freq_dim, tuple(hidden))
-
-
-register_tower_method("pin", pin_hook)

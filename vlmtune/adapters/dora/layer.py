@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vlmtune.adapters.lora import LoraLinear, is_quantized, lowrank_linear
+from vlmtune.adapters.lora.layer import LoraLinear, is_quantized, lowrank_linear
 from vlmtune.core.errors import AdapterError
 
 

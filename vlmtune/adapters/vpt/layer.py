@@ -25,8 +25,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlmtune.adapters.inject import register_tower_method
-from vlmtune.core.adapter_spec import AdapterSpec
 from vlmtune.core.errors import AdapterError
 
 
@@ -174,27 +172,3 @@ def add_vpt(tower: nn.Module, length: int = 10, deep: bool = False, dropout: flo
         tower.register_forward_hook(partial(_strip_first_hidden_state, prompts))
     prompts.requires_grad_(True)
     return prompts
-
-
-VPT_OPTIONS = ("length", "deep")
-
-
-def vpt_hook(model: nn.Module, tower: nn.Module, spec: AdapterSpec, tower_name: str) -> None:
-    """TOWER_METHODS hook: ``method: vpt`` with ``options: {length: 10, deep: false}``; ``dropout``
-    is the prompt dropout."""
-    unknown = sorted(set(spec.options) - set(VPT_OPTIONS))
-    if unknown:
-        raise AdapterError(
-            f"adapters.{tower_name}.options: unknown VPT option(s) {', '.join(unknown)}; "
-            f"valid: {', '.join(VPT_OPTIONS)}"
-        )
-    length = spec.options.get("length", 10)
-    if not isinstance(length, int) or isinstance(length, bool) or length < 0:
-        raise AdapterError(f"adapters.{tower_name}.options.length must be an integer >= 0, got {length!r}")
-    deep = spec.options.get("deep", False)
-    if not isinstance(deep, bool):
-        raise AdapterError(f"adapters.{tower_name}.options.deep must be true or false, got {deep!r}")
-    add_vpt(tower, length, deep, spec.dropout)
-
-
-register_tower_method("vpt", vpt_hook)

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vlmtune.adapters.base import WeightAdapter
-from vlmtune.adapters.dora import row_norm_lowrank
+from vlmtune.adapters.dora.layer import row_norm_lowrank
 from vlmtune.core.errors import AdapterError
 
 
@@ -68,6 +68,27 @@ class VeraProjection(nn.Module):
     def extra_repr(self) -> str:
         a, b = self.vera_A.shape, self.vera_B.shape
         return f"r={self.r}, A={tuple(a)}, B={tuple(b)}, seed={self.seed}"
+
+
+def shared_projection(
+    r: int,
+    seed: int,
+    layer_shapes: list[tuple[int, int]],
+    save_projection: bool = True,
+    saved: tuple[torch.Tensor, torch.Tensor] | None = None,
+    where: str = "adapter",
+) -> VeraProjection:
+    """The one shared pair of a model: sized for its largest adapted layer (PEFT ``VeraModel._find_dim``:
+    ``in_max``/``out_max`` over the (out, in) ``layer_shapes``), or as ``saved`` (vera_A, vera_B) when a
+    folder holds the pair, loaded from it."""
+    in_max = max(i for _, i in layer_shapes)
+    out_max = max(o for o, _ in layer_shapes)
+    if saved is not None:
+        in_max, out_max = saved[0].shape[1], saved[1].shape[0]
+    proj = VeraProjection(r, in_max, out_max, seed=seed, save_projection=save_projection)
+    if saved is not None:
+        proj.load(*saved, where=where)
+    return proj
 
 
 class VeraLinear(WeightAdapter):

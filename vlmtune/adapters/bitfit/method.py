@@ -2,19 +2,20 @@
 
 ``method: bitfit`` marks every ``bias`` parameter under the tower trainable; nothing is added, so
 the trainable share is the tower's biases (about 0.1% of ViT-B). Mergeable trivially (no new tensors).
+No options.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from vlmtune.adapters.inject import register_tower_method
+from vlmtune.adapters.method import Method
 from vlmtune.core.adapter_spec import AdapterSpec
 from vlmtune.core.errors import AdapterError
 
 
-def bitfit_hook(model: nn.Module, tower: nn.Module, spec: AdapterSpec, tower_name: str) -> None:
-    """TOWER_METHODS hook: unfreeze the biases of ``tower``."""
+def bitfit_hook(model: nn.Module, tower: nn.Module, spec: AdapterSpec, options, tower_name: str) -> None:
+    """Unfreeze the biases of ``tower``."""
     biases = [p for name, p in tower.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
     if not biases:
         raise AdapterError(
@@ -24,4 +25,4 @@ def bitfit_hook(model: nn.Module, tower: nn.Module, spec: AdapterSpec, tower_nam
         p.requires_grad_(True)
 
 
-register_tower_method("bitfit", bitfit_hook)
+METHOD = Method(name="bitfit", kind="tower", label="BitFit", hook=bitfit_hook)

@@ -1,0 +1,1 @@
+"""BitFit: its registry entry (no layer: it unfreezes biases)."""
