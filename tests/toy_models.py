@@ -88,13 +88,9 @@ def inputs(batch: int = 2) -> dict[str, torch.Tensor]:
 def llava_run(*overrides: str, recipe: str = "llava-dora"):
     """``(cfg, pipeline)`` of ``recipe`` with ``overrides`` (``model.name_or_path=`` a tiny folder): seeded,
     built and with the recipe's adapters attached, ready for ``Trainer``."""
-    from vlmtune.adapters import attach
     from vlmtune.core.config import load_config
     from vlmtune.models import build_pipeline
-    from vlmtune.train.trainer import seed_everything
+    from vlmtune.recipes import seeded_pipeline
 
     cfg = load_config(recipe, list(overrides))
-    seed_everything(cfg.train.seed)
-    pipe = build_pipeline(cfg)
-    attach(pipe.model, pipe.towers, cfg.adapters.specs())
-    return cfg, pipe
+    return cfg, seeded_pipeline(cfg, build_pipeline)
