@@ -43,11 +43,8 @@ def format_rows(rows: list[dict]) -> str:
 def main(args: argparse.Namespace) -> int:
     modules = tuple(m.strip() for m in args.modules.split(",") if m.strip())
     from vlmtune.presets import build_pipeline
-    from vlmtune.recipes.run_folder import base_model
 
-    points, rows = analyze_runs(
-        args.run_dirs, modules, load_base=lambda run, _config: base_model(run, build_pipeline)
-    )
+    points, rows = analyze_runs(args.run_dirs, modules, build=build_pipeline)
     out = Path(args.out) if args.out else Path(args.run_dirs[0]).resolve().parent / "analysis"
     png = scatter(points, rows, out / "weight_decomposition.png")
     summary = {

@@ -121,20 +121,16 @@ def check_images(records: list[dict], problems: Problems, progress: bool, desc: 
 
 # ---------------------------------------------------------------- eval data vs the benchmark
 def check_eval_records(records: list[dict], benchmark_name: str, problems: Problems) -> None:
-    """Each record builds the benchmark's prompt and carries the fields its scorer needs."""
+    """Each record builds the benchmark's prompt and its references (what the scorer reads)."""
     from vlmtune.core.errors import ConfigError
     from vlmtune.eval.benchmarks import get_benchmark, prepare
 
     benchmark = get_benchmark(benchmark_name)
     for record in records:
         try:
-            prepare(benchmark, record)
+            benchmark.references(prepare(benchmark, record))
         except (ConfigError, KeyError, TypeError, IndexError) as e:
             problems.add(f"eval record unusable for {benchmark_name}", record["id"], str(e)[:80])
-            continue
-        missing = [f for f in benchmark.required if f not in record]
-        if missing:
-            problems.add(f"eval record lacks {', '.join(missing)} (benchmark {benchmark_name})", record["id"])
 
 
 # ---------------------------------------------------------------- the plan
@@ -163,12 +159,8 @@ def what_trains(cfg: RunConfig) -> str:
 
 
 # ---------------------------------------------------------------- before the model
-def _apply(problems: Problems, records: list[dict], cfg: RunConfig, errors: ErrorLog) -> list[dict]:
-    """Under ``data.on_error=skip`` drop the records with problems (counted in ``errors``); else raise."""
-    if not problems.found:
-        return records
-    if cfg.data.on_error != "skip":
-        problems.raise_if_any("fix the records, or set data.on_error=skip to train without them")
+def _apply(problems: Problems, records: list[dict], errors: ErrorLog) -> list[dict]:
+    """Drop the records with problems, counting each in ``errors`` (``data.on_error=skip``)."""
     bad: dict[str, str] = {}
     for kind, items in problems.found.items():
         for rid, detail in items:
@@ -177,6 +169,19 @@ def _apply(problems: Problems, records: list[dict], cfg: RunConfig, errors: Erro
         errors.add(reason)
     problems.found.clear()
     return [r for r in records if r["id"] not in bad]
+
+
+def settle(cfg: RunConfig, checks: list[tuple[str, Problems, list[dict]]], errors: ErrorLog, hint: str):
+    """``[(what, problems, records)]`` -> the records to keep: under ``data.on_error=skip`` the others are
+    counted in ``errors``; else one :class:`DataError` with a line per (what, kind)."""
+    if cfg.data.on_error == "skip":
+        return [_apply(problems, records, errors) for _, problems, records in checks]
+    merged = Problems()
+    for what, problems, _ in checks:
+        for kind, items in problems.found.items():
+            merged.found[f"{what}: {kind}" if what else kind] = items
+    merged.raise_if_any(hint)
+    return [records for _, _, records in checks]
 
 
 def read_split(cfg: RunConfig, spec: str, split: str, limit: int, errors: ErrorLog) -> list[dict]:
@@ -200,13 +205,17 @@ def preflight(cfg: RunConfig, run_dir: Path, say: Callable[[str], None], progres
 
         train = pack_turns(train, cfg.data.turns_per_image, cfg.data.template_seed, cfg.train.seed)
     evals = read_split(cfg, cfg.data.eval, "test", cfg.data.max_eval_samples, errors) if cfg.data.eval else []
-    problems = Problems()
-    images = check_images(train, problems, progress, "preflight: train images")
-    train = _apply(problems, train, cfg, errors)
-    images += check_images(evals, problems, progress, "preflight: eval images")
+    train_problems, eval_problems = Problems(), Problems()
+    images = check_images(train, train_problems, progress, "preflight: train images")
+    images += check_images(evals, eval_problems, progress, "preflight: eval images")
     if evals:
-        check_eval_records(evals, cfg.eval.benchmark, problems)
-    evals = _apply(problems, evals, cfg, errors)
+        check_eval_records(evals, cfg.eval.benchmark, eval_problems)
+    train, evals = settle(
+        cfg,
+        [("data.train", train_problems, train), ("data.eval", eval_problems, evals)],
+        errors,
+        "fix these records (or data.image_root), or set data.on_error=skip to go on without them",
+    )
     if not train:
         raise DataError(f"data.train={cfg.data.train}: no usable record left ({errors.summary()})")
     say(
@@ -283,6 +292,6 @@ def preflight_model(pipeline: Pipeline, cfg: RunConfig, checked: Checked, say: C
             f"(first: {', '.join(empty[:SHOWN_IDS])})"
         )
     problems = Problems({kind: [(rid, "") for rid in empty]})
-    keep = _apply(problems, checked.train, cfg, checked.errors)
-    checked.train[:] = keep
+    hint = "raise data.max_length or shorten these prompts, or set data.on_error=skip to train without them"
+    checked.train[:] = settle(cfg, [("data.train", problems, checked.train)], checked.errors, hint)[0]
     say(f"data: {checked.errors.summary()}")

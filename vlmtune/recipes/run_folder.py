@@ -1,4 +1,4 @@
-"""The one run-folder loader: config -> base pipeline -> checks -> adapter, for eval, merge and analyze.
+"""The one run-folder loader: config -> base pipeline -> checks -> adapter, for eval and merge.
 
 A run folder is what ``vlmtune train`` writes (``config.yaml``, ``adapter/``, ``base_model.json``,
 ``checkpoints/step-N/adapter/``). :func:`load_run` takes a run folder, a checkpoint or an adapter folder,
@@ -142,11 +142,6 @@ def recorded_base(adapter: Path) -> str | None:
     if meta.is_file():
         return json.loads(meta.read_text()).get("base_model_name_or_path")
     return read_peft_config(adapter).get("base_model_name_or_path")
-
-
-def base_model(run_dir: Path, build: Build) -> nn.Module:
-    """The run's pretrained model (no adapters), built from its ``config.yaml`` (``vlmtune analyze``)."""
-    return build(run_config(run_dir)).model
 
 
 # ---------------------------------------------------------------- loading

@@ -138,6 +138,10 @@ def main(args: argparse.Namespace) -> int:
     from vlmtune.train.trainer import TrainingError
 
     cfg = load_config(args.recipe, args.overrides)
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # stderr is for the one-line error
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
     check_4bit(cfg)
