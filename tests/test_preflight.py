@@ -4,29 +4,14 @@ the base model is loaded or evaluated; one line per problem kind, exit code 2, n
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from PIL import Image
+from toy_models import write_vqa_records as write_records
 
 from vlmtune import cli
 from vlmtune.core.config import load_config
 from vlmtune.core.errors import DataError
 from vlmtune.recipes.preflight import preflight, preflight_model
-
-
-def write_records(folder: Path, n: int, missing: set[int] = frozenset(), question: str = "What color is it?"):
-    """``n`` vqa records on one tiny image (``missing`` indices point at an image that is not there)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), (200, 30, 30)).save(folder / "red.png")
-    lines = []
-    for i in range(n):
-        image = "gone.png" if i in missing else "red.png"
-        lines.append(json.dumps({"id": f"rec-{i}", "task": "vqa", "image": image, "question": question,
-                                 "answers": ["red"] * 10, "answer": "red"}))  # fmt: skip
-    path = folder / "train.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def no_build(monkeypatch) -> list:

@@ -94,3 +94,32 @@ def llava_run(*overrides: str, recipe: str = "llava-dora"):
 
     cfg = load_config(recipe, list(overrides))
     return cfg, seeded_pipeline(cfg, build_pipeline)
+
+
+def write_vqa_records(folder, n: int, missing=frozenset(), question: str = "What color is it?"):
+    """``folder/train.jsonl``: ``n`` vqa records ``rec-<i>`` on one 8x8 image ``red.png`` beside it (indices in
+    ``missing`` point at ``gone.png``, which is not there)."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(folder / "red.png")
+    lines = [
+        json.dumps(
+            {
+                "id": f"rec-{i}",
+                "task": "vqa",
+                "image": "gone.png" if i in missing else "red.png",
+                "question": question,
+                "answers": ["red"] * 10,
+                "answer": "red",
+            }
+        )  # fmt: skip
+        for i in range(n)
+    ]
+    path = folder / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
