@@ -201,3 +201,19 @@ def test_a_full_disk_while_saving_the_final_adapter_keeps_the_old_one(tmp_path, 
     with pytest.raises(DiskFullError, match=rf"disk full while saving into {tmp_path}: needs about 80 bytes"):
         save_final_adapter(_adapter_model(), tmp_path)
     assert snapshot(tmp_path) == before
+
+
+def test_a_finished_run_resumes_with_its_own_config(run, model_dir, tmp_path, capsys):
+    """config.yaml keeps the config as given (`targets: [default]`), so --resume with the same command passes
+    the config check although building the pipeline filled the targets in."""
+    import yaml
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert yaml.safe_load((copy / "config.yaml").read_text())["adapters"]["language"]["targets"] == [
+        "default"
+    ]
+    data = run.parent / "data" / "train.jsonl"
+    argv = ["train", "llava-dora", f"model.name_or_path={model_dir}", f"data.train={data}", "data.eval=",
+            "train.max_steps=2", "train.batch_size=2", "adapters.language.r=4", "--resume", str(copy), "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 0, capsys.readouterr().err  # 2 with "was trained with another config" otherwise

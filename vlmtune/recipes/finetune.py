@@ -92,12 +92,13 @@ def finetune(
     say = (lambda *_: None) if quiet or not main_proc else (lambda msg: print(msg, flush=True))
     checked = preflight(cfg, run_dir, say, progress=not quiet and main_proc)  # before the base is loaded
     train_records, eval_records = checked.train, checked.eval
+    config = to_dict(cfg)  # as given: building fills in `targets: [default]`, which --resume compares unfilled
     summary: dict = {"recipe": cfg.recipe, "benchmark": cfg.eval.benchmark, "eval_records": len(eval_records)}
 
     def before_attach(pipeline: Pipeline) -> None:
         preflight_model(pipeline, cfg, checked, say)
         if main_proc:  # all checked: the first writes into the run folder
-            write_config(run_dir, to_dict(cfg))
+            write_config(run_dir, config)
             checked.write(run_dir)
             write_base_identity(run_dir, cfg.model.name_or_path, pipeline.model)
         if main_proc and eval_records and cfg.train.eval_at_start:
