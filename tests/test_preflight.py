@@ -43,7 +43,7 @@ def test_a_missing_image_stops_in_the_preflight_before_the_model_loads(tmp_path,
     ]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[0].startswith("vlmtune train: error: preflight found problems")
+    assert err[0] == "vlmtune train: error: preflight found problems; nothing was run or written:"
     # one line per problem kind, naming the record and the file (the eval copy stops at data.max_eval_samples)
     assert [line.strip() for line in err[1:-1]] == [
         f"data.train: image not found: 1 record(s): 'rec-1800' ({tmp_path / 'data' / 'gone.png'})"

@@ -217,3 +217,13 @@ def test_a_finished_run_resumes_with_its_own_config(run, model_dir, tmp_path, ca
     argv = ["train", "llava-dora", f"model.name_or_path={model_dir}", f"data.train={data}", "data.eval=",
             "train.max_steps=2", "train.batch_size=2", "adapters.language.r=4", "--resume", str(copy), "--quiet"]  # fmt: skip
     assert cli.main(argv) == 0, capsys.readouterr().err  # 2 with "was trained with another config" otherwise
+
+
+def test_eval_with_a_missing_image_stops_before_generating_and_writes_nothing(run, tmp_path, capsys):
+    data = write_vqa_records(tmp_path / "data", 301, missing={288})
+    out = tmp_path / "eval"
+    argv = ["eval", "shapes-vqa", "--model", str(run), "--data", str(data), "--out", str(out), "--quiet"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[1].strip() == f"image not found: 1 record(s): 'rec-288' ({tmp_path / 'data' / 'gone.png'})"
+    assert not out.exists()

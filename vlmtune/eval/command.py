@@ -236,8 +236,11 @@ def main(args: argparse.Namespace) -> int:
             benchmark.name, read_predictions(args.predictions), records, out, options, source=args.predictions
         )
     else:
+        from vlmtune.recipes.preflight import check_eval_data
+
         pipeline, cfg, run_dir = load_model(args.model, args.force)
         records = load_data(args, cfg)
+        check_eval_data(records, benchmark.name, progress=not args.quiet)  # before the first generation
         import torch
 
         pipeline.model.to("cuda" if torch.cuda.is_available() else "cpu")

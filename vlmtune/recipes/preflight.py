@@ -58,7 +58,7 @@ class Problems:
     def raise_if_any(self, hint: str) -> None:
         """One :class:`DataError`: a first line, then one line per problem kind."""
         if self.found:
-            raise DataError("\n  ".join(["preflight found problems; nothing was trained or written:",
+            raise DataError("\n  ".join(["preflight found problems; nothing was run or written:",
                                          *self.lines(), hint]))  # fmt: skip
 
 
@@ -131,6 +131,15 @@ def check_eval_records(records: list[dict], benchmark_name: str, problems: Probl
             benchmark.references(prepare(benchmark, record))
         except (ConfigError, KeyError, TypeError, IndexError) as e:
             problems.add(f"eval record unusable for {benchmark_name}", record["id"], str(e)[:80])
+
+
+def check_eval_data(records: list[dict], benchmark_name: str, progress: bool = True) -> None:
+    """``vlmtune eval``: every image opened and every record usable by the benchmark, before generating;
+    one :class:`DataError` with a line per problem kind otherwise."""
+    problems = Problems()
+    check_images(records, problems, progress, "preflight: images")
+    check_eval_records(records, benchmark_name, problems)
+    problems.raise_if_any("fix these records (or --image-root), or leave them out of --data")
 
 
 # ---------------------------------------------------------------- the plan
