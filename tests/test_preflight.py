@@ -164,3 +164,16 @@ def test_a_target_typo_stops_before_the_base_evaluation(model_dir, tmp_path, mon
     err = capsys.readouterr().err.strip()
     assert "adapters.language.targets: 'qproj' matches no linear layer" in err and len(err.splitlines()) == 1
     assert evaluated == [] and not out.exists()
+
+
+def test_a_misspelt_method_stops_before_the_data_is_read_or_the_model_loads(tmp_path, monkeypatch, capsys):
+    built = no_build(monkeypatch)
+    out = tmp_path / "run"
+    argv = ["train", "llava-dora", "adapters.language.method=dorra", f"data.train={tmp_path / 'none.jsonl'}",
+            "--output-dir", str(out), "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(
+        "vlmtune train: error: adapters.language.method='dorra' is unknown; choose one of: "
+    )
+    assert "dora" in err and len(err.splitlines()) == 1 and built == [] and not out.exists()

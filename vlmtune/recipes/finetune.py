@@ -92,7 +92,9 @@ def finetune(
     say = (lambda *_: None) if quiet or not main_proc else (lambda msg: print(msg, flush=True))
     checked = preflight(cfg, run_dir, say, progress=not quiet and main_proc)  # before the base is loaded
     train_records, eval_records = checked.train, checked.eval
-    config = to_dict(cfg)  # as given: building fills in `targets: [default]`, which --resume compares unfilled
+    config = to_dict(
+        cfg
+    )  # as given: building fills in `targets: [default]`, which --resume compares unfilled
     summary: dict = {"recipe": cfg.recipe, "benchmark": cfg.eval.benchmark, "eval_records": len(eval_records)}
 
     def before_attach(pipeline: Pipeline) -> None:

@@ -207,6 +207,7 @@ def preflight(cfg: RunConfig, run_dir: Path, say: Callable[[str], None], progres
     from vlmtune.data.errors import ErrorLog
 
     t0 = time.perf_counter()
+    check_methods(cfg)
     errors = ErrorLog()
     train = read_split(cfg, cfg.data.train, "train", cfg.data.max_train_samples, errors)
     if cfg.data.turns_per_image > 1:
@@ -238,16 +239,22 @@ def preflight(cfg: RunConfig, run_dir: Path, say: Callable[[str], None], progres
 
 
 # ---------------------------------------------------------------- with the model
+def check_methods(cfg: RunConfig) -> None:
+    """Every method named in ``cfg.adapters`` is registered (before the base loads; ``attach`` says the same)."""
+    from vlmtune.adapters.inject import LAYER_METHODS, TOWER_METHODS, known_methods
+
+    for tower, spec in cfg.adapters.specs().items():
+        known = spec is None or spec.method in ("frozen", "full", *LAYER_METHODS, *TOWER_METHODS)
+        if not known:
+            raise AdapterError(
+                f"adapters.{tower}.method='{spec.method}' is unknown; choose one of: {', '.join(known_methods())}"
+            )
+
+
 def check_adapter_specs(pipeline: Pipeline, cfg: RunConfig) -> None:
-    """Every tower named in ``cfg.adapters`` exists, its method is known and its targets resolve on the
-    loaded model: the checks ``attach`` makes, made before the base evaluation."""
-    from vlmtune.adapters.inject import (
-        LAYER_METHODS,
-        TOWER_METHODS,
-        known_methods,
-        resolve_magnitude_only,
-        resolve_targets,
-    )
+    """Every tower named in ``cfg.adapters`` exists and its targets resolve on the loaded model: the checks
+    ``attach`` makes, made before the base evaluation."""
+    from vlmtune.adapters.inject import LAYER_METHODS, resolve_magnitude_only, resolve_targets
 
     for tower, spec in cfg.adapters.specs().items():
         if spec is None or spec.method in ("frozen", "full"):
@@ -255,10 +262,6 @@ def check_adapter_specs(pipeline: Pipeline, cfg: RunConfig) -> None:
         if tower not in pipeline.towers:
             raise AdapterError(
                 f"adapters.{tower}: this model has no tower '{tower}' (towers: {', '.join(pipeline.towers)})"
-            )
-        if spec.method not in LAYER_METHODS and spec.method not in TOWER_METHODS:
-            raise AdapterError(
-                f"adapters.{tower}.method='{spec.method}' is unknown; choose one of: {', '.join(known_methods())}"
             )
         if spec.method in LAYER_METHODS:
             prefixes = pipeline.towers[tower]
