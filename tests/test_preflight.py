@@ -166,10 +166,11 @@ def test_a_target_typo_stops_before_the_base_evaluation(model_dir, tmp_path, mon
     assert evaluated == [] and not out.exists()
 
 
-def test_a_misspelt_method_stops_before_the_data_is_read_or_the_model_loads(tmp_path, monkeypatch, capsys):
+def test_a_misspelt_method_stops_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    data = write_records(tmp_path / "data", 4)
     built = no_build(monkeypatch)
     out = tmp_path / "run"
-    argv = ["train", "llava-dora", "adapters.language.method=dorra", f"data.train={tmp_path / 'none.jsonl'}",
+    argv = ["train", "llava-dora", "adapters.language.method=dorra", f"data.train={data}",
             "--output-dir", str(out), "--quiet"]  # fmt: skip
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
