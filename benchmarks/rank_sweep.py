@@ -33,7 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def one_run(args: argparse.Namespace, method: str, r: int) -> dict:
-    from vlmtune.train.command import run
+    from vlmtune.presets import build_pipeline
+    from vlmtune.recipes import finetune
     from vlmtune.train.evaluate import headline
 
     t = args.tower
@@ -46,7 +47,7 @@ def one_run(args: argparse.Namespace, method: str, r: int) -> dict:
     cfg = load_config(args.recipe, overrides)
     run_dir = Path(args.out) / f"{method}-r{r}"
     t0 = time.perf_counter()
-    summary = run(cfg, run_dir, quiet=True)
+    summary = finetune(cfg, run_dir, build_pipeline, quiet=True)
     key, value = headline(summary.get("tuned") or {})
     train = summary.get("train") or {}
     return {

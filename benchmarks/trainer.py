@@ -136,14 +136,12 @@ def vlmtune_config(args, model: Path, data: Path, method: str, *extra: str):
 
 
 def run_vlmtune(args, cfg, records: list[dict], out: Path) -> dict:
-    from vlmtune.adapters import attach
     from vlmtune.models import build_pipeline
+    from vlmtune.recipes import seeded_pipeline
     from vlmtune.train.run import read_metrics
-    from vlmtune.train.trainer import Trainer, seed_everything
+    from vlmtune.train.trainer import Trainer
 
-    seed_everything(cfg.train.seed)
-    pipe = build_pipeline(cfg)
-    attach(pipe.model, pipe.towers, cfg.adapters.specs())
+    pipe = seeded_pipeline(cfg, build_pipeline)
     trainer = Trainer(pipe, cfg, records, out, quiet=True)
     step_cpu: list[float] = []  # this process's CPU time per optimizer step (data wait included)
     step = trainer._optimizer_step

@@ -88,13 +88,38 @@ def inputs(batch: int = 2) -> dict[str, torch.Tensor]:
 def llava_run(*overrides: str, recipe: str = "llava-dora"):
     """``(cfg, pipeline)`` of ``recipe`` with ``overrides`` (``model.name_or_path=`` a tiny folder): seeded,
     built and with the recipe's adapters attached, ready for ``Trainer``."""
-    from vlmtune.adapters import attach
     from vlmtune.core.config import load_config
     from vlmtune.models import build_pipeline
-    from vlmtune.train.trainer import seed_everything
+    from vlmtune.recipes import seeded_pipeline
 
     cfg = load_config(recipe, list(overrides))
-    seed_everything(cfg.train.seed)
-    pipe = build_pipeline(cfg)
-    attach(pipe.model, pipe.towers, cfg.adapters.specs())
-    return cfg, pipe
+    return cfg, seeded_pipeline(cfg, build_pipeline)
+
+
+def write_vqa_records(folder, n: int, missing=frozenset(), question: str = "What color is it?"):
+    """``folder/train.jsonl``: ``n`` vqa records ``rec-<i>`` on one 8x8 image ``red.png`` beside it (indices in
+    ``missing`` point at ``gone.png``, which is not there)."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(folder / "red.png")
+    lines = [
+        json.dumps(
+            {
+                "id": f"rec-{i}",
+                "task": "vqa",
+                "image": "gone.png" if i in missing else "red.png",
+                "question": question,
+                "answers": ["red"] * 10,
+                "answer": "red",
+            }
+        )  # fmt: skip
+        for i in range(n)
+    ]
+    path = folder / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path

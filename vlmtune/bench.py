@@ -66,21 +66,18 @@ def available_methods() -> list[str]:
 
 def run_method(method: str, overrides: list[str], work: Path) -> dict:
     """Train ``vit-<method>`` and return {method, trainable, total, percent, accuracy, seconds}."""
-    from vlmtune.adapters import attach, param_report
+    from vlmtune.adapters import param_report
     from vlmtune.core.config import load_config
     from vlmtune.data.records import read_classification
     from vlmtune.presets import build_pipeline
-    from vlmtune.train.trainer import Trainer, seed_everything
+    from vlmtune.recipes import fit, seeded_pipeline
 
     t0 = time.perf_counter()
     cfg = load_config(f"vit-{method}", overrides)
-    seed_everything(cfg.train.seed)
-    pipe = build_pipeline(cfg)
     train = read_classification(cfg.data.train, "train", cfg.data.max_train_samples)
     test = read_classification(cfg.data.eval, "test", cfg.data.max_eval_samples)
-    seed_everything(cfg.train.seed)
-    attach(pipe.model, pipe.towers, cfg.adapters.specs())
-    Trainer(pipe, cfg, train, work / method, quiet=True).fit()
+    pipe = seeded_pipeline(cfg, build_pipeline, reseed=True)
+    fit(pipe, cfg, train, work / method)
     total = param_report(pipe.model, pipe.towers)[-1]
     return {
         "method": method,

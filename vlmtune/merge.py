@@ -19,17 +19,15 @@ accumulate over the layers).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 
-from vlmtune.core.config import ConfigError, RunConfig, from_dict, load_config
+from vlmtune.core.config import ConfigError, load_config
 from vlmtune.core.errors import AdapterError
 from vlmtune.core.io import atomic_write_json
 
@@ -44,53 +42,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--recipe", default=None, help="recipe to rebuild the base pipeline if no config.yaml"
     )
     parser.add_argument("--base", default=None, help="override the base model (model.name_or_path)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="merge even into a base other than the one the adapter was trained on",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
 
 
-def locate(source: str | Path) -> tuple[Path, Path | None]:
-    """(adapter folder, run config.yaml or None) for a run folder, checkpoint or adapter folder."""
-    src = Path(source)
-    if not src.exists():
-        raise FileNotFoundError(f"{src} does not exist; give a run folder or an adapter folder")
-    adapter = src / "adapter" if (src / "adapter").is_dir() else src
-    if not (adapter / "adapter_model.safetensors").is_file():
-        raise FileNotFoundError(f"{src}: no adapter_model.safetensors here or in {src}/adapter")
-    for cand in (adapter.parent / "config.yaml", adapter.parent.parent.parent / "config.yaml"):
-        if cand.is_file():
-            return adapter, cand
-    return adapter, None
-
-
-def merged_pipeline(source: str | Path, recipe: str | None = None, base: str | None = None):
-    """The base pipeline of ``source`` with its adapter loaded (not yet merged)."""
-
-    from vlmtune.adapters import load_adapter
+def merged_pipeline(
+    source: str | Path, recipe: str | None = None, base: str | None = None, force: bool = False
+):
+    """The base pipeline of ``source`` with its adapter loaded (not yet merged): the run folder loader
+    (:func:`vlmtune.recipes.run_folder.load_run`) with ``--recipe`` for folders without a ``config.yaml``."""
     from vlmtune.presets import build_pipeline
+    from vlmtune.recipes.run_folder import load_run
 
-    adapter, config_path = locate(source)
-    if config_path is not None:
-        cfg = from_dict(RunConfig, yaml.safe_load(config_path.read_text()) or {})
-    elif recipe:
-        cfg = load_config(recipe)
-    else:
-        cfg = RunConfig()
-    cfg.model.name_or_path = base or recorded_base(adapter) or cfg.model.name_or_path
-    if not cfg.model.name_or_path:
-        raise ConfigError(f"{adapter}: base model unknown; pass --base")
-    pipeline = build_pipeline(cfg)
-    load_adapter(pipeline.model, adapter, pipeline.towers)
+    cfg = load_config(recipe) if recipe else None
+    pipeline, _, _ = load_run(source, build_pipeline, cfg, base, force)
     pipeline.model.eval()
     return pipeline
 
 
-def recorded_base(adapter: Path) -> str | None:
-    """The base an adapter folder records: ``vlmtune_adapter.json``, or for a folder written by plain
-    peft, ``base_model_name_or_path`` of ``adapter_config.json``."""
-    from vlmtune.adapters.peft_io import read_peft_config
-
-    meta = adapter / "vlmtune_adapter.json"
-    if meta.is_file():
-        return json.loads(meta.read_text()).get("base_model_name_or_path")
-    return read_peft_config(adapter).get("base_model_name_or_path")
+def check_output(out_dir: Path, overwrite: bool) -> None:
+    """A non-empty output folder (the run folder itself included) is refused unless ``--overwrite``."""
+    if out_dir.is_file():
+        raise ConfigError(f"{out_dir} is a file; give a folder for the merged model")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"{out_dir} is not empty ({len(list(out_dir.iterdir()))} entries); give a new folder, or --overwrite "
+            "to replace what the merged model writes there"
+        )
 
 
 def probe_batch(pipeline, folder: Path) -> dict[str, Any]:
@@ -156,7 +138,8 @@ def main(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # stderr is for the one-line error
-    pipeline = merged_pipeline(args.source, args.recipe, args.base)
+    check_output(Path(args.out_dir), args.overwrite)  # before any model is loaded
+    pipeline = merged_pipeline(args.source, args.recipe, args.base, args.force)
     with tempfile.TemporaryDirectory() as tmp:
         batch = probe_batch(pipeline, Path(tmp))
         want = probe_logits(pipeline, batch)

@@ -135,11 +135,12 @@ def load_done(path: Path, expected: dict) -> list[dict]:
 
 def one_run(cfg, run_dir: Path) -> dict:
     """Train + evaluate one config; the row's numbers."""
-    from vlmtune.train.command import run
+    from vlmtune.presets import build_pipeline
+    from vlmtune.recipes import finetune
     from vlmtune.train.evaluate import headline
 
     t0 = time.perf_counter()
-    summary = run(cfg, run_dir, quiet=True)
+    summary = finetune(cfg, run_dir, build_pipeline, quiet=True)
     tuned = summary.get("tuned") or {}
     metric, value = headline(tuned)
     train = summary.get("train") or {}

@@ -23,7 +23,7 @@ from vlmtune.adapters.targets import (
     set_trainable,
     tower_modules,
 )
-from vlmtune.core.adapter_spec import AdapterSpec, lora_alpha
+from vlmtune.core.adapter_spec import WHOLE_TOWER_METHODS, AdapterSpec, lora_alpha
 from vlmtune.core.errors import AdapterError
 
 
@@ -62,29 +62,57 @@ def attach(model: nn.Module, towers: dict[str, list[str]], specs: dict[str, Adap
     for tower, spec in specs.items():
         if spec is None or spec.method == "frozen":
             continue
-        if tower not in towers:
-            raise AdapterError(
-                f"adapters.{tower}: this model has no tower '{tower}' (towers: {', '.join(towers)})"
-            )
-        prefixes = towers[tower]
-        if spec.method == "full":
-            for p in prefixes:
+        planned = _plan_tower(model, towers, tower, spec)
+        if planned is None:  # full
+            for p in towers[tower]:
                 set_trainable(model, p)
-            attached.update({p: "full" for p in prefixes})
-            continue
-        method = registry.get(spec.method, tower)
-        options = _checked_options(method, spec, tower)
-        if method.kind == "layer":
-            mag = resolve_magnitude_only(model, prefixes, spec, tower)
-            paths = [] if not spec.targets and mag else resolve_targets(model, prefixes, spec, tower)
-            plans.append(_LayerPlan(method, spec, options, [p for p in paths if p not in mag], mag))
+            attached.update({p: "full" for p in towers[tower]})
+        elif isinstance(planned, _LayerPlan):
+            plans.append(planned)
         else:
-            attached.update(_hook_tower(model, prefixes, method, spec, options, tower))
+            method, options = planned
+            attached.update(_hook_tower(model, towers[tower], method, spec, options, tower))
     attached.update(_wrap_layers(model, plans))
     for tower, spec in specs.items():
         if spec is not None and spec.method != "frozen":
             _unfreeze_extras(model, towers[tower], spec)
     return attached
+
+
+def check_specs(model: nn.Module, towers: dict[str, list[str]], specs: dict[str, AdapterSpec]) -> None:
+    """Every check :func:`attach` makes (towers, methods, typed options, targets), leaving ``model`` as it is:
+    the preflight runs it on the loaded base before any evaluation or training."""
+    for tower, spec in specs.items():
+        if spec is not None and spec.method != "frozen":
+            _plan_tower(model, towers, tower, spec)
+
+
+def check_methods(specs: dict[str, AdapterSpec]) -> None:
+    """The checks that need no model (method names, typed options, alpha): before the base is loaded."""
+    for tower, spec in specs.items():
+        if spec is not None and spec.method not in WHOLE_TOWER_METHODS:
+            _checked_options(registry.get(spec.method, tower), spec, tower)
+
+
+def _plan_tower(
+    model: nn.Module, towers: dict[str, list[str]], tower: str, spec: AdapterSpec
+) -> _LayerPlan | tuple[Method, Any] | None:
+    """What attaching ``spec`` to ``tower`` means: a layer plan, a tower method with its typed options, or
+    None for ``full``; raises the one-line errors."""
+    if tower not in towers:
+        raise AdapterError(
+            f"adapters.{tower}: this model has no tower '{tower}' (towers: {', '.join(towers)})"
+        )
+    if spec.method == "full":
+        return None
+    method = registry.get(spec.method, tower)
+    options = _checked_options(method, spec, tower)
+    if method.kind != "layer":
+        return method, options
+    prefixes = towers[tower]
+    mag = resolve_magnitude_only(model, prefixes, spec, tower)
+    paths = [] if not spec.targets and mag else resolve_targets(model, prefixes, spec, tower)
+    return _LayerPlan(method, spec, options, [p for p in paths if p not in mag], mag)
 
 
 def _checked_options(method: Method, spec: AdapterSpec, tower: str) -> Any:

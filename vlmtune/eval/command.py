@@ -12,10 +12,7 @@ Writes ``metrics.json``, ``predictions.jsonl`` (and ``submission.json`` for vqav
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-
-import yaml
 
 from vlmtune.eval.benchmarks import BENCHMARKS, get_benchmark, load_extensions
 from vlmtune.eval.errors import EvalError
@@ -58,54 +55,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="compare two eval outputs / run folders: B-A per benchmark and answer type, bootstrap 95%% CI",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="evaluate even on a base other than the one the adapter was trained on",
+    )
 
 
 # ---------------------------------------------------------------- model loading
-def read_run_config(run_dir: Path):
-    from vlmtune.core.config import RunConfig, from_dict, validate
-
-    try:
-        data = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    except yaml.YAMLError as e:
-        raise EvalError(f"{run_dir / 'config.yaml'}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return validate(from_dict(RunConfig, data))
-
-
-def load_model(model: str):
+def load_model(model: str, force: bool = False):
     """``(pipeline, run config or None, run folder or None)`` for ``--model``.
 
-    A run folder (``config.yaml`` + ``adapter/``) builds its base from the config and loads the adapter
-    onto it; an adapter folder (``vlmtune_adapter.json``) loads onto its recorded base; anything else
-    (a merged / plain model folder, a preset name like ``shapes-tiny``, a hub id) is loaded as the
-    base model of a default LLaVA config.
+    A run folder, checkpoint or adapter folder (``adapter_model.safetensors`` here or in ``adapter/``) is
+    loaded by :func:`vlmtune.recipes.run_folder.load_run` (the base it was trained on, checked, then the
+    adapter); anything else (a merged / plain model folder, a preset name like ``shapes-tiny``, a hub id)
+    is loaded as the base model of a default LLaVA config.
     """
-    from vlmtune.adapters import load_adapter
     from vlmtune.core.config import RunConfig
     from vlmtune.presets import build_pipeline
+    from vlmtune.recipes.run_folder import load_run
 
     path = Path(model)
-    if (path / "config.yaml").is_file():
-        cfg = read_run_config(path)
-        adapter = path / "adapter"
-        if not (adapter / "adapter_model.safetensors").is_file():
-            raise EvalError(f"run folder {path} has no adapter/ (training unfinished?); pass a finished run")
-        pipeline = build_pipeline(cfg)
-        load_adapter(pipeline.model, adapter, pipeline.towers)
-        return pipeline, cfg, path
-    cfg = RunConfig()
-    if (path / "vlmtune_adapter.json").is_file():
-        meta = json.loads((path / "vlmtune_adapter.json").read_text())
-        base = meta.get("base_model_name_or_path")
-        if not base:
-            raise EvalError(f"{path}/vlmtune_adapter.json records no base model; pass the run folder instead")
-        cfg.model.name_or_path = base
-        pipeline = build_pipeline(cfg)
-        load_adapter(pipeline.model, path, pipeline.towers)
-        return pipeline, None, None
+    if (path / "config.yaml").is_file() or (path / "vlmtune_adapter.json").is_file():
+        return load_run(path, build_pipeline, force=force)
     if path.exists() and not (path / "config.json").is_file():
         raise EvalError(
             f"--model {path}: not a run folder (config.yaml), adapter or model folder (config.json)"
         )
+    cfg = RunConfig()
     cfg.model.name_or_path = model
     return build_pipeline(cfg), None, None
 
@@ -262,8 +239,11 @@ def main(args: argparse.Namespace) -> int:
             benchmark.name, read_predictions(args.predictions), records, out, options, source=args.predictions
         )
     else:
-        pipeline, cfg, run_dir = load_model(args.model)
+        from vlmtune.recipes.preflight import check_eval_data
+
+        pipeline, cfg, run_dir = load_model(args.model, args.force)
         records = load_data(args, cfg)
+        check_eval_data(records, benchmark.name, progress=not args.quiet)  # before the first generation
         import torch
 
         pipeline.model.to("cuda" if torch.cuda.is_available() else "cpu")

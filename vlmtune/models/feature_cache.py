@@ -28,11 +28,12 @@ import torch
 from torch import nn
 
 from vlmtune.core.config import ConfigError
+from vlmtune.core.io import cache_dir
 
 
 def default_root() -> Path:
     """``$VLMTUNE_CACHE/vision-features`` (default ``~/.cache/vlmtune/vision-features``)."""
-    return Path(os.environ.get("VLMTUNE_CACHE") or "~/.cache/vlmtune").expanduser() / "vision-features"
+    return cache_dir("vision-features")
 
 
 def tower_fingerprint(model: nn.Module, image_processor: Any) -> str:

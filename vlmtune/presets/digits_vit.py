@@ -45,15 +45,11 @@ def pretrain_config() -> RunConfig:
 
 
 def _pretrain_source(run_dir: Path, quiet: bool) -> ViTPipeline:
-    from vlmtune.adapters.inject import attach
     from vlmtune.data.records import read_classification
-    from vlmtune.train.trainer import Trainer, seed_everything
+    from vlmtune.recipes import fit, seeded_pipeline
 
     cfg = pretrain_config()
-    seed_everything(cfg.train.seed)
-    pipe = build_vit_pipeline(cfg)
-    attach(pipe.model, pipe.towers, cfg.adapters.specs())
+    pipe = seeded_pipeline(cfg, build_vit_pipeline)
     records = read_classification(cfg.data.train, "train")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    Trainer(pipe, cfg, records, run_dir, quiet=quiet).fit()
+    fit(pipe, cfg, records, run_dir, quiet)
     return pipe

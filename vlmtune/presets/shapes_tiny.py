@@ -239,19 +239,13 @@ def chat_config(model_dir: Path, steps: int, seed: int = 0):
 def train_stage(cfg, out: Path, run_dir: Path, quiet: bool, around=None) -> Path:
     """Train ``cfg`` on its shapes data and write the merged model to ``out``. ``around(pipe,
     records)``, when given, returns a context manager that the training runs inside."""
-    from contextlib import nullcontext
-
-    from vlmtune.adapters.inject import attach
     from vlmtune.data.records import load_records
     from vlmtune.models.llava import LlavaPipeline
-    from vlmtune.train.trainer import Trainer, seed_everything
+    from vlmtune.recipes import fit, seeded_pipeline
 
-    seed_everything(cfg.train.seed)
-    pipe = LlavaPipeline(cfg)
-    attach(pipe.model, pipe.towers, cfg.adapters.specs())
+    pipe = seeded_pipeline(cfg, LlavaPipeline)
     records = load_records(cfg.data.train, split="train", n_images=cfg.data.shapes_size)
-    with around(pipe, records) if around else nullcontext():
-        Trainer(pipe, cfg, records, run_dir, quiet=quiet).fit()
+    fit(pipe, cfg, records, run_dir, quiet, around=around)
     return pipe.save_merged(out)
 
 

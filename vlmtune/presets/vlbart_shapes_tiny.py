@@ -202,7 +202,7 @@ def build_tiny_vlbart(
 
     from vlmtune.data.records import load_records
     from vlmtune.models.vlbart import build_vlbart_pipeline
-    from vlmtune.train.trainer import Trainer, seed_everything
+    from vlmtune.recipes import fit, seeded_pipeline
 
     say = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
     with tempfile.TemporaryDirectory(prefix="vlbart-tiny-") as work:
@@ -214,11 +214,9 @@ def build_tiny_vlbart(
             shutil.copytree(init, folder)
             return Path(folder)
         cfg = pretrain_config(init, steps, seed)
-        seed_everything(seed)
-        pipe = build_vlbart_pipeline(cfg)
-        attach(pipe.model, pipe.towers, cfg.adapters.specs())
+        pipe = seeded_pipeline(cfg, build_vlbart_pipeline)  # cfg.train.seed == seed
         records = load_records(cfg.data.train, split="train", n_images=cfg.data.shapes_size)
-        Trainer(pipe, cfg, explained_vqa(records), Path(work) / "run", quiet=quiet).fit()
+        fit(pipe, cfg, explained_vqa(records), Path(work) / "run", quiet)
         pipe.model.requires_grad_(True)
         return pipe.save_merged(folder)
 

@@ -7,11 +7,14 @@
         done                  written last: a folder without it is incomplete and ignored
 
 A checkpoint is written into a temporary folder and renamed into place, so a crash mid-save leaves
-the previous checkpoint intact; only the newest ``keep_last`` are kept.
+the previous checkpoint intact; only the newest ``keep_last`` are kept. A full disk (``ENOSPC``) is one
+line naming the folder and the bytes needed (:class:`DiskFullError`), with the previous checkpoint kept;
+the final adapter (:func:`save_final_adapter`) is written the same way, beside the old one.
 """
 
 from __future__ import annotations
 
+import errno
 import random
 import shutil
 import tempfile
@@ -25,11 +28,30 @@ from torch import nn
 
 from vlmtune.adapters.peft_io import EXTRAS_NAME, PEFT_PREFIX, WEIGHTS_NAME, save_adapter
 from vlmtune.core.adapter_spec import AdapterSpec
+from vlmtune.core.errors import ConfigError
 from vlmtune.core.io import atomic_torch_save, atomic_write_text, fsync_dir
 
 STATE_NAME = "trainer_state.pt"
 DONE_NAME = "done"
 CKPT_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+
+
+class DiskFullError(ConfigError):
+    """The disk filled up while saving (a user error: one line, exit code 2)."""
+
+
+def trainable_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+def disk_full(folder: Path, needed: int, kept: str) -> DiskFullError:
+    """The one-line error for ``ENOSPC`` while writing into ``folder`` (about ``needed`` bytes)."""
+    free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
+    return DiskFullError(
+        f"disk full while saving into {folder}: needs about {needed:,} bytes, {free:,} free; {kept}. "
+        "Free some space (or set train.keep_last lower) and resume with --resume"
+    )
 
 
 def rng_state() -> dict[str, Any]:
@@ -111,8 +133,9 @@ def save_checkpoint(
     for stale in root.glob(".step-*"):  # torn saves of a killed process (one writer per run folder)
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    previous = checkpoint_dirs(run_dir)
     try:
-        save_adapter(model, tmp / "adapter", specs, base_name_or_path)
+        save_adapter(model, tmp / ADAPTER_DIR, specs, base_name_or_path)
         atomic_torch_save({**trainer_state, "rng": rng_state()}, tmp / STATE_NAME)
         for name, folder in (move_in or {}).items():
             Path(folder).rename(tmp / name)
@@ -121,10 +144,49 @@ def save_checkpoint(
             shutil.rmtree(final)
         tmp.rename(final)
         fsync_dir(root)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        kept = (
+            f"the previous checkpoint {previous[-1].name} is kept" if previous else "no checkpoint was kept"
+        )
+        raise disk_full(root, 3 * trainable_bytes(model), kept) from None  # adapter + Adam's two moments
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for old in checkpoint_dirs(run_dir)[: -max(keep_last, 1)]:
         shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def save_final_adapter(
+    model: nn.Module,
+    run_dir: str | Path,
+    specs: dict[str, AdapterSpec] | None = None,
+    base_name_or_path: str | None = None,
+    base_info: dict | None = None,
+) -> Path:
+    """Write ``<run_dir>/adapter`` whole or not at all: into a temporary folder renamed into place (an older
+    adapter there is replaced only then). Returns the adapter folder."""
+    run_dir = Path(run_dir)
+    final = run_dir / ADAPTER_DIR
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=run_dir))
+    try:
+        save_adapter(model, tmp, specs, base_name_or_path, base_info)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        fsync_dir(run_dir)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        kept = (
+            f"the checkpoints in {run_dir / CKPT_DIR} are kept"
+            if checkpoint_dirs(run_dir)
+            else "nothing saved"
+        )
+        raise disk_full(run_dir, trainable_bytes(model), kept) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -7,10 +7,9 @@ and of the tuned model; everything lands in the run folder (see vlmtune.train.ru
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from vlmtune.core.config import ConfigError, RunConfig, applied_model_defaults, load_config, to_dict
+from vlmtune.core.config import ConfigError, RunConfig, load_config, to_dict
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,84 +98,12 @@ def _resolve_resume(arg: str, cfg: RunConfig) -> tuple[Path, Path | None]:
 
 
 def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: bool = False) -> dict:
-    """Train ``cfg`` into ``run_dir``; returns the eval summary written to ``eval.json``."""
-    from vlmtune.adapters import attach, save_adapter
-    from vlmtune.core.io import atomic_write_json
-    from vlmtune.data.errors import ErrorLog
-    from vlmtune.data.records import load_split
-    from vlmtune.eval.conversation import benchmark_for
+    """Train ``cfg`` into ``run_dir`` (:func:`vlmtune.recipes.finetune` on the preset-aware builder); returns
+    the eval summary written to ``eval.json``."""
     from vlmtune.presets import build_pipeline
-    from vlmtune.train import distributed as ddp
-    from vlmtune.train.evaluate import describe, evaluate, headline
-    from vlmtune.train.fsdp import consolidated
-    from vlmtune.train.run import write_config
-    from vlmtune.train.trainer import Trainer, seed_everything
+    from vlmtune.recipes import finetune
 
-    t0 = time.perf_counter()
-    say = (lambda *_: None) if quiet else (lambda msg: print(msg, flush=True))
-    seed_everything(cfg.train.seed)
-    main_proc = ddp.is_main()  # with several processes only the main one evaluates and writes
-    say = say if main_proc else (lambda *_: None)
-    if main_proc:
-        write_config(run_dir, to_dict(cfg))
-    if applied_model_defaults(cfg):
-        say(
-            f"recipe settings for {cfg.model.name_or_path}: {applied_model_defaults(cfg)} (type a key to change it)"
-        )
-    errors = ErrorLog()
-    with ddp.main_process_first():  # the main process fills the dataset cache
-        train_records = load_split(cfg, cfg.data.train, "train", cfg.data.max_train_samples, errors)
-    if cfg.data.turns_per_image > 1:
-        from vlmtune.data.multiturn import pack_turns
-
-        train_records = pack_turns(
-            train_records, cfg.data.turns_per_image, cfg.data.template_seed, cfg.train.seed
-        )
-    eval_records = (
-        load_split(cfg, cfg.data.eval, "test", cfg.data.max_eval_samples, errors) if cfg.data.eval else []
-    )
-    if errors.count:
-        errors.write(run_dir / "data_errors.json")
-        say(f"data: {errors.summary()}")
-    if (chosen := benchmark_for(eval_records, cfg.eval.benchmark)) != cfg.eval.benchmark:
-        say(f"eval: data.eval holds conversations: benchmark {chosen} instead of {cfg.eval.benchmark} "
-            f"(answers generated up to eval.max_new_tokens={cfg.eval.max_new_tokens} tokens)")  # fmt: skip
-        cfg.eval.benchmark = chosen
-        if main_proc:  # the run folder says what was evaluated (`vlmtune eval RUN` reads it)
-            write_config(run_dir, to_dict(cfg))
-    pipeline = build_pipeline(cfg)
-    say(f"run folder: {run_dir}  |  train {len(train_records)} records, eval {len(eval_records)}")
-    summary: dict = {"recipe": cfg.recipe, "benchmark": cfg.eval.benchmark, "eval_records": len(eval_records)}
-    if main_proc and eval_records and cfg.train.eval_at_start:
-        base = evaluate(pipeline, eval_records, cfg.eval, run_dir / "eval" / "base", progress=not quiet)
-        summary["base"] = base
-        say(f"base  model {cfg.eval.benchmark}: {describe(base)}")
-    seed_everything(cfg.train.seed)
-    attach(pipeline.model, pipeline.towers, cfg.adapters.specs())
-    trainer = Trainer(pipeline, cfg, train_records, run_dir, quiet=quiet)
-    summary["train"] = trainer.fit(resume_from=resume_from)
-    with consolidated(pipeline.model):  # FSDP: every process sends its shards to the main one
-        if main_proc:
-            save_adapter(pipeline.model, run_dir / "adapter", cfg.adapters.specs(), cfg.model.name_or_path)
-    if not main_proc:
-        ddp.barrier()  # wait for the main process's adapter and evaluation
-        return summary
-    if eval_records and cfg.train.eval_at_end and trainer.sharded:
-        say(f"FSDP run: no evaluation in the training processes; run `vlmtune eval {run_dir}`")
-    elif eval_records and cfg.train.eval_at_end:
-        tuned = evaluate(pipeline, eval_records, cfg.eval, run_dir / "eval" / "tuned", progress=not quiet)
-        summary["tuned"] = tuned
-        value = headline(tuned)[1]
-        line = f"tuned model {cfg.eval.benchmark}: {describe(tuned)}"
-        if "base" in summary and headline(summary["base"])[1] is not None and value is not None:
-            summary["delta"] = value - headline(summary["base"])[1]
-            line += f"  ({summary['delta']:+.2f} vs base)"
-        say(line)
-    summary["wall_seconds"] = time.perf_counter() - t0
-    atomic_write_json(summary, run_dir / "eval.json")
-    say(f"saved adapter to {run_dir / 'adapter'}, results to {run_dir / 'eval.json'}")
-    ddp.barrier()
-    return summary
+    return finetune(cfg, run_dir, build_pipeline, resume_from, quiet)
 
 
 def relaunch(args: argparse.Namespace, num_processes: int) -> int:
@@ -202,14 +129,19 @@ def relaunch(args: argparse.Namespace, num_processes: int) -> int:
 def main(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
+    from vlmtune.core.errors import USER_ERRORS as user_error_types_
     from vlmtune.core.io import claim
     from vlmtune.models.qlora import check_4bit
     from vlmtune.train import distributed as ddp
     from vlmtune.train.fsdp import check_config as check_fsdp
-    from vlmtune.train.run import new_run_dir
+    from vlmtune.train.run import next_run_dir, remove_if_empty
     from vlmtune.train.trainer import TrainingError
 
     cfg = load_config(args.recipe, args.overrides)
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # stderr is for the one-line error
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
     check_4bit(cfg)
@@ -225,17 +157,22 @@ def main(args: argparse.Namespace) -> int:
             if args.resume:
                 choice = _resolve_resume(args.resume, cfg)
             else:
-                choice = (new_run_dir(cfg.train.output_dir, cfg.recipe), None)
+                choice = (next_run_dir(cfg.train.output_dir, cfg.recipe), None)
         except ConfigError as e:
             choice = e
     choice = ddp.broadcast_object(choice)
     if isinstance(choice, ConfigError):
         raise choice
     run_dir, resume_from = choice
+    fresh = not run_dir.exists()
     try:
         with claim(run_dir) if ddp.is_main() else nullcontext():  # one run per folder
             run(cfg, run_dir, resume_from, quiet=args.quiet)
     except TrainingError as e:
         print(f"vlmtune train: error: {e}", flush=True)
         return 1
+    except user_error_types_:
+        if fresh and ddp.is_main():
+            remove_if_empty(run_dir)  # stopped before writing anything: leave no empty run folder behind
+        raise
     return 0

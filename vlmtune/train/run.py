@@ -21,15 +21,21 @@ import yaml
 from vlmtune.core.io import atomic_write_text
 
 
-def new_run_dir(template: str, recipe: str) -> Path:
-    """``template`` with ``{recipe}`` filled; ``-2``, ``-3``... appended if it already exists."""
+def next_run_dir(template: str, recipe: str) -> Path:
+    """``template`` with ``{recipe}`` filled; ``-2``, ``-3``... appended if it already exists and is not
+    empty. Not created here: ``core.io.claim`` creates it."""
     base = Path(template.format(recipe=recipe or "run"))
     path, n = base, 1
     while path.exists() and any(path.iterdir()):
         n += 1
         path = base.with_name(f"{base.name}-{n}")
-    path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def remove_if_empty(run_dir: Path) -> None:
+    """Remove ``run_dir`` when nothing was written into it (a run stopped by its preflight)."""
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 def latest_run_dir(template: str, recipe: str) -> Path | None:

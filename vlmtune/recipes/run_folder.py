@@ -1,0 +1,183 @@
+"""The one run-folder loader: config -> base pipeline -> checks -> adapter, for eval and merge.
+
+A run folder is what ``vlmtune train`` writes (``config.yaml``, ``adapter/``, ``base_model.json``,
+``checkpoints/step-N/adapter/``). :func:`load_run` takes a run folder, a checkpoint or an adapter folder,
+rebuilds the base from the run's config (or the adapter's recorded base), checks that it is the base the
+adapter was trained on (:data:`BASE_FILE`: name, config hash, weights fingerprint; a different one is
+refused unless ``force``) and that every file the adapter needs is there, then loads the adapter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vlmtune.core.errors import AdapterError, ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from vlmtune.core.config import RunConfig
+    from vlmtune.models.base import Pipeline
+
+    Build = Callable[[RunConfig], Pipeline]  # presets.build_pipeline or models.build_pipeline
+
+BASE_FILE = "base_model.json"
+MANIFEST_FILE = "adapter_files.json"
+
+
+# ---------------------------------------------------------------- what a run folder records
+def base_identity(name_or_path: str, model: nn.Module) -> dict:
+    """``{name_or_path, config_sha256, weights_fingerprint}`` of a base model (before adapters attach)."""
+    from vlmtune.core.fingerprint import config_hash, weights_fingerprint
+
+    return {"name_or_path": name_or_path, "config_sha256": config_hash(model),
+            "weights_fingerprint": weights_fingerprint(model)}  # fmt: skip
+
+
+def write_base_identity(run_dir: Path, name_or_path: str, model: nn.Module) -> dict:
+    """Write :data:`BASE_FILE` into the run folder; returns the identity, which :func:`~vlmtune.recipes.finetune`
+    also passes to ``save_adapter(..., base_info=...)`` so that an adapter folder copied out of its run carries it."""
+    from vlmtune.core.io import atomic_write_json
+
+    identity = base_identity(name_or_path, model)
+    atomic_write_json(identity, run_dir / BASE_FILE)
+    return identity
+
+
+def write_manifest(run_dir: Path, adapter: Path) -> None:
+    """:data:`MANIFEST_FILE`: ``{file name: bytes}`` of the final adapter folder, checked before loading."""
+    from vlmtune.core.io import atomic_write_json
+
+    files = {p.name: p.stat().st_size for p in sorted(adapter.iterdir()) if p.is_file()}
+    atomic_write_json(files, run_dir / MANIFEST_FILE)
+
+
+def check_same_base(recorded: dict, name_or_path: str, model: nn.Module, where: Path, force: bool) -> None:
+    """A :class:`ConfigError` when ``model``'s weights fingerprint is not the recorded one (unless ``force``)."""
+    from vlmtune.core.fingerprint import weights_fingerprint
+
+    if force or not recorded.get("weights_fingerprint"):
+        return
+    if weights_fingerprint(model) == recorded["weights_fingerprint"]:
+        return
+    named = recorded.get("name_or_path")
+    which = f"'{name_or_path}' (trained on '{named}')" if named != name_or_path else f"'{name_or_path}'"
+    raise ConfigError(
+        f"{where}: the base model {which} has other weights than the one this adapter was trained on "
+        f"(weights fingerprint differs); pass the base it was trained on, or --force to use it anyway"
+    )
+
+
+def check_adapter_files(adapter: Path, run_dir: Path | None) -> None:
+    """Every file the adapter needs is there, with the size it was written with (one line otherwise)."""
+    from vlmtune.adapters.peft_io import EXTRAS_NAME, META_NAME, WEIGHTS_NAME
+
+    manifest = run_dir / MANIFEST_FILE if run_dir is not None else None
+    if manifest is not None and manifest.is_file() and adapter == run_dir / "adapter":
+        expected = json.loads(manifest.read_text())
+    else:
+        expected = {WEIGHTS_NAME: None}
+        meta = adapter / META_NAME
+        info = json.loads(meta.read_text()) if meta.is_file() else {}
+        if info.get("not_in_peft"):
+            expected[EXTRAS_NAME] = None  # trained tensors PEFT cannot hold (biases, bare parameters) live there
+    for name, size in expected.items():
+        path = adapter / name
+        if not path.is_file():
+            raise AdapterError(
+                f"{path} is missing: the adapter needs it (without it the base's own weights would be used "
+                "silently); copy the whole adapter folder or retrain"
+            )
+        if size is not None and path.stat().st_size != size:
+            raise AdapterError(
+                f"{path} is {path.stat().st_size} bytes, it was written with {size}: truncated or replaced; "
+                "copy it again or retrain"
+            )
+
+
+# ---------------------------------------------------------------- finding things
+@dataclass
+class RunSource:
+    """Where an adapter and its run live: ``adapter`` folder, ``run_dir`` (None for a bare adapter)."""
+
+    adapter: Path
+    run_dir: Path | None
+
+    @property
+    def config_path(self) -> Path | None:
+        return self.run_dir / "config.yaml" if self.run_dir is not None else None
+
+
+def locate(source: str | Path) -> RunSource:
+    """A run folder, a checkpoint (``checkpoints/step-N``) or an adapter folder -> :class:`RunSource`."""
+    src = Path(source)
+    if not src.exists():
+        raise FileNotFoundError(f"{src} does not exist; give a run folder or an adapter folder")
+    adapter = src / "adapter" if (src / "adapter").is_dir() else src
+    for run in (adapter.parent, adapter.parent.parent.parent):
+        if (run / "config.yaml").is_file():
+            return RunSource(adapter, run)
+    return RunSource(adapter, None)
+
+
+def run_config(run_dir: Path) -> RunConfig:
+    """The validated config a run was trained with (``config.yaml``)."""
+    from vlmtune.core.config import load_config
+
+    return load_config(str(run_dir / "config.yaml"))
+
+
+def recorded_base(adapter: Path) -> str | None:
+    """The base an adapter folder records: ``vlmtune_adapter.json``, or for a folder written by plain
+    peft, ``base_model_name_or_path`` of ``adapter_config.json``."""
+    from vlmtune.adapters.peft_io import META_NAME, read_peft_config
+
+    meta = adapter / META_NAME
+    if meta.is_file():
+        return json.loads(meta.read_text()).get("base_model_name_or_path")
+    return read_peft_config(adapter).get("base_model_name_or_path")
+
+
+# ---------------------------------------------------------------- loading
+def load_run(
+    source: str | Path,
+    build: Build,
+    cfg: RunConfig | None = None,
+    base: str | None = None,
+    force: bool = False,
+) -> tuple[Pipeline, RunConfig | None, Path | None]:
+    """``(pipeline with the adapter loaded, the run's config or None, run folder or None)``.
+
+    The config is the run's ``config.yaml``; without one ``cfg`` (e.g. a recipe), else the defaults.
+    ``base`` replaces the base model (``model.name_or_path``); without it the run's, then the adapter's
+    recorded base. Checks the adapter's files before building and the base's identity before loading."""
+    from vlmtune.adapters import load_adapter
+    from vlmtune.adapters.peft_io import WEIGHTS_NAME
+    from vlmtune.core.config import RunConfig
+
+    found = locate(source)
+    if not (found.adapter / WEIGHTS_NAME).is_file():
+        where = found.run_dir or source
+        raise FileNotFoundError(
+            f"{where}: no {WEIGHTS_NAME} here or in adapter/ (training unfinished?); pass a finished run or an "
+            "adapter folder"
+        )
+    check_adapter_files(found.adapter, found.run_dir)
+    run_cfg = run_config(found.run_dir) if found.run_dir is not None else None
+    cfg = run_cfg or cfg or RunConfig()
+    cfg.model.name_or_path = (
+        base or (None if run_cfg else recorded_base(found.adapter)) or cfg.model.name_or_path
+    )
+    if not cfg.model.name_or_path:
+        raise ConfigError(f"{found.adapter}: base model unknown; pass --base")
+    pipeline = build(cfg)
+    identity = found.run_dir / BASE_FILE if found.run_dir is not None else None
+    if identity is not None and identity.is_file():
+        recorded = json.loads(identity.read_text())
+        check_same_base(recorded, cfg.model.name_or_path, pipeline.model, found.adapter, force)
+    load_adapter(pipeline.model, found.adapter, pipeline.towers)
+    return pipeline, run_cfg, found.run_dir
