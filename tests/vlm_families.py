@@ -544,6 +544,7 @@ def build_blip2(tok, lm="opt"):
             word_embed_proj_dim=32,
             max_position_embeddings=512,
             vocab_size=len(tok),
+            init_std=TEXT["initializer_range"],  # see TEXT: a frozen head at 0.02 cannot fit a batch
             **ids,
         )
     else:  # Flan-T5: encoder-decoder
