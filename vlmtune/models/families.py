@@ -95,7 +95,7 @@ QFORMER_TOWERS = {
 QFORMER_LM_TARGETS = {
     "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
     "llama": LM_TARGETS,
-    "t5": [r"re:.*Attention\.(q|k|v|o)", "re:.*DenseReluDense\.(wi|wi_0|wi_1|wo)"],
+    "t5": [r"re:.*Attention\.(q|k|v|o)", r"re:.*DenseReluDense\.(wi|wi_0|wi_1|wo)"],
 }
 
 FAMILIES: dict[str, Family] = {

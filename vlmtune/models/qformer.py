@@ -125,7 +125,9 @@ class QFormerPipeline(FamilyPipeline):
             )
         kwargs = {"trust_remote_code": trust, **quantization_kwargs(cfg)}
         dtype = resolve_dtype(cfg.model.dtype)
-        self.model = load_strict(AutoModelForImageTextToText, path, name, list(QFORMER_TYPES), dtype=dtype, **kwargs)
+        self.model = load_strict(
+            AutoModelForImageTextToText, path, name, list(QFORMER_TYPES), dtype=dtype, **kwargs
+        )
         self.model.eval()
         self.processor = processor or load_processor(path, name, trust)
         self.tokenizer = self.processor.tokenizer
@@ -194,7 +196,9 @@ class QFormerPipeline(FamilyPipeline):
             return self._truncate_prompt(tensors, target, record)
         n = tensors["input_ids"].shape[1]
         tensors["input_ids"] = torch.cat([tensors["input_ids"], torch.tensor([target])], dim=1)
-        tensors["attention_mask"] = torch.cat([tensors["attention_mask"], torch.ones(1, len(target), dtype=torch.long)], 1)
+        tensors["attention_mask"] = torch.cat(
+            [tensors["attention_mask"], torch.ones(1, len(target), dtype=torch.long)], 1
+        )
         return self._truncate_prompt(tensors, [IGNORE_INDEX] * n + target, record)
 
     def _truncate_prompt(self, tensors: dict, labels: list[int] | None, record: dict) -> Example:
@@ -203,10 +207,14 @@ class QFormerPipeline(FamilyPipeline):
         limit = max(self.cfg.data.max_length, self.num_query_tokens)
         n = tensors["input_ids"].shape[1]
         if n > limit:
-            tensors = {k: v[:, :limit] if k in ("input_ids", "attention_mask") else v for k, v in tensors.items()}
+            tensors = {
+                k: v[:, :limit] if k in ("input_ids", "attention_mask") else v for k, v in tensors.items()
+            }
         if labels is not None:
             kept = labels[:limit]
-            self._note_truncation(record, sum(x != IGNORE_INDEX for x in labels[len(kept) :]), max(n, len(labels)))
+            self._note_truncation(
+                record, sum(x != IGNORE_INDEX for x in labels[len(kept) :]), max(n, len(labels))
+            )
             labels = kept
         return Example(tensors, labels)
 
@@ -259,7 +267,13 @@ class QFormerPipeline(FamilyPipeline):
 
         stop = self.model.generation_config.eos_token_id
         return generate_text(
-            self.model, self.tokenizer, model_inputs(batch), max_new_tokens, num_beams, self.decoder_only, stop
+            self.model,
+            self.tokenizer,
+            model_inputs(batch),
+            max_new_tokens,
+            num_beams,
+            self.decoder_only,
+            stop,
         )
 
 
