@@ -55,7 +55,12 @@ def register_pipeline(name: str, factory: PipelineFactory) -> None:
 def _load_builtin() -> None:
     import importlib
 
-    for module in ("vlmtune.models.vlm", "vlmtune.models.qformer", "vlmtune.models.vlbart", "vlmtune.models.vit"):
+    for module in (
+        "vlmtune.models.vlm",
+        "vlmtune.models.qformer",
+        "vlmtune.models.vlbart",
+        "vlmtune.models.vit",
+    ):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as e:

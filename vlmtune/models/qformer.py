@@ -32,7 +32,6 @@ an identity the pipeline inserts at that seam (``model.qformer_input``); the res
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,14 +61,19 @@ SITE_METHODS = ("pin",)  # qformer-tower methods that attach at the seam instead
 
 
 class QFormerInput(nn.Linear):
-    """Identity on the vision encoder's output (B, N, D) where the Q-Former reads it (as its
-    ``encoder_hidden_states``). It holds no weights; it declares its width ``in_features = D`` the way
-    tower methods that insert before a module read it (``adapters.pin.input_dim``)."""
+    """Identity on the vision encoder's output (B, N, D) where the Q-Former reads it (its
+    ``encoder_hidden_states``): the seam where tower methods that insert before a module (PIN) attach.
 
-    def __init__(self, width: int) -> None:
+    It computes nothing. Its only tensor is a frozen empty ``weight`` (0, D): it declares the width
+    ``in_features = D`` and the device the way ``adapters.pin.add_pin`` reads them (the first
+    ``nn.Linear``'s ``in_features``, the first parameter's device); it is never saved with a merge, since
+    PIN cannot be merged.
+    """
+
+    def __init__(self, width: int, device: torch.device | None = None) -> None:
         nn.Module.__init__(self)
-        self.in_features = self.out_features = width
-        self.register_parameter("weight", None)
+        self.in_features, self.out_features = width, 0
+        self.weight = nn.Parameter(torch.empty(0, width, device=device), requires_grad=False)
         self.register_parameter("bias", None)
 
     def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
@@ -79,7 +83,8 @@ class QFormerInput(nn.Linear):
 def install_qformer_input(model: nn.Module) -> QFormerInput:
     """Add :class:`QFormerInput` as ``model.qformer_input`` and route the Q-Former's
     ``encoder_hidden_states`` through it (a forward pre-hook on ``model.qformer``)."""
-    site = QFormerInput(model.config.vision_config.hidden_size)
+    device = model.query_tokens.device
+    site = QFormerInput(model.config.vision_config.hidden_size, device)
     model.add_module(SITE, site)
 
     def through_site(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
