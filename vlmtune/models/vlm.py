@@ -33,7 +33,7 @@ from vlmtune.core.config import ConfigError, RunConfig
 from vlmtune.data.collate import IGNORE_INDEX, IMAGE_PLACEHOLDER
 from vlmtune.data.packing import model_inputs
 from vlmtune.data.records import record_images
-from vlmtune.models.base import register_pipeline
+from vlmtune.models.base import PIPELINES, register_pipeline
 from vlmtune.models.families import (
     LLAVA_STYLE,
     QFORMER_TYPES,
@@ -353,10 +353,8 @@ def build_llava_style(cfg: RunConfig, folder: str | None = None):
     path, name = folder or cfg.model.name_or_path, cfg.model.name_or_path
     model_type = read_model_type(path, name, cfg.model.trust_remote_code)
     checked_family(name, model_type)
-    if model_type in QFORMER_TYPES:  # BLIP-2 / InstructBLIP: the Q-Former pipeline
-        from vlmtune.models.qformer import build_qformer
-
-        return build_qformer(cfg, path)
+    if model_type in QFORMER_TYPES:  # BLIP-2 / InstructBLIP: the Q-Former pipeline (models/qformer.py)
+        return PIPELINES["blip2"](cfg, path)
     try:
         processor = load_processor(path, name, cfg.model.trust_remote_code)
     except ConfigError:
