@@ -93,6 +93,22 @@ def test_recipe_trains_through_the_cli(name, folders, records, tmp_path):
     assert meta["specs"]["qformer"]["method"] == meta["specs"]["language"]["method"] == "dora"
     assert meta["specs"]["vision"]["method"] == "frozen"
     assert json.loads((run / "eval.json").read_text())["tuned"]["count"] == 4
+    assert main(["eval", "shapes-vqa", "--model", str(run), "--data", str(vqa), "--out", str(tmp_path / "ev"),
+                 "--quiet"]) == 0  # fmt: skip
+    assert main(["merge", str(run), str(tmp_path / "merged")]) == 0  # with its own logit check
+    merged = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert merged["architectures"] == json.loads((folders(name) / "config.json").read_text())["architectures"]
+
+
+def test_info_prints_the_qformer_tower_plan(folders, capsys):
+    from vlmtune.cli import main
+
+    assert main(["info", "instructblip-dora", f"model.name_or_path={folders('instructblip')}"]) == 0
+    out = capsys.readouterr().out
+    assert "InstructBlipForConditionalGeneration (model_type 'instructblip')" in out
+    # 2 layers x (self + cross attention output, query FFN x2) + layer 0's text FFN x2 (the last one is unused)
+    assert "qformer    dora    dense x10, key x4, language_projection x1, query x4, value x4" in out
+    assert "language   dora    down_proj x2, gate_proj x2, k_proj x2, o_proj x2, q_proj x2" in out
 
 
 def test_model_type_dispatch_and_wrong_checkpoint_is_one_line(folders):

@@ -279,11 +279,13 @@ def unused_modules(model, towers: dict[str, list[str]], family: Family) -> list[
     """Module paths inside the towers that the VLM runs but never uses (adapters there get no gradient):
 
     - the family's ``never_run`` modules (SigLIP's pooling ``head``) that exist in this model;
+    - InstructBLIP's last Q-Former text feed-forward (:func:`qformer_text_ffn`);
     - vision encoder layers after ``config.vision_feature_layer`` (LLaVA-1.5 reads the penultimate
       layer, ``-2``: the last layer's output is discarded).
     """
     names = dict(model.named_modules())
     unused = [p for p in family.never_run if p in names]
+    unused += [p for p in qformer_text_ffn(model) if p in names]
     feature_layer = getattr(model.config, "vision_feature_layer", None)
     if feature_layer is None:
         return unused
@@ -297,6 +299,18 @@ def unused_modules(model, towers: dict[str, list[str]], family: Family) -> list[
             last_used = max((j if j >= 0 else len(layers) + 1 + j) for j in used)
             unused += [f"{path}.{i}" for i in range(last_used, len(layers))]
     return unused
+
+
+def qformer_text_ffn(model) -> list[str]:
+    """InstructBLIP: the last Q-Former layer's text feed-forward (``intermediate``/``output``) runs on the
+    instruction tokens, whose last-layer states are discarded (only the query outputs reach the LM), so
+    adapters there would get no gradient. BLIP-2's Q-Former has no text feed-forward; other models no
+    Q-Former (empty list)."""
+    layers = getattr(getattr(getattr(model, "qformer", None), "encoder", None), "layer", None)
+    if layers is None:
+        return []
+    last = f"qformer.encoder.layer.{len(layers) - 1}"
+    return [f"{last}.intermediate", f"{last}.output"]
 
 
 def exclude(model, prefixes: list[str], excluded: list[str]) -> list[str]:

@@ -47,7 +47,6 @@ from vlmtune.models.base import register_pipeline
 from vlmtune.models.families import (
     QFORMER_TYPES,
     UnsupportedFamily,
-    exclude,
     model_towers,
     qformer_family,
     resolve_default_targets,
@@ -92,16 +91,6 @@ def install_qformer_input(model: nn.Module) -> QFormerInput:
 
     model.qformer.register_forward_pre_hook(through_site, with_kwargs=True)
     return site
-
-
-def unused_text_ffn(model: nn.Module) -> list[str]:
-    """InstructBLIP: the last Q-Former layer's text feed-forward (``intermediate``/``output``) runs on the
-    instruction tokens, whose last-layer states are discarded (only the Q query outputs reach the LM):
-    adapters there would get no gradient. BLIP-2's Q-Former has no text feed-forward."""
-    layers = model.qformer.encoder.layer
-    last = f"qformer.encoder.layer.{len(layers) - 1}"
-    names = dict(model.named_modules())
-    return [f"{last}.{m}" for m in ("intermediate", "output") if f"{last}.{m}" in names]
 
 
 class QFormerPipeline(FamilyPipeline):
@@ -153,12 +142,9 @@ class QFormerPipeline(FamilyPipeline):
         self.epoch = 0  # the training epoch whose instruction templates collate() draws (set_epoch)
 
     def _towers(self) -> dict[str, list[str]]:
-        """The family's towers without unused modules; with a seam method (PIN) on the qformer tower, the
+        """The family's towers without unused modules (InstructBLIP's last text feed-forward); with a seam method (PIN) on the qformer tower, the
         tower is the seam :class:`QFormerInput` (installed here)."""
         towers = model_towers(self.model, self.family, self.cfg.model.towers)
-        if not self.cfg.model.towers:
-            unused = unused_text_ffn(self.model)
-            towers = {t: exclude(self.model, prefixes, unused) for t, prefixes in towers.items()}
         if self.cfg.adapters.qformer.method in SITE_METHODS:
             install_qformer_input(self.model)
             towers["qformer"] = [SITE]

@@ -40,6 +40,7 @@ from vlmtune.models.families import (
     UnsupportedFamily,
     family_for,
     model_towers,
+    qformer_family,
     resolve_default_targets,
 )
 from vlmtune.models.llava import LlavaPipeline, load_image, resolve_dtype
@@ -387,6 +388,8 @@ def describe_plan(cfg: RunConfig, folder: str | None = None) -> str:
     model_type = read_model_type(path, cfg.model.name_or_path, cfg.model.trust_remote_code)
     family = checked_family(cfg.model.name_or_path, model_type)
     config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+    if model_type in QFORMER_TYPES:  # language targets of its language model
+        family = qformer_family(model_type, config.text_config.model_type)
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
     towers = model_towers(model, family, cfg.model.towers)
