@@ -51,7 +51,7 @@ from vlmtune.models.families import (
     qformer_family,
     resolve_default_targets,
 )
-from vlmtune.models.llava import LlavaPipeline, load_image, resolve_dtype
+from vlmtune.models.llava import load_image, resolve_dtype
 from vlmtune.models.loading import load_strict, read_model_type
 from vlmtune.models.vlm import Example, FamilyPipeline, load_processor, stack_inputs
 
@@ -97,14 +97,14 @@ class QFormerPipeline(FamilyPipeline):
     """A BLIP-2 / InstructBLIP checkpoint behind the :class:`~vlmtune.models.base.Pipeline` API.
 
     Shares loading helpers, batch stacking (:func:`~vlmtune.models.vlm.stack_inputs`), the decoder-only
-    loss (:meth:`LlavaPipeline.loss`) and the export (:meth:`FamilyPipeline.save_merged`: the source class
+    loss (``LlavaPipeline.loss``) and the export (:meth:`FamilyPipeline.save_merged`: the source class
     with its processor); differs in prompts, labels, the encoder-decoder loss and generation.
     """
 
     name = "blip2"
 
     def __init__(self, cfg: RunConfig, folder: str | None = None, processor=None) -> None:  # noqa: D107
-        from transformers import AutoModelForImageTextToText
+        from transformers import AutoConfig, AutoModelForImageTextToText
 
         from vlmtune.models.qlora import quantization_kwargs
 
@@ -117,6 +117,11 @@ class QFormerPipeline(FamilyPipeline):
                 f"model.name_or_path='{name}' has model_type '{model_type}'; model.pipeline=blip2 takes "
                 f"{', '.join(QFORMER_TYPES)} (LLaVA-style families: model.pipeline=llava)"
             )
+        text_type = AutoConfig.from_pretrained(path, trust_remote_code=trust).text_config.model_type
+        try:  # before any weight is read
+            self.family = qformer_family(model_type, text_type)
+        except UnsupportedFamily as e:
+            raise ConfigError(f"model.name_or_path='{name}': {e}") from None
         kwargs = {"trust_remote_code": trust, **quantization_kwargs(cfg)}
         dtype = resolve_dtype(cfg.model.dtype)
         self.model = load_strict(
@@ -126,10 +131,6 @@ class QFormerPipeline(FamilyPipeline):
         self.processor = processor or load_processor(path, name, trust)
         self.tokenizer = self.processor.tokenizer
         self.image_processor = self.processor.image_processor
-        try:
-            self.family = qformer_family(model_type, self.model.config.text_config.model_type)
-        except UnsupportedFamily as e:
-            raise ConfigError(f"model.name_or_path='{name}': {e}") from None
         self.decoder_only = bool(self.model.config.use_decoder_only_language_model)
         self.towers = self._towers()
         resolve_default_targets(cfg, self.family)
@@ -142,8 +143,8 @@ class QFormerPipeline(FamilyPipeline):
         self.epoch = 0  # the training epoch whose instruction templates collate() draws (set_epoch)
 
     def _towers(self) -> dict[str, list[str]]:
-        """The family's towers without unused modules (InstructBLIP's last text feed-forward); with a seam method (PIN) on the qformer tower, the
-        tower is the seam :class:`QFormerInput` (installed here)."""
+        """The family's towers without unused modules (InstructBLIP's last text feed-forward); with a seam
+        method (PIN) on the qformer tower, that tower is the seam :class:`QFormerInput` (installed here)."""
         towers = model_towers(self.model, self.family, self.cfg.model.towers)
         if self.cfg.adapters.qformer.method in SITE_METHODS:
             install_qformer_input(self.model)
@@ -230,10 +231,11 @@ class QFormerPipeline(FamilyPipeline):
     # ------------------------------------------------------------------ model
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Mean cross-entropy over the supervised answer tokens. Decoder-only: next-token prediction
-        (:meth:`LlavaPipeline.loss`); T5: ``CE(decoder logits[t], labels[t])`` with the decoder fed the
-        labels shifted right (``decoder_start_token_id`` first), ``sum / max(1, #supervised)``."""
+        (:meth:`vlmtune.models.llava.LlavaPipeline.loss`); T5: ``CE(decoder logits[t], labels[t])`` with
+        the decoder fed the labels shifted right (``decoder_start_token_id`` first),
+        ``sum / max(1, #supervised)``."""
         if self.decoder_only:
-            return LlavaPipeline.loss(self, batch)
+            return super().loss(batch)
         labels = batch["labels"].to(batch["input_ids"].device)
         decoder_input_ids = self.model.language_model._shift_right(labels)
         logits = self.model(**model_inputs(batch), decoder_input_ids=decoder_input_ids).logits
