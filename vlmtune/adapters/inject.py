@@ -126,11 +126,7 @@ def resolve_targets(model: nn.Module, prefixes: list[str], spec: AdapterSpec, to
             close = difflib.get_close_matches(target.removeprefix("re:"), leaves, n=3, cutoff=0.5)
             raise AdapterError(
                 f"adapters.{tower}.targets: '{target}' matches no linear layer under {prefixes}"
-                + (
-                    f"; did you mean {', '.join(close)}?"
-                    if close
-                    else f"; they are named: {', '.join(leaves)}"
-                )
+                + (f"; did you mean {', '.join(close)}?" if close else f"; they are named: {', '.join(leaves)}")
             )
     return found
 

@@ -97,9 +97,10 @@ def locate_config(model_dir: Path, steps: int, seed: int = 0):
     cfg.model.pipeline, cfg.model.name_or_path, cfg.model.dtype = "blip2", str(model_dir), "float32"
     cfg.adapters.language = AdapterSpec(method="full")
     cfg.adapters.qformer = AdapterSpec(method="full")
+    cfg.adapters.vision = AdapterSpec(method="full")  # but its zero position embeddings stay frozen
     cfg.data.train, cfg.data.max_length, cfg.data.shapes_size = "shapes:locate", 96, 8000
     t = cfg.train
-    t.seed, t.max_steps, t.batch_size, t.lr = seed, steps, 32, 2e-3
+    t.seed, t.max_steps, t.batch_size, t.lr = seed, steps, 32, 1e-3
     t.warmup_ratio, t.schedule, t.log_every, t.weight_decay = 0.05, "cosine", 50, 0.0
     return cfg
 
@@ -119,6 +120,7 @@ def build_shapes_tiny_blip2_pin(
         seed_everything(seed)
         pipe = QFormerPipeline(cfg)
         attach(pipe.model, pipe.towers, cfg.adapters.specs())
+        pipe.model.vision_model.embeddings.position_embedding.requires_grad_(False)  # position-free
         records = load_records(cfg.data.train, split="train", n_images=cfg.data.shapes_size)
         code = position_code(IMAGE // PATCH, pipe.model.config.vision_config.hidden_size)
         with torch.no_grad():  # as loud as the features (post-LayerNorm: norm ~ sqrt(D))
