@@ -30,7 +30,7 @@ from torch import nn
 
 from vlmtune.presets.registry import ASSETS
 
-IMAGE, PATCH, QUERIES = 64, 8, 8
+IMAGE, PATCH, QUERIES = 64, 8, 16
 
 
 def write_random_blip2(out: Path, seed: int = 0) -> Path:
