@@ -66,7 +66,7 @@ PRESETS: dict[str, dict[str, Preset]] = {
             ("models", "shapes-tiny-blip2-pin-v1"),
             "config.json",
             "",
-            13,
+            15,
         ),
     },
     "vlbart": {"shapes-tiny": _VLBART, "vlbart-shapes-tiny": _VLBART},
