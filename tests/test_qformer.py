@@ -349,3 +349,17 @@ def test_pin_is_added_to_the_vision_output_before_the_qformer(folders, records):
     assert pin.out.weight.grad is not None and pin.out.weight.grad.abs().sum() > 0
     with pytest.raises(AdapterError, match="cannot be merged"):
         pipe.save_merged(Path(folders("blip_2")).parent / "pin-merged")
+
+
+def test_the_trainer_sets_the_epoch_whose_templates_collate_draws(folders, records, tmp_path):
+    from vlmtune.train.trainer import Trainer
+
+    cfg, pipe = pipeline(folders("blip_2"), "blip2-lora", "train.batch_size=2", "train.epochs=3")
+    trainer = Trainer(pipe, cfg, records, tmp_path / "run", quiet=True)
+    batches = trainer._batches()
+    seen = []
+    for micro in range(3):  # one micro-batch per epoch (2 records, batch size 2)
+        trainer.micro = micro
+        next(batches)
+        seen.append(pipe.epoch)
+    assert seen == [0, 1, 2]
