@@ -529,6 +529,15 @@ def _qformer():
     )
 
 
+def _with_query_tokens(model):
+    """Query tokens drawn as LAVIS initialises them (normal, std = the Q-Former's initializer_range):
+    transformers starts them at zero, and identical queries give the first Q-Former self-attention's
+    query/key projections no gradient (a released checkpoint's trained tokens differ)."""
+    with torch.no_grad():
+        model.query_tokens.normal_(0.0, model.config.qformer_config.initializer_range)
+    return model
+
+
 def build_blip2(tok, lm="opt"):
     import transformers as T
 
@@ -544,6 +553,7 @@ def build_blip2(tok, lm="opt"):
             word_embed_proj_dim=32,
             max_position_embeddings=512,
             vocab_size=len(tok),
+            init_std=TEXT["initializer_range"],  # see TEXT: a frozen head at 0.02 cannot fit a batch
             **ids,
         )
     else:  # Flan-T5: encoder-decoder
@@ -566,7 +576,7 @@ def build_blip2(tok, lm="opt"):
         num_query_tokens=4,
         image_token_index=tok.convert_tokens_to_ids("<image>"),
     )
-    return T.Blip2ForConditionalGeneration(cfg), proc
+    return _with_query_tokens(T.Blip2ForConditionalGeneration(cfg)), proc
 
 
 def build_instructblip(tok):
@@ -585,7 +595,7 @@ def build_instructblip(tok):
         num_query_tokens=4,
         image_token_index=tok.convert_tokens_to_ids("<image>"),
     )
-    return T.InstructBlipForConditionalGeneration(cfg), proc
+    return _with_query_tokens(T.InstructBlipForConditionalGeneration(cfg)), proc
 
 
 FAMILIES: dict[str, Family] = {

@@ -68,7 +68,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     cfg = load_config(args.target, args.overrides)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-    if cfg.model.pipeline == "llava" and any(o.startswith("model.name_or_path=") for o in args.overrides):
+    if cfg.model.pipeline in ("llava", "blip2") and any(
+        o.startswith("model.name_or_path=") for o in args.overrides
+    ):
         from vlmtune.models.vlm import describe_plan
         from vlmtune.presets import model_folder
 

@@ -27,7 +27,7 @@ PACKAGED_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 @dataclass
 class ModelConfig:
-    pipeline: str = "llava"  # llava | vlbart | vit
+    pipeline: str = "llava"  # llava | blip2 | vlbart | vit
     name_or_path: str = "shapes-tiny"  # hub id, local folder, or an embedded preset name
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     trust_remote_code: bool = False
@@ -46,9 +46,15 @@ class AdaptersConfig:
     language: AdapterSpec = field(default_factory=AdapterSpec)
     vision: AdapterSpec = field(default_factory=AdapterSpec)
     projector: AdapterSpec = field(default_factory=AdapterSpec)
+    qformer: AdapterSpec = field(default_factory=AdapterSpec)  # BLIP-2 / InstructBLIP (model.pipeline: blip2)
 
     def specs(self) -> dict[str, AdapterSpec]:
-        return {"language": self.language, "vision": self.vision, "projector": self.projector}
+        return {
+            "language": self.language,
+            "vision": self.vision,
+            "projector": self.projector,
+            "qformer": self.qformer,
+        }
 
 
 @dataclass
@@ -86,6 +92,7 @@ class TrainConfig:
     lr: float = 2e-4
     projector_lr: float = 0.0  # 0 = same as lr
     vision_lr: float = 0.0  # 0 = same as lr
+    qformer_lr: float = 0.0  # 0 = same as lr (BLIP-2 / InstructBLIP Q-Former tower)
     lora_plus_ratio: float = 1.0  # LoRA+: lr of B = ratio * lr of A
     weight_decay: float = 0.0
     optimizer: str = "adamw"  # adamw | sgd | paged_adamw | paged_adamw_8bit (bitsandbytes, CUDA)

@@ -55,7 +55,12 @@ def register_pipeline(name: str, factory: PipelineFactory) -> None:
 def _load_builtin() -> None:
     import importlib
 
-    for module in ("vlmtune.models.vlm", "vlmtune.models.vlbart", "vlmtune.models.vit"):
+    for module in (
+        "vlmtune.models.vlm",
+        "vlmtune.models.qformer",
+        "vlmtune.models.vlbart",
+        "vlmtune.models.vit",
+    ):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as e:
@@ -64,7 +69,7 @@ def _load_builtin() -> None:
 
 
 def build_pipeline(cfg: RunConfig, folder: str | Path | None = None) -> Pipeline:
-    """Instantiate ``cfg.model.pipeline`` (``llava`` | ``vlbart`` | ``vit``) from ``cfg``, loading the
+    """Instantiate ``cfg.model.pipeline`` (``llava`` | ``blip2`` | ``vlbart`` | ``vit``) from ``cfg``, loading the
     model from ``folder`` (default ``cfg.model.name_or_path``): a model folder or a hub/timm id, never a
     preset name (:func:`vlmtune.presets.build_pipeline` resolves those first)."""
     from vlmtune.core.config import ConfigError

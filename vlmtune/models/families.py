@@ -10,13 +10,14 @@ language tower never lands in the vision tower.
     family.targets["vision"]            -> ["qkv", "proj", "gate_proj", "up_proj", "down_proj"]
     family.extra_inputs                 -> ("image_grid_thw", "mm_token_type_ids")
 
-The Q-Former families (BLIP-2, InstructBLIP) have a fourth part, ``qformer`` (the Q-Former, its query
-tokens and ``language_projection``), instead of a projector.
+The Q-Former families (BLIP-2, InstructBLIP) have a ``qformer`` tower (the Q-Former, its query tokens and
+``language_projection``) instead of a projector; their language targets depend on the language model
+(:func:`qformer_family`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -82,6 +83,20 @@ def _qwen(model_type: str, vision: list[str], projector: list[str], merger: list
 
 
 SIGLIP_HEAD = ("model.vision_tower.vision_model.head",)
+
+# BLIP-2 / InstructBLIP: the Q-Former is its own tower (with its query tokens and the projection into the LM)
+QFORMER_TOWERS = {
+    "language": ["language_model"],
+    "vision": ["vision_model"],
+    "qformer": ["qformer", "query_tokens", "language_projection"],
+}
+# default language targets per language model (``text_config.model_type``); T5's q/k/v/o are aliases of other
+# names in recipes (core.adapter_spec), so they are matched by path
+QFORMER_LM_TARGETS = {
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+    "llama": LM_TARGETS,
+    "t5": [r"re:.*Attention\.(q|k|v|o)", r"re:.*DenseReluDense\.(wi|wi_0|wi_1|wo)"],
+}
 
 FAMILIES: dict[str, Family] = {
     f.model_type: f
@@ -182,43 +197,23 @@ FAMILIES: dict[str, Family] = {
         *(
             Family(
                 t,
-                towers={
-                    "language": ["language_model"],
-                    "vision": ["vision_model"],
-                    "qformer": ["qformer", "query_tokens", "language_projection"],
-                },
+                towers=QFORMER_TOWERS,
                 targets={
-                    "language": [
-                        "q_proj",
-                        "k_proj",
-                        "v_proj",
-                        "o_proj",
-                        "out_proj",
-                        "fc1",
-                        "fc2",
-                        "q",
-                        "k",
-                        "v",
-                        "o",
-                        "wi_0",
-                        "wi_1",
-                        "wo",
-                        "gate_proj",
-                        "up_proj",
-                        "down_proj",
-                    ],
+                    "language": sorted({n for names in QFORMER_LM_TARGETS.values() for n in names}),
                     "vision": ["qkv", "projection", "fc1", "fc2"],
-                    "qformer": ["query", "key", "value", "dense"],
+                    "qformer": ["query", "key", "value", "dense", "language_projection"],
                 },
                 extra_inputs=extra,
                 hub_ids=hub,
+                notes=note,
             )
-            for t, extra, hub in [
-                ("blip-2", (), ("Salesforce/blip2-opt-2.7b", "Salesforce/blip2-flan-t5-xl")),
+            for t, extra, hub, note in [
+                ("blip-2", (), ("Salesforce/blip2-opt-2.7b", "Salesforce/blip2-flan-t5-xl"), ""),
                 (
                     "instructblip",
                     ("qformer_input_ids", "qformer_attention_mask"),
                     ("Salesforce/instructblip-vicuna-7b", "Salesforce/instructblip-flan-t5-xl"),
+                    "the instruction also enters the Q-Former (qformer_input_ids)",
                 ),
             ]
         ),
@@ -226,7 +221,7 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-# Q-Former models: towers known here (for the tests and a later pipeline), not yet trainable by the llava pipeline
+# Q-Former models: trained by vlmtune.models.qformer (model.pipeline: blip2, or llava dispatching by model_type)
 QFORMER_TYPES = ("blip-2", "instructblip")
 LLAVA_STYLE = sorted(t for t in FAMILIES if t not in QFORMER_TYPES)
 
@@ -237,17 +232,24 @@ class UnsupportedFamily(ValueError):
 
 def family_for(model_type: str) -> Family:
     """The :class:`Family` of a transformers ``model_type``; one-line error naming the supported list."""
-    if model_type in QFORMER_TYPES:
-        raise UnsupportedFamily(
-            f"model_type '{model_type}' is a Q-Former model (BLIP-2/InstructBLIP), which the llava pipeline does "
-            f"not train yet; supported: {', '.join(LLAVA_STYLE)}"
-        )
     try:
         return FAMILIES[model_type]
     except KeyError:
         raise UnsupportedFamily(
-            f"model_type '{model_type}' is not a supported VLM family; supported: {', '.join(LLAVA_STYLE)}"
+            f"model_type '{model_type}' is not a supported VLM family; supported: {', '.join(sorted(FAMILIES))}"
         ) from None
+
+
+def qformer_family(model_type: str, text_model_type: str) -> Family:
+    """The Q-Former family of ``model_type`` with the default language targets of its language model
+    (OPT, Llama/Vicuna, T5); one line when the language model has none."""
+    if text_model_type not in QFORMER_LM_TARGETS:
+        raise UnsupportedFamily(
+            f"'{model_type}' with a '{text_model_type}' language model has no default language targets "
+            f"(known: {', '.join(QFORMER_LM_TARGETS)}); name them: adapters.language.targets=[...]"
+        )
+    family = FAMILIES[model_type]
+    return replace(family, targets={**family.targets, "language": QFORMER_LM_TARGETS[text_model_type]})
 
 
 def tower_map(family: Family, overrides: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -277,11 +279,13 @@ def unused_modules(model, towers: dict[str, list[str]], family: Family) -> list[
     """Module paths inside the towers that the VLM runs but never uses (adapters there get no gradient):
 
     - the family's ``never_run`` modules (SigLIP's pooling ``head``) that exist in this model;
+    - InstructBLIP's last Q-Former text feed-forward (:func:`qformer_text_ffn`);
     - vision encoder layers after ``config.vision_feature_layer`` (LLaVA-1.5 reads the penultimate
       layer, ``-2``: the last layer's output is discarded).
     """
     names = dict(model.named_modules())
     unused = [p for p in family.never_run if p in names]
+    unused += [p for p in qformer_text_ffn(model) if p in names]
     feature_layer = getattr(model.config, "vision_feature_layer", None)
     if feature_layer is None:
         return unused
@@ -295,6 +299,18 @@ def unused_modules(model, towers: dict[str, list[str]], family: Family) -> list[
             last_used = max((j if j >= 0 else len(layers) + 1 + j) for j in used)
             unused += [f"{path}.{i}" for i in range(last_used, len(layers))]
     return unused
+
+
+def qformer_text_ffn(model) -> list[str]:
+    """InstructBLIP: the last Q-Former layer's text feed-forward (``intermediate``/``output``) runs on the
+    instruction tokens, whose last-layer states are discarded (only the query outputs reach the LM), so
+    adapters there would get no gradient. BLIP-2's Q-Former has no text feed-forward; other models no
+    Q-Former (empty list)."""
+    layers = getattr(getattr(getattr(model, "qformer", None), "encoder", None), "layer", None)
+    if layers is None:
+        return []
+    last = f"qformer.encoder.layer.{len(layers) - 1}"
+    return [f"{last}.intermediate", f"{last}.output"]
 
 
 def exclude(model, prefixes: list[str], excluded: list[str]) -> list[str]:

@@ -34,12 +34,14 @@ from vlmtune.core.errors import DataError
 from vlmtune.data.collate import IGNORE_INDEX, IMAGE_PLACEHOLDER
 from vlmtune.data.packing import model_inputs
 from vlmtune.data.records import record_images
-from vlmtune.models.base import register_pipeline
+from vlmtune.models.base import PIPELINES, register_pipeline
 from vlmtune.models.families import (
     LLAVA_STYLE,
+    QFORMER_TYPES,
     UnsupportedFamily,
     family_for,
     model_towers,
+    qformer_family,
     resolve_default_targets,
 )
 from vlmtune.models.llava import LlavaPipeline, load_image, resolve_dtype
@@ -359,6 +361,8 @@ def build_llava_style(cfg: RunConfig, folder: str | None = None):
     path, name = folder or cfg.model.name_or_path, cfg.model.name_or_path
     model_type = read_model_type(path, name, cfg.model.trust_remote_code)
     checked_family(name, model_type)
+    if model_type in QFORMER_TYPES:  # BLIP-2 / InstructBLIP: the Q-Former pipeline (models/qformer.py)
+        return PIPELINES["blip2"](cfg, path)
     try:
         processor = load_processor(path, name, cfg.model.trust_remote_code)
     except ConfigError:
@@ -391,6 +395,8 @@ def describe_plan(cfg: RunConfig, folder: str | None = None) -> str:
     model_type = read_model_type(path, cfg.model.name_or_path, cfg.model.trust_remote_code)
     family = checked_family(cfg.model.name_or_path, model_type)
     config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+    if model_type in QFORMER_TYPES:  # language targets of its language model
+        family = qformer_family(model_type, config.text_config.model_type)
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
     towers = model_towers(model, family, cfg.model.towers)

@@ -60,6 +60,15 @@ PRESETS: dict[str, dict[str, Preset]] = {
             11,
         ),
     },
+    "blip2": {
+        "shapes-tiny-blip2-pin": Preset(
+            "vlmtune.presets.shapes_tiny_blip2_pin:build_shapes_tiny_blip2_pin",
+            ("models", "shapes-tiny-blip2-pin-v1"),
+            "config.json",
+            "",
+            15,
+        ),
+    },
     "vlbart": {"shapes-tiny": _VLBART, "vlbart-shapes-tiny": _VLBART},
     "vit": {
         "digits-tiny": Preset(

@@ -4,6 +4,7 @@ Learning rates, per trainable tensor:
   adapters / language tower   train.lr
   projector tower             train.projector_lr   (0 = train.lr)
   vision tower                train.vision_lr      (0 = train.lr)
+  qformer tower               train.qformer_lr     (0 = train.lr; BLIP-2 / InstructBLIP)
   ``adapters.<tower>.lr``     overrides the above for that tower
   ``lora_B``                  x LoRA+ ratio (Hayou et al., 2024: lr_B = ratio * lr_A), from
                               ``adapters.<tower>.lora_plus_ratio`` or else ``train.lora_plus_ratio``
@@ -30,14 +31,15 @@ def tower_of(name: str, towers: dict[str, list[str]]) -> str:
     return "other"
 
 
+# towers with their own ``train.<key>`` learning rate; 0 there means unset (train.lr)
+TOWER_LR_KEYS = {"projector": "projector_lr", "vision": "vision_lr", "qformer": "qformer_lr"}
+
+
 def base_lr(tower: str, train: TrainConfig, spec: AdapterSpec | None) -> float:
     if spec is not None and spec.lr is not None:
         return spec.lr
-    if tower == "projector" and train.projector_lr > 0:
-        return train.projector_lr
-    if tower == "vision" and train.vision_lr > 0:
-        return train.vision_lr
-    return train.lr
+    own = getattr(train, TOWER_LR_KEYS[tower]) if tower in TOWER_LR_KEYS else 0.0
+    return own if own > 0 else train.lr
 
 
 def param_groups(

@@ -210,6 +210,8 @@ class Trainer:
         while True:
             epoch, start = divmod(self.micro, self.micro_per_epoch)
             full = self._epoch_batches(epoch)[start:]
+            if hasattr(self.pipeline, "set_epoch"):  # per-epoch choices in collate (instruction templates)
+                self.pipeline.set_epoch(epoch)
             index_batches = [ddp.shard(b, self.rank, self.world_size) or b[:1] for b in full]
             real = [len(ddp.shard(b, self.rank, self.world_size)) > 0 for b in full]
             workers = self.cfg.data.num_workers
