@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vlmtune.adapters import attach
-from vlmtune.adapters.inject import adapter_layers
+from vlmtune.adapters.attach import adapter_layers
 from vlmtune.core.config import load_config
 from vlmtune.core.errors import AdapterError
 from vlmtune.data.records import load_records

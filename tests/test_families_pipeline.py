@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from vlm_families import build_family
 
-from vlmtune.adapters.inject import adapter_layers, attach
+from vlmtune.adapters.attach import adapter_layers, attach
 from vlmtune.core.config import ConfigError, load_config
 from vlmtune.models import build_pipeline
 from vlmtune.models.vlm import FamilyPipeline

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from vlmtune.adapters import attach, save_adapter
-from vlmtune.adapters.inject import adapter_layers, replace_module
+from vlmtune.adapters.attach import adapter_layers
+from vlmtune.adapters.targets import replace_module
 from vlmtune.cli import main
 
 

@@ -95,7 +95,7 @@ def test_family_table_matches_the_loaded_model(name, family_folder):
     Linear inside its own tower (Q-Former families: the language targets of their language model)."""
     from transformers import AutoModelForImageTextToText
 
-    from vlmtune.adapters.inject import resolve_targets
+    from vlmtune.adapters.targets import resolve_targets
     from vlmtune.core.adapter_spec import AdapterSpec
     from vlmtune.models.families import FAMILIES as TABLE
     from vlmtune.models.families import QFORMER_TYPES, qformer_family

@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def available_methods() -> list[str]:
-    from vlmtune.adapters.inject import known_methods
+    from vlmtune.adapters.registry import known_methods
     from vlmtune.core.config import list_recipes
 
     recipes = list_recipes()

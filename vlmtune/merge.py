@@ -111,7 +111,7 @@ def verify(pipeline, merged_folder: Path, batch: dict[str, Any], want: torch.Ten
     """Compare the merged model's probe logits with ``want`` (the adapter model's), write
     ``merge_check.json`` and raise :class:`AdapterError` when an adapter layer is left or the
     difference is above the dtype's bound."""
-    from vlmtune.adapters.inject import adapter_layers
+    from vlmtune.adapters.attach import adapter_layers
 
     left = [path for path, _ in adapter_layers(pipeline.model)]
     dtype = next(pipeline.model.parameters()).dtype

@@ -215,7 +215,7 @@ def report_vit(rows: list[dict], args, total_seconds: float) -> None:
 
 def main_sweep(args, methods: list[str]) -> int:
     """``vlmtune bench llava|vlbart``: run (or resume) the sweep, print the table, write JSON/MD/PNG."""
-    from vlmtune.adapters.inject import known_methods
+    from vlmtune.adapters.registry import known_methods
     from vlmtune.analysis.compare import as_json, plot_vs_rank
 
     unknown = [m for m in methods if m not in known_methods()]

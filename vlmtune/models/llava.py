@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from vlmtune.adapters.inject import merge as merge_adapters
+from vlmtune.adapters.attach import merge as merge_adapters
 from vlmtune.core.config import ConfigError, RunConfig
 from vlmtune.data.collate import (
     IGNORE_INDEX,

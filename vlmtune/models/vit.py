@@ -220,7 +220,7 @@ class ViTPipeline:
 
         VPT prompts cannot be folded into weights: a model with prompts is refused (save the adapter).
         """
-        from vlmtune.adapters.inject import merge
+        from vlmtune.adapters.attach import merge
         from vlmtune.core.errors import AdapterError
 
         if hasattr(self.model.vit, "vpt"):

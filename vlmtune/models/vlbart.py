@@ -235,7 +235,7 @@ class VLBartPipeline:
         return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     def save_merged(self, out_dir: str | Path) -> Path:
-        from vlmtune.adapters.inject import merge
+        from vlmtune.adapters.attach import merge
 
         merge(self.model)
         return save_vlbart(self.model, self.tokenizer, self.extractor, out_dir)

@@ -344,7 +344,7 @@ class FamilyPipeline(LlavaPipeline):
     def save_merged(self, out_dir: str | Path) -> Path:
         """Fold adapters into the weights; write the source class (same ``model_type``) with its
         processor (tokenizer, image processor, chat template) and generation config."""
-        from vlmtune.adapters.inject import merge as merge_adapters
+        from vlmtune.adapters.attach import merge as merge_adapters
 
         out = Path(out_dir)
         merge_adapters(self.model)
@@ -388,7 +388,7 @@ def describe_plan(cfg: RunConfig, folder: str | None = None) -> str:
     from the checkpoint's config alone (the model is built on the meta device: no weights are read)."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from vlmtune.adapters.inject import attach
+    from vlmtune.adapters.attach import attach
     from vlmtune.adapters.report import format_report, param_report, placement_lines
 
     path = folder or cfg.model.name_or_path

@@ -116,25 +116,29 @@ def build_shapes_tiny_blip2_pin(
     out_dir: str | Path, steps: int = 3000, seed: int = 0, quiet: bool = True
 ) -> Path:
     """Write ``shapes-tiny-blip2-pin`` to ``out_dir`` (module docstring)."""
-    from vlmtune.adapters.inject import attach
     from vlmtune.data.records import load_records
     from vlmtune.models.qformer import QFormerPipeline
     from vlmtune.presets.shapes_tiny_pin import position_code
-    from vlmtune.train.trainer import Trainer, seed_everything
+    from vlmtune.recipes import fit, seeded_pipeline
 
     with tempfile.TemporaryDirectory(prefix="shapes-tiny-blip2-pin-") as work:
         cfg = locate_config(write_random_blip2(Path(work) / "random", seed), steps, seed)
-        seed_everything(seed)
-        pipe = QFormerPipeline(cfg)
-        attach(pipe.model, pipe.towers, cfg.adapters.specs())
+        pipe = seeded_pipeline(cfg, QFormerPipeline)  # cfg.train.seed == seed
         pipe.model.vision_model.embeddings.position_embedding.requires_grad_(False)  # position-free
         records = load_records(cfg.data.train, split="train", n_images=cfg.data.shapes_size)
         code = position_code(IMAGE // PATCH, pipe.model.config.vision_config.hidden_size)
         with torch.no_grad():  # as loud as the features (post-LayerNorm: norm ~ sqrt(D))
             pixels = pipe.collate(records[:64], train=False)["pixel_values"]
             norm = pipe.model.vision_model(pixel_values=pixels).last_hidden_state.norm(dim=-1).mean()
-        with coded_vision_output(pipe.model, code * norm / code.norm(dim=-1).mean()):
-            Trainer(pipe, cfg, records, Path(work) / "run0d", quiet=quiet).fit()
+        scaled = code * norm / code.norm(dim=-1).mean()
+        fit(
+            pipe,
+            cfg,
+            records,
+            Path(work) / "run0d",
+            quiet,
+            around=lambda p, _: coded_vision_output(p.model, scaled),
+        )
         return pipe.save_merged(Path(out_dir))
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
 
-from vlmtune.adapters.inject import attach
+from vlmtune.adapters.attach import attach
 from vlmtune.core.adapter_spec import AdapterSpec
 from vlmtune.models.visual_features import (
     FeatureExtractor,

@@ -4,7 +4,7 @@ Before the base model is loaded (:func:`preflight`): every record parsed and val
 readers of ``vlmtune.data.records``), every image opened (header + size only, in a thread pool, with a
 progress bar), the eval records checked against the eval benchmark (prompt fields and references).
 After it is loaded, before the base evaluation (:func:`preflight_model`): every tower's method and
-targets resolved against the model (``adapters.inject.resolve_targets``, what ``attach`` runs), and
+targets resolved against the model (``adapters.attach.check_specs``, the checks ``attach`` makes), and
 every training record encoded once to count those that ``data.max_length`` leaves without a single
 supervised token (they would train at loss 0 and say nothing).
 
