@@ -157,6 +157,22 @@ def test_a_truncated_adapter_file_is_one_line(run, tmp_path, capsys):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("name", ["adapter_model.safetensors", "trainable_extras.safetensors"])
+def test_a_truncated_file_in_a_bare_adapter_folder_is_one_line_for_info_eval_and_merge(run, tmp_path, capsys, name):
+    """No run manifest to compare sizes with (a copied-out or older adapter folder): reading it says so."""
+    bare = tmp_path / "adapter"
+    shutil.copytree(run / "adapter", bare)
+    weights = bare / name
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    data = str(run.parent / "data" / "train.jsonl")
+    for argv in (["info", str(bare)], ["eval", "shapes-vqa", "--model", str(bare), "--data", data, "--out",
+                 str(tmp_path / "e"), "--quiet"], ["merge", str(bare), str(tmp_path / "m")]):  # fmt: skip
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{weights}: not a readable safetensors file" in err, err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "e").exists()
+
+
 def test_merge_refuses_a_non_empty_output_folder_even_the_run_folder(run, tmp_path, capsys):
     before = snapshot(run)
     assert cli.main(["merge", str(run), str(run)]) == 2

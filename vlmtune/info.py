@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def describe_adapter(folder: Path) -> str:
-    from safetensors import safe_open
+    from vlmtune.core.io import safetensors_shapes
 
     lines = [f"adapter folder {folder}"]
     meta = folder / "vlmtune_adapter.json"
@@ -32,10 +32,9 @@ def describe_adapter(folder: Path) -> str:
     for name in ("adapter_model.safetensors", "trainable_extras.safetensors"):
         path = folder / name
         if path.is_file():
-            with safe_open(str(path), "pt") as f:
-                keys = list(f.keys())
-                n = sum(_numel(f.get_slice(k).get_shape()) for k in keys)
-            lines.append(f"  {name}: {len(keys)} tensors, {n:,} values")
+            shapes = safetensors_shapes(path)
+            n = sum(_numel(shape) for shape in shapes.values())
+            lines.append(f"  {name}: {len(shapes)} tensors, {n:,} values")
     return "\n".join(lines)
 
 

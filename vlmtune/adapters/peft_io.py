@@ -34,7 +34,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from vlmtune.adapters import registry
@@ -46,7 +45,7 @@ from vlmtune.adapters.targets import base_linear, replace_module
 from vlmtune.adapters.vera.layer import VeraLinear, VeraProjection, shared_projection
 from vlmtune.core.adapter_spec import AdapterSpec
 from vlmtune.core.errors import AdapterError
-from vlmtune.core.io import atomic_write_json, atomic_write_safetensors
+from vlmtune.core.io import atomic_write_json, atomic_write_safetensors, read_safetensors
 
 PEFT_PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"
@@ -448,7 +447,7 @@ def load_adapter(
     folder = Path(adapter_dir)
     if not (folder / WEIGHTS_NAME).is_file():
         raise AdapterError(f"{folder}: no {WEIGHTS_NAME}; is this an adapter folder?")
-    tensors = load_file(str(folder / WEIGHTS_NAME))
+    tensors = read_safetensors(folder / WEIGHTS_NAME)
     cfg = read_peft_config(folder)
     meta = read_meta(folder)
     specs = {t: _saved_spec(s) for t, s in (meta.get("specs") or {}).items()}
@@ -465,7 +464,7 @@ def load_adapter(
     check_tensors(model, tensors, folder, bool(cfg.get("use_dora")), saved)
     _load_peft_tensors(model, tensors, folder, saved)
     if (folder / EXTRAS_NAME).is_file():
-        _load_extras(model, load_file(str(folder / EXTRAS_NAME)), folder)
+        _load_extras(model, read_safetensors(folder / EXTRAS_NAME), folder)
     return model
 
 

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from vlmtune.adapters.peft_io import (
@@ -30,6 +29,7 @@ from vlmtune.adapters.peft_io import (
     read_peft_config,
 )
 from vlmtune.core.errors import AdapterError
+from vlmtune.core.io import read_safetensors
 
 
 def _linear(w0: torch.Tensor) -> nn.Linear:
@@ -47,7 +47,7 @@ def finetuned_weights(adapter_dir: str | Path, base: Mapping[str, torch.Tensor])
     folder = Path(adapter_dir)
     out: dict[str, torch.Tensor] = {}
     if (folder / EXTRAS_NAME).is_file():
-        extras = load_file(str(folder / EXTRAS_NAME))
+        extras = read_safetensors(folder / EXTRAS_NAME)
         for path in base:
             if f"{path}.weight" in extras:
                 out[path] = extras[f"{path}.weight"].float()
@@ -55,7 +55,7 @@ def finetuned_weights(adapter_dir: str | Path, base: Mapping[str, torch.Tensor])
         if out:
             return out
         raise AdapterError(f"{folder}: no {WEIGHTS_NAME} or {EXTRAS_NAME}; is this an adapter folder?")
-    tensors = load_file(str(folder / WEIGHTS_NAME))
+    tensors = read_safetensors(folder / WEIGHTS_NAME)
     for path in base:  # modules_to_save (a trained projector): stored as is
         if f"base_model.model.{path}.weight" in tensors:
             out[path] = tensors[f"base_model.model.{path}.weight"].float()

@@ -109,6 +109,39 @@ def read_text(path: str | Path, error: type[Exception] | None = None) -> str:
         ) from None
 
 
+def read_safetensors(path: str | Path, error: type[Exception] | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of a ``.safetensors`` file; a truncated or corrupt file is one line naming it, raised as
+    ``error`` (default :class:`~vlmtune.core.errors.AdapterError`), never safetensors' traceback."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from vlmtune.core.errors import AdapterError
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise (error or AdapterError)(
+            f"{path}: not a readable safetensors file ({str(e).splitlines()[0]}): truncated or corrupt; "
+            "copy it again or retrain"
+        ) from None
+
+
+def safetensors_shapes(path: str | Path, error: type[Exception] | None = None) -> dict[str, list[int]]:
+    """``{name: shape}`` from a ``.safetensors`` header without reading the tensors (one line if corrupt)."""
+    from safetensors import SafetensorError, safe_open
+
+    from vlmtune.core.errors import AdapterError
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise (error or AdapterError)(
+            f"{path}: not a readable safetensors file ({str(e).splitlines()[0]}): truncated or corrupt; "
+            "copy it again or retrain"
+        ) from None
+
+
 LOCK_NAME = ".vlmtune.lock"
 
 

@@ -23,13 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from vlmtune.adapters.peft_io import EXTRAS_NAME, PEFT_PREFIX, WEIGHTS_NAME, save_adapter
 from vlmtune.core.adapter_spec import AdapterSpec
 from vlmtune.core.errors import ConfigError
-from vlmtune.core.io import atomic_torch_save, atomic_write_text, fsync_dir
+from vlmtune.core.io import atomic_torch_save, atomic_write_text, fsync_dir, read_safetensors
 
 STATE_NAME = "trainer_state.pt"
 DONE_NAME = "done"
@@ -192,9 +191,9 @@ def save_final_adapter(
 
 def trainable_tensors(adapter_dir: Path) -> dict[str, torch.Tensor]:
     """Tensors of an adapter folder under model parameter names."""
-    out = {k[len(PEFT_PREFIX) :]: v for k, v in load_file(str(adapter_dir / WEIGHTS_NAME)).items()}
+    out = {k[len(PEFT_PREFIX) :]: v for k, v in read_safetensors(adapter_dir / WEIGHTS_NAME).items()}
     if (adapter_dir / EXTRAS_NAME).is_file():
-        out.update(load_file(str(adapter_dir / EXTRAS_NAME)))
+        out.update(read_safetensors(adapter_dir / EXTRAS_NAME))
     return out
 
 
