@@ -136,7 +136,6 @@ def test_a_typo_inside_a_target_list_is_an_error_naming_it(model_dir):
 @pytest.mark.parametrize(
     "argv",
     [
-        ["info", "{png}"],
         ["eval", "shapes-vqa", "--predictions", "{bad}"],
         ["train", "{png}"],
     ],
@@ -152,6 +151,20 @@ def test_files_that_are_not_utf8_text_are_one_line_errors(argv, tmp_path, capsys
     assert main([a.format(png=png, bad=bad) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     assert "not UTF-8 text" in err and len(err.splitlines()) == 1
+
+
+def test_info_on_an_image_says_what_info_takes(tmp_path, capsys):
+    from PIL import Image
+
+    from vlmtune.cli import main
+
+    png = tmp_path / "picture.png"
+    Image.new("RGB", (4, 4)).save(png)
+    assert main(["info", str(png)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"vlmtune info: error: {png} is not a recipe (.yaml), a run folder or an adapter folder; "
+        "`vlmtune info` with no argument lists the recipes"
+    )
 
 
 def test_a_run_folder_in_use_cannot_be_claimed_twice(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from vlmtune.core.config import list_recipes, load_config, recipe_description, to_dict
+from vlmtune.core.config import ConfigError, list_recipes, load_config, recipe_description, to_dict
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +65,11 @@ def main(args: argparse.Namespace) -> int:
         if (adapter / "adapter_model.safetensors").is_file():
             print(describe_adapter(adapter))
         return 0
+    if path.is_file() and path.suffix.lower() not in (".yaml", ".yml"):
+        raise ConfigError(
+            f"{path} is not a recipe (.yaml), a run folder or an adapter folder; "
+            "`vlmtune info` with no argument lists the recipes"
+        )
     cfg = load_config(args.target, args.overrides)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     if cfg.model.pipeline in ("llava", "blip2") and any(
