@@ -11,11 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from vlm_families import build_family
 
 from vlmtune.adapters.attach import adapter_layers, attach
 from vlmtune.core.config import ConfigError, load_config
@@ -39,30 +36,18 @@ FAMILY_NAMES = [
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    """``folders(name)`` -> the family's checkpoint folder, built once per module."""
-    root = tmp_path_factory.mktemp("families")
-    built: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in built:
-            built[name] = build_family(name, root / name)
-        return built[name]
-
-    return get
+def folders(family_folder):
+    return family_folder
 
 
 @pytest.fixture(scope="module")
-def records(tmp_path_factory) -> list[dict]:
+def records(two_images) -> list[dict]:
     """A single-turn VQA record and a two-turn conversation, on images of two sizes."""
-    root = tmp_path_factory.mktemp("images")
-    for i, (h, w) in enumerate([(40, 48), (56, 40)]):
-        pixels = (np.random.RandomState(i).rand(h, w, 3) * 255).astype("uint8")
-        Image.fromarray(pixels).save(root / f"{i}.png")
+    first, second = two_images
     return [
-        {"id": "q0", "task": "vqa", "image": str(root / "0.png"), "question": "What color is the circle?",
+        {"id": "q0", "task": "vqa", "image": str(first), "question": "What color is the circle?",
          "answers": ["red"] * 10},
-        {"id": "c1", "task": "conversation", "image": str(root / "1.png"), "conversations": [
+        {"id": "c1", "task": "conversation", "image": str(second), "conversations": [
             {"from": "human", "value": "<image>\nHow many shapes?"}, {"from": "gpt", "value": "2"},
             {"from": "human", "value": "Is there a triangle?"}, {"from": "gpt", "value": "no, there is none."}]},
     ]  # fmt: skip

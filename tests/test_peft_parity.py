@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 from torch import nn
-from toy_models import TARGETS, TOWERS, Toy, assert_close
+from toy_models import TARGETS, TOWERS, Toy, assert_close, peft_twins
 
 from vlmtune.adapters import (
     AdapterSpec,
@@ -26,9 +26,6 @@ RTOL = 1e-5
 
 def make_pair(use_dora: bool, r: int = 4, alpha: float = 8.0, rslora: bool = False):
     """The same random base + adapter weights in a peft model and a vlmtune model."""
-    torch.manual_seed(0)
-    base = Toy()
-    ours = copy.deepcopy(base)
     cfg = peft.LoraConfig(
         r=r,
         lora_alpha=alpha,
@@ -37,18 +34,10 @@ def make_pair(use_dora: bool, r: int = 4, alpha: float = 8.0, rslora: bool = Fal
         use_rslora=rslora,
         init_lora_weights=False,
     )
-    ref = peft.get_peft_model(copy.deepcopy(base), cfg)
     method = "dora" if use_dora else "lora"
-    attach(
-        ours,
-        TOWERS,
-        {"language": AdapterSpec(method=method, r=r, alpha=alpha, targets=TARGETS, rslora=rslora)},
-    )
-    ref_layers = {
-        n: m for n, m in ref.named_modules() if hasattr(m, "lora_A") and len(getattr(m, "lora_A", {}))
-    }
-    for path, layer in adapter_layers(ours):
-        src = ref_layers[f"base_model.model.{path}"]
+    spec = AdapterSpec(method=method, r=r, alpha=alpha, targets=TARGETS, rslora=rslora)
+    _, ours, ref, pairs = peft_twins(cfg, spec)
+    for _, layer, src in pairs:
         with torch.no_grad():
             layer.lora_A.weight.copy_(src.lora_A["default"].weight)
             layer.lora_B.weight.copy_(src.lora_B["default"].weight)

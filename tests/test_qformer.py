@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from vlm_families import build_family
 
 from vlmtune.adapters.attach import adapter_layers, attach
@@ -29,31 +27,18 @@ NAMES = list(RECIPE)
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    """``folders(name)`` -> the fixture's checkpoint folder, built once per module."""
-    root = tmp_path_factory.mktemp("qformer")
-    built: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in built:
-            built[name] = build_family(name, root / name)
-        return built[name]
-
-    return get
+def folders(family_folder):
+    return family_folder
 
 
 @pytest.fixture(scope="module")
-def records(tmp_path_factory) -> list[dict]:
+def records(two_images) -> list[dict]:
     """A VQA record and a caption record on two images of different sizes."""
-    root = tmp_path_factory.mktemp("images")
-    for i, (h, w) in enumerate([(40, 48), (56, 40)]):
-        Image.fromarray((np.random.RandomState(i).rand(h, w, 3) * 255).astype("uint8")).save(
-            root / f"{i}.png"
-        )
+    first, second = two_images
     return [
-        {"id": "q0", "task": "vqa", "image": str(root / "0.png"), "question": "What color is the circle?",
+        {"id": "q0", "task": "vqa", "image": str(first), "question": "What color is the circle?",
          "answers": ["red"] * 10},
-        {"id": "c1", "task": "caption", "image": str(root / "1.png"),
+        {"id": "c1", "task": "caption", "image": str(second),
          "captions": ["A blue square and a yellow circle."]},
     ]  # fmt: skip
 

@@ -2,44 +2,15 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from toy_models import LLAVA_TOWERS as TOWERS
+from toy_models import tiny_llava
 
 from vlmtune.adapters import AdapterSpec, LoraLinear, adapter_layers, attach, param_report
 
-TOWERS = {
-    "language": ["model.language_model"],
-    "vision": ["model.vision_tower"],
-    "projector": ["model.multi_modal_projector"],
-}
-
-
-def tiny_llava() -> LlavaForConditionalGeneration:
-    torch.manual_seed(0)
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-    )
-    text = LlamaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-    )
-    return LlavaForConditionalGeneration(
-        LlavaConfig(vision_config=vision, text_config=text, image_token_index=99)
-    )
-
 
 def test_language_q_v_only_touches_language_model() -> None:
-    model = tiny_llava()
+    model = tiny_llava(text_layers=2)
     vision_before = {n: type(m) for n, m in model.model.vision_tower.named_modules()}
     attached = attach(
         model, TOWERS, {"language": AdapterSpec(method="lora", r=4, targets=["q_proj", "v_proj"])}
@@ -54,7 +25,7 @@ def test_language_q_v_only_touches_language_model() -> None:
 
 
 def test_report_counts_per_tower() -> None:
-    model = tiny_llava()
+    model = tiny_llava(text_layers=2)
     attach(
         model,
         TOWERS,

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from torch import nn
-from toy_models import TARGETS, TOWERS, Block, Toy, assert_close
+from toy_models import TARGETS, TOWERS, Block, Toy, assert_close, peft_twins
 
 from vlmtune.adapters import (
     AdapterError,
@@ -35,8 +35,6 @@ def vera_spec(method: str = "vera", **options) -> AdapterSpec:
 
 def make_pair(seed: int = 0, save_projection: bool = True):
     """peft VeRA with random (non-identity) scaling vectors, and vlmtune VeRA with the same ones."""
-    torch.manual_seed(0)
-    base = Toy()
     cfg = peft.VeraConfig(
         r=R,
         target_modules=TARGETS,
@@ -44,12 +42,9 @@ def make_pair(seed: int = 0, save_projection: bool = True):
         save_projection=save_projection,
         init_weights=False,
     )
-    ref = peft.get_peft_model(copy.deepcopy(base), cfg)
-    ours = copy.deepcopy(base)
-    attach(ours, TOWERS, {"language": vera_spec(projection_prng_key=seed, save_projection=save_projection)})
-    ref_layers = dict(ref.named_modules())
-    for path, layer in adapter_layers(ours):
-        src = ref_layers[f"base_model.model.{path}"]
+    spec = vera_spec(projection_prng_key=seed, save_projection=save_projection)
+    base, ours, ref, pairs = peft_twins(cfg, spec)
+    for _, layer, src in pairs:
         with torch.no_grad():
             src.vera_lambda_b["default"].normal_()  # peft's init_weights=False leaves b = 1
             layer.vera_lambda_b.copy_(src.vera_lambda_b["default"])

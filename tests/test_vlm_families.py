@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from vlm_families import FAMILIES, build_family
+from vlm_families import FAMILIES
 
 # model_type -> the top-level submodules of the loaded model (their tower map is built from these)
 EXPECTED_MODULES = {
@@ -25,19 +25,6 @@ EXPECTED_MODULES = {
     "blip-2": {"language_model", "vision_model", "qformer", "language_projection"},
     "instructblip": {"language_model", "vision_model", "qformer", "language_projection"},
 }
-
-
-@pytest.fixture(scope="module")
-def family_folder(tmp_path_factory):
-    """``family_folder(name)`` -> the family's tiny checkpoint folder, built once per test module."""
-    built: dict[str, object] = {}
-
-    def get(name: str):
-        if name not in built:
-            built[name] = build_family(name, tmp_path_factory.mktemp("families") / name)
-        return built[name]
-
-    return get
 
 
 def _prompt(name: str, processor) -> str:

@@ -46,6 +46,28 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-5) -> None:
     assert err <= rtol, f"max relative error {err:.3e} > {rtol}"
 
 
+def peft_twins(
+    peft_config, spec
+) -> tuple[nn.Module, nn.Module, nn.Module, list[tuple[str, nn.Module, nn.Module]]]:
+    """The same seeded :class:`Toy` as a peft model (``peft_config``) and a vlmtune model (``spec`` on the
+    ``language`` tower): ``(base, ours, ref, [(path, our layer, peft's layer)])``, for the caller to copy
+    peft's (random) adapter tensors into ours."""
+    import copy
+
+    import peft
+
+    from vlmtune.adapters import adapter_layers, attach
+
+    torch.manual_seed(0)
+    base = Toy()
+    ref = peft.get_peft_model(copy.deepcopy(base), peft_config)
+    ours = copy.deepcopy(base)
+    attach(ours, TOWERS, {"language": spec})
+    ref_layers = dict(ref.named_modules())
+    pairs = [(path, layer, ref_layers[f"base_model.model.{path}"]) for path, layer in adapter_layers(ours)]
+    return base, ours, ref, pairs
+
+
 LLAVA_TOWERS = {
     "language": ["model.language_model", "lm_head"],
     "vision": ["model.vision_tower"],
@@ -54,7 +76,8 @@ LLAVA_TOWERS = {
 IMAGE_TOKEN, N_PATCHES = 5, 16
 
 
-def tiny_llava() -> LlavaForConditionalGeneration:
+def tiny_llava(text_layers: int = 1) -> LlavaForConditionalGeneration:
+    """Seeded random tiny LLaVA (``text_layers`` Llama layers), in eval mode."""
     torch.manual_seed(0)
     vision = CLIPVisionConfig(
         hidden_size=32,
@@ -65,7 +88,7 @@ def tiny_llava() -> LlavaForConditionalGeneration:
         patch_size=8,
     )
     text = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=text_layers, num_attention_heads=2,
         num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
     )  # fmt: skip
     cfg = LlavaConfig(
