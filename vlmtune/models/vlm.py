@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from vlmtune.core.config import ConfigError, RunConfig
 from vlmtune.data.collate import IGNORE_INDEX, IMAGE_PLACEHOLDER
-from vlmtune.data.packing import model_inputs
+from vlmtune.data.packing import PackLayout, model_inputs, mrope_position_ids
 from vlmtune.data.records import record_images
 from vlmtune.models.base import register_pipeline
 from vlmtune.models.families import (
@@ -46,6 +46,8 @@ from vlmtune.models.loading import first_line, load_strict, read_model_type
 
 # Processor outputs aligned with the token sequence (dim 1 = tokens): padded along dim 1.
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "cross_attention_mask")
+# Families whose packed rows get per-sample M-RoPE positions (``data.packing``, see :meth:`FamilyPipeline.pack`).
+MROPE_PACKING = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -313,6 +315,10 @@ class FamilyPipeline(LlavaPipeline):
         """Train: right-padded model inputs + ``labels`` (B, T). Eval: left-padded prompts. Both carry
         ``ids`` (record ids) and every extra input the family's forward/generate needs."""
         examples = [self.encode(r, train) for r in records]
+        if train and self.cfg.data.packing:
+            batch, order = self.pack(examples)
+            batch["ids"] = [records[i]["id"] for i in order]
+            return batch
         batch: dict[str, Any] = stack_inputs(examples, self.pad_id, "right" if train else "left")
         if train:
             width = batch["input_ids"].shape[1]
@@ -321,6 +327,37 @@ class FamilyPipeline(LlavaPipeline):
             )
         batch["ids"] = [r["id"] for r in records]
         return batch
+
+    def pack(self, examples: list[Example]) -> tuple[dict[str, Any], list[int]]:
+        """``data.packing`` for the M-RoPE families: samples share rows (:class:`~vlmtune.data.packing.PackLayout`),
+        ``position_ids`` (4, R, T) = per-sample text positions + each sample's own M-RoPE positions
+        (:func:`~vlmtune.data.packing.mrope_position_ids`); images, grids in the packed order. Returns the
+        batch and the packed order of the samples."""
+        layout = PackLayout.plan([len(e) for e in examples], self.cfg.data.max_length)
+        images = [
+            Example({k: v for k, v in examples[i].tensors.items() if k not in TOKEN_KEYS}, None)
+            for i in layout.order
+        ]
+        batch: dict[str, Any] = stack_inputs(images, self.pad_id, "right")
+        for key in dict.fromkeys(
+            k for e in examples for k in e.tensors if k in TOKEN_KEYS and k != "attention_mask"
+        ):
+            fill = self.pad_id if key == "input_ids" else 0
+            batch[key] = layout.place(
+                [e.tensors.get(key, torch.zeros(1, len(e), dtype=torch.long))[0] for e in examples], fill
+            )
+        batch["attention_mask"] = layout.real().long()
+        batch["labels"] = layout.labels([torch.tensor(e.labels, dtype=torch.long) for e in examples])
+        batch["position_ids"] = mrope_position_ids(layout, [self.rope_index(e) for e in examples])
+        return batch, layout.order
+
+    def rope_index(self, example: Example) -> torch.Tensor:
+        """(3, n) M-RoPE positions of one sample alone, by the model's own ``get_rope_index``."""
+        t = example.tensors
+        types = t.get("mm_token_type_ids", torch.zeros_like(t["input_ids"]))
+        grids = {k: t[k] for k in ("image_grid_thw", "video_grid_thw") if k in t}
+        positions, _ = self.model.model.get_rope_index(t["input_ids"], types, **grids)
+        return positions[:, 0]
 
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 16, num_beams: int = 1) -> list[str]:
         """Batched greedy/beam generation on left-padded prompts with every extra input; stops at the
@@ -361,10 +398,12 @@ def build_llava_style(cfg: RunConfig, folder: str | None = None):
     if model_type == "llava" and not (processor and processor.chat_template):
         return LlavaPipeline(cfg, path)
     for key in ("packing", "cache_vision_features"):
-        if getattr(cfg.data, key):
+        if getattr(cfg.data, key) and not (key == "packing" and model_type in MROPE_PACKING):
+            where = "LLaVA-1.5 checkpoints without a chat template (the vicuna_v1 path)"
+            where += " and the Qwen-VL families" if key == "packing" else " only"
             raise ConfigError(
-                f"config key 'data.{key}' is implemented for LLaVA-1.5 checkpoints without a chat template "
-                f"(the vicuna_v1 path) only, not for this '{model_type}' checkpoint; set data.{key}=false"
+                f"config key 'data.{key}' is implemented for {where}, not for this '{model_type}' checkpoint; "
+                f"set data.{key}=false"
             )
     return FamilyPipeline(cfg, path, processor)
 
