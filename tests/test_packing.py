@@ -22,7 +22,7 @@ from vlmtune.data.packing import (
     segment_ids,
 )
 from vlmtune.data.records import load_records
-from vlmtune.models import build_pipeline
+from vlmtune.models import build_pipeline, packed_attention
 
 TOL = 1e-5
 FAMILIES = ["llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
@@ -110,11 +110,18 @@ def test_pack_batch_layout() -> None:
     assert "attention_mask" not in model_inputs(batch)  # the mask comes from the position ids
 
 
-def test_packed_losses_and_gradients_equal_each_sample_alone(pipe, mixed) -> None:
+def test_packed_losses_and_gradients_equal_each_sample_alone(pipe, mixed, monkeypatch) -> None:
     packed = pipe.collate(mixed, train=True)
     assert packed["input_ids"].shape[0] < len(mixed)  # it packs
     by_id = {r["id"]: r for r in mixed}
+    found, find = (
+        [],
+        packed_attention.packed_segments,
+    )  # the LM's attention runs per sample, not via a dense mask
+    monkeypatch.setattr(packed_attention, "packed_segments", lambda *a: found.append(find(*a)) or found[-1])
     logits = pipe.model(**model_inputs(packed)).logits
+    assert pipe.model.config.text_config._attn_implementation == packed_attention.NAME
+    assert found and all(f is not None and len(f) == packed["input_ids"].shape[0] for f in found)
     params = [p for p in pipe.model.parameters() if p.requires_grad]
     for (row, a, b), rid in zip(spans(packed), packed["ids"], strict=True):
         single = alone(pipe, by_id[rid])
@@ -127,6 +134,27 @@ def test_packed_losses_and_gradients_equal_each_sample_alone(pipe, mixed) -> Non
         assert abs(mine.item() - ref.item()) < TOL
         for g, rg in zip(grads(mine, params, keep=True), grads(ref, params), strict=True):
             assert_grad_close(g, rg)
+
+
+def test_packed_attention_is_the_block_diagonal_masked_one() -> None:
+    """One causal SDPA call per segment == SDPA with the dense block-diagonal causal mask (GQA, values and
+    gradients); a batch without restarts is not treated as packed."""
+    torch.manual_seed(0)
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 0, 1, 2]])
+    q = torch.randn(2, 4, 9, 8, requires_grad=True)
+    k, v = (torch.randn(2, 2, 9, 8, requires_grad=True) for _ in range(2))
+    out, _ = packed_attention.sdpa_packed_attention(None, q, k, v, None, scaling=0.3, position_ids=pos)
+    seg = segment_ids(pos)
+    mask = (seg[:, :, None] == seg[:, None, :]) & torch.ones(9, 9, dtype=torch.bool).tril()
+    ref = F.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), attn_mask=mask[:, None], scale=0.3
+    ).transpose(1, 2)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    w = torch.randn_like(ref)
+    for g, rg in zip(grads((out * w).sum(), [q, k, v]), grads((ref * w).sum(), [q, k, v]), strict=True):
+        torch.testing.assert_close(g, rg, atol=1e-5, rtol=0)
+    assert packed_attention.packed_segments(pos, 9) == [[(0, 3), (3, 5), (5, 9)], [(0, 6), (6, 9)]]
+    assert packed_attention.packed_segments(torch.arange(9).expand(2, 9), 9) is None
 
 
 def test_token_weighted_batch_loss_is_the_unpacked_one(pipe, mixed) -> None:

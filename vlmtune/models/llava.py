@@ -33,6 +33,7 @@ from vlmtune.data.records import record_images
 from vlmtune.generation import generate_text
 from vlmtune.models.families import FAMILIES, model_towers, resolve_default_targets
 from vlmtune.models.loading import first_line, load_strict
+from vlmtune.models.packed_attention import use_packed_attention
 
 TOWERS = FAMILIES["llava"].towers
 
@@ -106,6 +107,8 @@ class LlavaPipeline:
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
         self.truncated_answers = 0  # training sequences whose answer tokens data.max_length cut
         self.feature_cache = None  # frozen-tower feature cache (data.cache_vision_features)
+        if cfg.data.packing:  # one causal SDPA call per packed sample (models/packed_attention.py)
+            use_packed_attention(self.model.config.text_config)
         if cfg.data.cache_vision_features:
             from vlmtune.models.feature_cache import open_feature_cache
 
