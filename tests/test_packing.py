@@ -25,7 +25,16 @@ from vlmtune.data.records import load_records
 from vlmtune.models import build_pipeline, packed_attention
 
 TOL = 1e-5
-FAMILIES = ["llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+# (family, LM attention): "sdpa_packed" = one causal SDPA call per sample, the whole micro-batch in one
+# row (the default with packing); "sdpa" = transformers' dense block-diagonal mask, rows <= data.max_length
+CASES = [
+    ("llava", "sdpa_packed"),
+    ("llava", "sdpa"),
+    ("qwen2_vl", "sdpa_packed"),
+    ("qwen2_vl", "sdpa"),
+    ("qwen2_5_vl", "sdpa_packed"),
+    ("qwen3_vl", "sdpa_packed"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +47,30 @@ def mixed(shapes_cache) -> list[dict]:
     return [r for task in sorted(by_task) for r in by_task[task][:2]]
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def pipe(request, model_dir, tmp_path_factory):
+@pytest.fixture(scope="module")
+def folders(model_dir, tmp_path_factory):
+    built = {"llava": model_dir}
+
+    def get(name: str):
+        if name not in built:
+            built[name] = build_family(name, tmp_path_factory.mktemp(name))
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="module", params=CASES, ids=lambda c: "-".join(c))
+def pipe(request, folders):
     """The shapes LLaVA (vicuna_v1 path) or a tiny Qwen-VL checkpoint, packing on, no dropout."""
-    name = request.param
-    folder = model_dir if name == "llava" else build_family(name, tmp_path_factory.mktemp(name))
+    name, attention = request.param
+    folder = folders(name)
     cfg = load_config(
         "llava-dora",
         [f"model.name_or_path={folder}", "model.dtype=float32", "data.packing=true", "data.max_length=256"],
     )
     p = build_pipeline(cfg)
+    assert p.model.config.text_config._attn_implementation == packed_attention.NAME
+    p.model.config.text_config._attn_implementation = attention
     p.model.requires_grad_(True)
     p.model.eval()  # no dropout: the comparison is exact arithmetic
     return p
@@ -114,14 +137,15 @@ def test_packed_losses_and_gradients_equal_each_sample_alone(pipe, mixed, monkey
     packed = pipe.collate(mixed, train=True)
     assert packed["input_ids"].shape[0] < len(mixed)  # it packs
     by_id = {r["id"]: r for r in mixed}
-    found, find = (
-        [],
-        packed_attention.packed_segments,
-    )  # the LM's attention runs per sample, not via a dense mask
+    found, find = [], packed_attention.packed_segments
     monkeypatch.setattr(packed_attention, "packed_segments", lambda *a: found.append(find(*a)) or found[-1])
     logits = pipe.model(**model_inputs(packed)).logits
-    assert pipe.model.config.text_config._attn_implementation == packed_attention.NAME
-    assert found and all(f is not None and len(f) == packed["input_ids"].shape[0] for f in found)
+    if packed_attention.attends_per_sample(pipe.model.config.text_config):  # one row, attention per sample
+        assert (
+            packed["input_ids"].shape[0] == 1 and found and all(f and len(f[0]) == len(mixed) for f in found)
+        )
+    else:  # rows of <= data.max_length, one dense block-diagonal mask per row
+        assert packed["input_ids"].shape[1] <= pipe.cfg.data.max_length and not found
     params = [p for p in pipe.model.parameters() if p.requires_grad]
     for (row, a, b), rid in zip(spans(packed), packed["ids"], strict=True):
         single = alone(pipe, by_id[rid])

@@ -2,7 +2,10 @@
 
 A micro-batch of ``train.batch_size`` samples is laid into rows of at most ``data.max_length``
 tokens by first-fit decreasing, at the row width that leaves the fewest padded slots, instead of
-one row per sample padded to the longest. Each sample keeps its own ``position_ids`` (0, 1, ..., n-1) and its own labels; the
+one row per sample padded to the longest. When the language model attends per sample
+(``vlmtune.models.packed_attention``: one causal SDPA call per sample, so a row's width costs no
+attention) the whole micro-batch is one row with no padding at all, as transformers'
+``DataCollatorWithFlattening`` lays batches out for flash-attention varlen. Each sample keeps its own ``position_ids`` (0, 1, ..., n-1) and its own labels; the
 first label of every sample is ``IGNORE_INDEX`` (a sample's first token is never a target when it
 runs alone, and in a packed row it would otherwise be predicted from the previous sample).
 
@@ -78,9 +81,10 @@ class PackLayout:
     width: int
 
     @classmethod
-    def plan(cls, lengths: list[int], capacity: int) -> PackLayout:
-        """Rows by :func:`plan_batch` (first-fit decreasing at the best row width)."""
-        rows = plan_batch(lengths, capacity)
+    def plan(cls, lengths: list[int], capacity: int | None) -> PackLayout:
+        """Rows by :func:`plan_batch` (first-fit decreasing at the best row width); ``capacity=None``: one
+        row holding every sample, no padding (when the attention runs per sample, nothing bounds a row)."""
+        rows = [list(range(len(lengths)))] if capacity is None else plan_batch(lengths, capacity)
         n = len(lengths)
         rows_of, starts = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
         used = torch.zeros(len(rows), dtype=torch.long)
@@ -127,9 +131,9 @@ class PackLayout:
 
 
 def pack_batch(
-    encoded: list[Encoded], pad_id: int, capacity: int
+    encoded: list[Encoded], pad_id: int, capacity: int | None
 ) -> tuple[dict[str, torch.Tensor], list[int]]:
-    """Pack ``encoded`` into rows of at most ``capacity`` tokens.
+    """Pack ``encoded`` into rows of at most ``capacity`` tokens (None: one row, see :meth:`PackLayout.plan`).
 
     Returns the batch ``input_ids``/``labels``/``attention_mask``/``position_ids`` (R, T), T the
     longest row, and ``order``: the sample indices in the order they appear (row-major), which is

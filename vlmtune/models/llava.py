@@ -33,7 +33,7 @@ from vlmtune.data.records import record_images
 from vlmtune.generation import generate_text
 from vlmtune.models.families import FAMILIES, model_towers, resolve_default_targets
 from vlmtune.models.loading import first_line, load_strict
-from vlmtune.models.packed_attention import use_packed_attention
+from vlmtune.models.packed_attention import attends_per_sample, use_packed_attention
 
 TOWERS = FAMILIES["llava"].towers
 
@@ -180,7 +180,7 @@ class LlavaPipeline:
         Eval: left-padded prompts, no labels. Both carry ``ids`` (record ids, for error messages)."""
         encoded = [self.encode(r, train) for r in records]
         if train and self.cfg.data.packing:  # samples share rows; images follow the packed order
-            batch, order = pack_batch(encoded, self.pad_id, self.cfg.data.max_length)
+            batch, order = pack_batch(encoded, self.pad_id, self.row_capacity())
             records = [records[i] for i in order]
         else:
             batch = pad_batch(encoded, self.pad_id, side="right" if train else "left", with_labels=train)
@@ -192,6 +192,11 @@ class LlavaPipeline:
                 batch["pixel_values"] = pixels
         batch["ids"] = [r["id"] for r in records]
         return batch
+
+    def row_capacity(self) -> int | None:
+        """Packed row width: ``data.max_length``, or None (the whole micro-batch in one row) when the LM
+        attends per sample (vlmtune.models.packed_attention), where a wide row costs no attention."""
+        return None if attends_per_sample(self.model.config.text_config) else self.cfg.data.max_length
 
     # ------------------------------------------------------------------ model
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:

@@ -89,6 +89,11 @@ def register() -> str:
     return NAME
 
 
+def attends_per_sample(text_config) -> bool:
+    """Whether the language model of ``text_config`` runs :func:`sdpa_packed_attention`."""
+    return getattr(text_config, "_attn_implementation", None) == NAME
+
+
 def use_packed_attention(text_config) -> bool:
     """Switch a language model's config from ``sdpa`` to :data:`NAME` (the LM's attention layers read it
     at every forward). Other implementations (eager, flash-attention varlen) are kept. Returns whether

@@ -336,7 +336,7 @@ class FamilyPipeline(LlavaPipeline):
         ``position_ids`` (4, R, T) = per-sample text positions + each sample's own M-RoPE positions
         (:func:`~vlmtune.data.packing.mrope_position_ids`); images, grids in the packed order. Returns the
         batch and the packed order of the samples."""
-        layout = PackLayout.plan([len(e) for e in examples], self.cfg.data.max_length)
+        layout = PackLayout.plan([len(e) for e in examples], self.row_capacity())
         images = [
             Example({k: v for k, v in examples[i].tensors.items() if k not in TOKEN_KEYS}, None)
             for i in layout.order
