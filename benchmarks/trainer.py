@@ -10,7 +10,8 @@ size, AdamW (lr 2e-4, betas 0.9/0.999, eps 1e-8, no weight decay), cosine schedu
 and DoRA/LoRA r=128, alpha=256, dropout 0.05 on q,k,v,o,gate,up,down of the LM (projector and
 vision tower frozen):
 
-* ``vlmtune-packed``  vlmtune ``Trainer.fit`` with ``data.packing=true`` (rows of <= max_length)
+* ``vlmtune-packed``  vlmtune ``Trainer.fit`` with ``data.packing=true`` (SDPA: one row per micro-batch,
+                      one causal attention call per sample; vlmtune.models.packed_attention)
 * ``vlmtune``         the same with ``data.packing=false`` (right-padded to the longest in a batch)
 * ``hf-peft``         ``transformers.Trainer`` on a ``peft.get_peft_model`` model; the batches are
                       vlmtune's padded collation (same tokens, labels, pixel values)
