@@ -255,3 +255,13 @@ def test_loss_on_supervised_positions_equals_the_full_logits_loss(pipe, mixed) -
     assert abs(mine.item() - ref.item()) < TOL
     for g, rg in zip(grads(mine, params), grads(ref, params), strict=True):
         assert_grad_close(g, rg)
+
+
+def test_sample_length_is_the_encoded_length(pipe, mixed) -> None:
+    """``data.group_by_length`` sorts by the processed length (Qwen: after its image-grid expansion),
+    negative for text-only records."""
+    from vlmtune.data.records import record_images
+
+    for r in mixed:
+        n = pipe.sample_length(r)
+        assert abs(n) == len(pipe.encode(r)) and (n > 0) == bool(record_images(r))

@@ -235,16 +235,24 @@ class FamilyPipeline(LlavaPipeline):
         return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
 
     def encode(self, record: dict, train: bool = True) -> Example:
+        return self._truncate(record, self._example(record, train), train)
+
+    def _example(self, record: dict, train: bool) -> Example:
+        """``record`` processed (images expanded, labels), before truncation."""
         images = [load_image(p) for p in record_images(record)]
         if self.family.model_type == "paligemma":
-            example = self._encode_prefix_suffix(record, images, train)
-        else:
-            segments = self.segments(record, train)
-            text = "".join(t for t, _ in segments)
-            tensors = self._process(text, images)
-            labels = self._labels(segments, tensors["input_ids"][0].tolist(), images) if train else None
-            example = Example(tensors, labels)
-        return self._truncate(record, example, train)
+            return self._encode_prefix_suffix(record, images, train)
+        segments = self.segments(record, train)
+        text = "".join(t for t, _ in segments)
+        tensors = self._process(text, images)
+        labels = self._labels(segments, tensors["input_ids"][0].tolist(), images) if train else None
+        return Example(tensors, labels)
+
+    def sample_length(self, record: dict) -> int:
+        """Tokens of the training sample (the processor's image expansion, truncated), negative when text-only:
+        the signed lengths of ``data.group_by_length`` (truncation is counted when the batch is collated)."""
+        n = len(self._truncate(record, self._example(record, True), train=False))
+        return n if record_images(record) else -n
 
     def _encode_prefix_suffix(self, record: dict, images: list, train: bool) -> Example:
         """PaliGemma: prefix = the user turns (placeholders dropped: the processor puts the image tokens and
