@@ -2,7 +2,10 @@
 
 A micro-batch of ``train.batch_size`` samples is laid into rows of at most ``data.max_length``
 tokens by first-fit decreasing, at the row width that leaves the fewest padded slots, instead of
-one row per sample padded to the longest. Each sample keeps its own ``position_ids`` (0, 1, ..., n-1) and its own labels; the
+one row per sample padded to the longest. When the language model attends per sample
+(``vlmtune.models.packed_attention``: one causal SDPA call per sample, so a row's width costs no
+attention) the whole micro-batch is one row with no padding at all, as transformers'
+``DataCollatorWithFlattening`` lays batches out for flash-attention varlen. Each sample keeps its own ``position_ids`` (0, 1, ..., n-1) and its own labels; the
 first label of every sample is ``IGNORE_INDEX`` (a sample's first token is never a target when it
 runs alone, and in a packed row it would otherwise be predicted from the previous sample).
 
@@ -15,11 +18,15 @@ packed row is mathematically its samples run alone (tests/test_packing.py). The 
 ``attention_mask`` stays in the batch (1 = real token) for token counting, but is not passed on.
 
 Padding at a row's end forms its own segment (positions 0, 1, ...) with labels ``IGNORE_INDEX``.
-Supported: LLaVA (1-D RoPE). Qwen families (M-RoPE, 3 x position ids) are not supported yet.
+Supported: LLaVA (1-D RoPE, ``position_ids`` (R, T)) and the Qwen-VL families (M-RoPE): their
+``position_ids`` are (4, R, T), row 0 the per-sample text positions from which transformers' Qwen-VL
+text model builds the same block-diagonal mask, rows 1-3 each sample's own (temporal, height, width)
+positions from the model's ``get_rope_index`` on the sample alone (:func:`mrope_position_ids`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -57,34 +64,103 @@ def plan_batch(lengths: list[int], capacity: int, step: int = 64) -> list[list[i
     return best[1]
 
 
+@dataclass
+class PackLayout:
+    """Where every sample of a micro-batch lies in the packed ``(R, T)`` rows.
+
+    ``order``: sample indices in row-major order (the order their images must follow);
+    ``rows_of[i]``, ``starts[i]``: row and first column of sample ``i``; ``lengths[i]``: its tokens;
+    ``used[r]``: the real tokens of row ``r``; ``width`` = ``T`` (the fullest row).
+    """
+
+    order: list[int]
+    rows_of: torch.Tensor
+    starts: torch.Tensor
+    lengths: torch.Tensor
+    used: torch.Tensor
+    width: int
+
+    @classmethod
+    def plan(cls, lengths: list[int], capacity: int | None) -> PackLayout:
+        """Rows by :func:`plan_batch` (first-fit decreasing at the best row width); ``capacity=None``: one
+        row holding every sample, no padding (when the attention runs per sample, nothing bounds a row)."""
+        rows = [list(range(len(lengths)))] if capacity is None else plan_batch(lengths, capacity)
+        n = len(lengths)
+        rows_of, starts = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+        used = torch.zeros(len(rows), dtype=torch.long)
+        for r, row in enumerate(rows):
+            for i in row:
+                rows_of[i], starts[i] = r, used[r]
+                used[r] += lengths[i]
+        order = [i for row in rows for i in row]
+        return cls(order, rows_of, starts, torch.tensor(lengths, dtype=torch.long), used, int(used.max()))
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.used)
+
+    def _flat_columns(self) -> torch.Tensor:
+        """Flat index ``row * T + column`` of every token, samples in input order (sum of lengths,)."""
+        offsets = self.rows_of * self.width + self.starts
+        first = torch.cumsum(self.lengths, 0) - self.lengths
+        within = torch.arange(int(self.lengths.sum())) - first.repeat_interleave(self.lengths)
+        return offsets.repeat_interleave(self.lengths) + within
+
+    def place(self, values: list[torch.Tensor], fill: int) -> torch.Tensor:
+        """Samples' token-aligned tensors ``(..., n_i)`` (input order) -> ``(..., R, T)``, ``fill`` elsewhere."""
+        flat = torch.cat(values, dim=-1)
+        lead = flat.shape[:-1]
+        out = torch.full((*lead, self.num_rows * self.width), fill, dtype=flat.dtype)
+        out[..., self._flat_columns()] = flat
+        return out.view(*lead, self.num_rows, self.width)
+
+    def real(self) -> torch.Tensor:
+        """(R, T) bool: the columns that hold a sample's token (not row-end padding)."""
+        return torch.arange(self.width) < self.used[:, None]
+
+    def positions(self) -> torch.Tensor:
+        """(R, T) per-sample positions 0..n_i-1; row-end padding counts on from 0 as its own segment."""
+        within = self.place([torch.arange(int(n)) for n in self.lengths], 0)
+        padding = torch.arange(self.width) - self.used[:, None]
+        return torch.where(self.real(), within, padding)
+
+    def labels(self, labels: list[torch.Tensor]) -> torch.Tensor:
+        """(R, T) labels; every sample's first label is ``IGNORE_INDEX`` (not predicted from the previous one)."""
+        first_ignored = [torch.cat([torch.tensor([IGNORE_INDEX]), x[1:]]) for x in labels]
+        return self.place(first_ignored, IGNORE_INDEX)
+
+
 def pack_batch(
-    encoded: list[Encoded], pad_id: int, capacity: int
+    encoded: list[Encoded], pad_id: int, capacity: int | None
 ) -> tuple[dict[str, torch.Tensor], list[int]]:
-    """Pack ``encoded`` into rows of at most ``capacity`` tokens.
+    """Pack ``encoded`` into rows of at most ``capacity`` tokens (None: one row, see :meth:`PackLayout.plan`).
 
     Returns the batch ``input_ids``/``labels``/``attention_mask``/``position_ids`` (R, T), T the
     longest row, and ``order``: the sample indices in the order they appear (row-major), which is
     the order their images must follow in ``pixel_values``.
     """
-    rows = plan_batch([len(e) for e in encoded], capacity)
-    width = max(sum(len(encoded[i]) for i in row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    positions = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, row in enumerate(rows):
-        col = 0
-        for i in row:
-            n = len(encoded[i])
-            ids[r, col : col + n] = torch.tensor(encoded[i].input_ids, dtype=torch.long)
-            labels[r, col : col + n] = torch.tensor(encoded[i].labels, dtype=torch.long)
-            labels[r, col] = IGNORE_INDEX
-            mask[r, col : col + n] = 1
-            positions[r, col : col + n] = torch.arange(n)
-            col += n
-        positions[r, col:] = torch.arange(width - col)  # padding: a segment of its own
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": positions}
-    return batch, [i for row in rows for i in row]
+    layout = PackLayout.plan([len(e) for e in encoded], capacity)
+    batch = {
+        "input_ids": layout.place([torch.tensor(e.input_ids, dtype=torch.long) for e in encoded], pad_id),
+        "attention_mask": layout.real().long(),
+        "labels": layout.labels([torch.tensor(e.labels, dtype=torch.long) for e in encoded]),
+        "position_ids": layout.positions(),
+    }
+    return batch, layout.order
+
+
+def mrope_position_ids(layout: PackLayout, per_sample: list[torch.Tensor]) -> torch.Tensor:
+    """Packed M-RoPE positions ``(4, R, T)`` from each sample's own ``(3, n_i)`` (temporal, height, width)
+    positions, as the model computes them for the sample alone (``get_rope_index``).
+
+    Row 0 holds the per-sample text positions (0..n_i-1, restarting per sample): transformers' Qwen-VL
+    text models take a 4-row ``position_ids`` as ``[text; t; h; w]`` and build the block-diagonal mask
+    from row 0; rows 1-3 rotate the queries and keys. Row-end padding: its text positions in all rows.
+    """
+    text = layout.positions()
+    rope = layout.place(per_sample, 0)
+    rope = torch.where(layout.real(), rope, text)
+    return torch.cat([text[None], rope])
 
 
 def is_packed(batch: dict[str, Any]) -> bool:
@@ -103,7 +179,10 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 def segment_ids(position_ids: torch.Tensor) -> torch.Tensor:
-    """(R, T) index of the segment (sample or padding run) of every token: restarts at position 0."""
+    """(R, T) index of the segment (sample or padding run) of every token: restarts at position 0
+    (a 4-row M-RoPE ``(4, R, T)`` uses its text row)."""
+    if position_ids.dim() == 3:
+        position_ids = position_ids[0]
     return (position_ids == 0).long().cumsum(-1) - 1
 
 

@@ -33,6 +33,7 @@ from vlmtune.data.records import record_images
 from vlmtune.generation import generate_text
 from vlmtune.models.families import FAMILIES, model_towers, resolve_default_targets
 from vlmtune.models.loading import first_line, load_strict
+from vlmtune.models.packed_attention import attends_per_sample, use_packed_attention
 
 TOWERS = FAMILIES["llava"].towers
 
@@ -106,6 +107,8 @@ class LlavaPipeline:
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
         self.truncated_answers = 0  # training sequences whose answer tokens data.max_length cut
         self.feature_cache = None  # frozen-tower feature cache (data.cache_vision_features)
+        if cfg.data.packing:  # one causal SDPA call per packed sample (models/packed_attention.py)
+            use_packed_attention(self.model.config.text_config)
         if cfg.data.cache_vision_features:
             from vlmtune.models.feature_cache import open_feature_cache
 
@@ -177,7 +180,7 @@ class LlavaPipeline:
         Eval: left-padded prompts, no labels. Both carry ``ids`` (record ids, for error messages)."""
         encoded = [self.encode(r, train) for r in records]
         if train and self.cfg.data.packing:  # samples share rows; images follow the packed order
-            batch, order = pack_batch(encoded, self.pad_id, self.cfg.data.max_length)
+            batch, order = pack_batch(encoded, self.pad_id, self.row_capacity())
             records = [records[i] for i in order]
         else:
             batch = pad_batch(encoded, self.pad_id, side="right" if train else "left", with_labels=train)
@@ -189,6 +192,11 @@ class LlavaPipeline:
                 batch["pixel_values"] = pixels
         batch["ids"] = [r["id"] for r in records]
         return batch
+
+    def row_capacity(self) -> int | None:
+        """Packed row width: ``data.max_length``, or None (the whole micro-batch in one row) when the LM
+        attends per sample (vlmtune.models.packed_attention), where a wide row costs no attention."""
+        return None if attends_per_sample(self.model.config.text_config) else self.cfg.data.max_length
 
     # ------------------------------------------------------------------ model
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from vlmtune.core.config import ConfigError, RunConfig
 from vlmtune.core.errors import DataError
 from vlmtune.data.collate import IGNORE_INDEX, IMAGE_PLACEHOLDER
-from vlmtune.data.packing import model_inputs
+from vlmtune.data.packing import PackLayout, model_inputs, mrope_position_ids
 from vlmtune.data.records import record_images
 from vlmtune.models.base import PIPELINES, register_pipeline
 from vlmtune.models.families import (
@@ -46,9 +46,12 @@ from vlmtune.models.families import (
 )
 from vlmtune.models.llava import LlavaPipeline, load_image, resolve_dtype
 from vlmtune.models.loading import first_line, load_strict, read_model_type
+from vlmtune.models.packed_attention import use_packed_attention
 
 # Processor outputs aligned with the token sequence (dim 1 = tokens): padded along dim 1.
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "cross_attention_mask")
+# Families whose packed rows get per-sample M-RoPE positions (``data.packing``, see :meth:`FamilyPipeline.pack`).
+MROPE_PACKING = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -201,6 +204,8 @@ class FamilyPipeline(LlavaPipeline):
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
         self.truncated_answers = 0
         self.feature_cache = None
+        if cfg.data.packing:
+            use_packed_attention(self.model.config.text_config)
         if self.family.model_type != "paligemma" and not self.processor.chat_template:
             raise ConfigError(
                 f"model.name_or_path='{cfg.model.name_or_path}' ({self.family.model_type}) has no chat template; "
@@ -233,16 +238,24 @@ class FamilyPipeline(LlavaPipeline):
         return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
 
     def encode(self, record: dict, train: bool = True) -> Example:
+        return self._truncate(record, self._example(record, train), train)
+
+    def _example(self, record: dict, train: bool) -> Example:
+        """``record`` processed (images expanded, labels), before truncation."""
         images = [load_image(p) for p in record_images(record)]
         if self.family.model_type == "paligemma":
-            example = self._encode_prefix_suffix(record, images, train)
-        else:
-            segments = self.segments(record, train)
-            text = "".join(t for t, _ in segments)
-            tensors = self._process(text, images)
-            labels = self._labels(segments, tensors["input_ids"][0].tolist(), images) if train else None
-            example = Example(tensors, labels)
-        return self._truncate(record, example, train)
+            return self._encode_prefix_suffix(record, images, train)
+        segments = self.segments(record, train)
+        text = "".join(t for t, _ in segments)
+        tensors = self._process(text, images)
+        labels = self._labels(segments, tensors["input_ids"][0].tolist(), images) if train else None
+        return Example(tensors, labels)
+
+    def sample_length(self, record: dict) -> int:
+        """Tokens of the training sample (the processor's image expansion, truncated), negative when text-only:
+        the signed lengths of ``data.group_by_length`` (truncation is counted when the batch is collated)."""
+        n = len(self._truncate(record, self._example(record, True), train=False))
+        return n if record_images(record) else -n
 
     def _encode_prefix_suffix(self, record: dict, images: list, train: bool) -> Example:
         """PaliGemma: prefix = the user turns (placeholders dropped: the processor puts the image tokens and
@@ -322,6 +335,10 @@ class FamilyPipeline(LlavaPipeline):
         """Train: right-padded model inputs + ``labels`` (B, T). Eval: left-padded prompts. Both carry
         ``ids`` (record ids) and every extra input the family's forward/generate needs."""
         examples = [self.encode(r, train) for r in records]
+        if train and self.cfg.data.packing:
+            batch, order = self.pack(examples)
+            batch["ids"] = [records[i]["id"] for i in order]
+            return batch
         batch: dict[str, Any] = stack_inputs(examples, self.pad_id, "right" if train else "left")
         if train:
             width = batch["input_ids"].shape[1]
@@ -330,6 +347,37 @@ class FamilyPipeline(LlavaPipeline):
             )
         batch["ids"] = [r["id"] for r in records]
         return batch
+
+    def pack(self, examples: list[Example]) -> tuple[dict[str, Any], list[int]]:
+        """``data.packing`` for the M-RoPE families: samples share rows (:class:`~vlmtune.data.packing.PackLayout`),
+        ``position_ids`` (4, R, T) = per-sample text positions + each sample's own M-RoPE positions
+        (:func:`~vlmtune.data.packing.mrope_position_ids`); images, grids in the packed order. Returns the
+        batch and the packed order of the samples."""
+        layout = PackLayout.plan([len(e) for e in examples], self.row_capacity())
+        images = [
+            Example({k: v for k, v in examples[i].tensors.items() if k not in TOKEN_KEYS}, None)
+            for i in layout.order
+        ]
+        batch: dict[str, Any] = stack_inputs(images, self.pad_id, "right")
+        for key in dict.fromkeys(
+            k for e in examples for k in e.tensors if k in TOKEN_KEYS and k != "attention_mask"
+        ):
+            fill = self.pad_id if key == "input_ids" else 0
+            batch[key] = layout.place(
+                [e.tensors.get(key, torch.zeros(1, len(e), dtype=torch.long))[0] for e in examples], fill
+            )
+        batch["attention_mask"] = layout.real().long()
+        batch["labels"] = layout.labels([torch.tensor(e.labels, dtype=torch.long) for e in examples])
+        batch["position_ids"] = mrope_position_ids(layout, [self.rope_index(e) for e in examples])
+        return batch, layout.order
+
+    def rope_index(self, example: Example) -> torch.Tensor:
+        """(3, n) M-RoPE positions of one sample alone, by the model's own ``get_rope_index``."""
+        t = example.tensors
+        types = t.get("mm_token_type_ids", torch.zeros_like(t["input_ids"]))
+        grids = {k: t[k] for k in ("image_grid_thw", "video_grid_thw") if k in t}
+        positions, _ = self.model.model.get_rope_index(t["input_ids"], types, **grids)
+        return positions[:, 0]
 
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 16, num_beams: int = 1) -> list[str]:
         """Batched greedy/beam generation on left-padded prompts with every extra input; stops at the
@@ -372,10 +420,12 @@ def build_llava_style(cfg: RunConfig, folder: str | None = None):
     if model_type == "llava" and not (processor and processor.chat_template):
         return LlavaPipeline(cfg, path)
     for key in ("packing", "cache_vision_features"):
-        if getattr(cfg.data, key):
+        if getattr(cfg.data, key) and not (key == "packing" and model_type in MROPE_PACKING):
+            where = "LLaVA-1.5 checkpoints without a chat template (the vicuna_v1 path)"
+            where += " and the Qwen-VL families" if key == "packing" else " only"
             raise ConfigError(
-                f"config key 'data.{key}' is implemented for LLaVA-1.5 checkpoints without a chat template "
-                f"(the vicuna_v1 path) only, not for this '{model_type}' checkpoint; set data.{key}=false"
+                f"config key 'data.{key}' is implemented for {where}, not for this '{model_type}' checkpoint; "
+                f"set data.{key}=false"
             )
     return FamilyPipeline(cfg, path, processor)
 
