@@ -62,7 +62,7 @@ def write_random_blip2(out: Path, seed: int = 0) -> Path:
                          pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                          eos_token_id=tok.eos_token_id)  # fmt: skip
     cfg = T.Blip2Config(
-        vision_config=dict(small, image_size=IMAGE, patch_size=PATCH),
+        vision_config=dict(small, image_size=IMAGE, patch_size=PATCH, initializer_range=0.02),
         qformer_config=dict(small, encoder_hidden_size=64, cross_attention_frequency=1, vocab_size=32),
         text_config=text.to_dict(),
         num_query_tokens=QUERIES,
@@ -113,7 +113,7 @@ def locate_config(model_dir: Path, steps: int, seed: int = 0):
 
 
 def build_shapes_tiny_blip2_pin(
-    out_dir: str | Path, steps: int = 3000, seed: int = 0, quiet: bool = True
+    out_dir: str | Path, steps: int = 1000, seed: int = 0, quiet: bool = True
 ) -> Path:
     """Write ``shapes-tiny-blip2-pin`` to ``out_dir`` (module docstring)."""
     from vlmtune.data.records import load_records
