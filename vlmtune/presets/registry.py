@@ -66,7 +66,7 @@ PRESETS: dict[str, dict[str, Preset]] = {
             ("models", "shapes-tiny-blip2-pin-v2"),
             "config.json",
             "",
-            15,
+            3,
         ),
     },
     "vlbart": {"shapes-tiny": _VLBART, "vlbart-shapes-tiny": _VLBART},
