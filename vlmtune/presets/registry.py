@@ -63,10 +63,10 @@ PRESETS: dict[str, dict[str, Preset]] = {
     "blip2": {
         "shapes-tiny-blip2-pin": Preset(
             "vlmtune.presets.shapes_tiny_blip2_pin:build_shapes_tiny_blip2_pin",
-            ("models", "shapes-tiny-blip2-pin-v1"),
+            ("models", "shapes-tiny-blip2-pin-v2"),
             "config.json",
             "",
-            15,
+            3,
         ),
     },
     "vlbart": {"shapes-tiny": _VLBART, "vlbart-shapes-tiny": _VLBART},
