@@ -46,3 +46,14 @@ def test_report_counts_per_tower() -> None:
     assert rows["total"].trainable == rows["language"].trainable + rows["vision"].trainable + projector
     assert abs(rows["total"].percent - 100 * rows["total"].trainable / base_total) < 1e-9
     assert isinstance(model.model.vision_tower, nn.Module)
+
+
+def test_report_shows_no_share_for_a_tower_without_base_parameters() -> None:
+    """A tower made only of inserted modules (the Q-Former PIN seam) has 0 base parameters: '-' not a huge %."""
+    from vlmtune.adapters.report import ParamCount, format_report
+
+    lines = format_report(
+        [ParamCount("qformer", 58_560, 0, 58_560), ParamCount("total", 58_560, 700_096, 58_560)]
+    )
+    assert lines.splitlines()[1].split() == ["qformer", "58,560", "0", "-"]
+    assert lines.splitlines()[2].split() == ["total", "58,560", "700,096", "8.3646%"]

@@ -63,7 +63,8 @@ def param_report(model: nn.Module, towers: dict[str, list[str]]) -> list[ParamCo
 def format_report(rows: list[ParamCount]) -> str:
     lines = [f"{'tower':<10} {'trainable':>14} {'base params':>14} {'% of base':>10}"]
     for r in rows:
-        lines.append(f"{r.name:<10} {r.trainable:>14,} {r.total:>14,} {r.percent:>9.4f}%")
+        share = f"{r.percent:>9.4f}%" if r.total else f"{'-':>10}"  # a tower of new modules only (a seam)
+        lines.append(f"{r.name:<10} {r.trainable:>14,} {r.total:>14,} {share}")
     return "\n".join(lines)
 
 
