@@ -95,6 +95,22 @@ def atomic_dir(final: Path, build: Callable[[Path], object], complete: str | Non
     return final
 
 
+def replace_dir(final: Path, build: Callable[[Path], object]) -> Path:
+    """``final`` replaced whole or not at all: ``build(tmp)`` fills a temporary sibling folder
+    (``.{final.name}.*``) that then takes ``final``'s place; an older ``final`` is removed only then, so an
+    error (a full disk) leaves it as it was."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        build(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        fsync_dir(final.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def read_text(path: str | Path, error: type[Exception] | None = None) -> str:
     """A user's file as UTF-8 text (a leading BOM tolerated). Other bytes are one line naming the file and
     the offset, raised as ``error`` (default :class:`~vlmtune.core.errors.DataError`), never a traceback."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from torch import nn
 from vlmtune.adapters.peft_io import EXTRAS_NAME, PEFT_PREFIX, WEIGHTS_NAME, save_adapter
 from vlmtune.core.adapter_spec import AdapterSpec
 from vlmtune.core.errors import ConfigError
-from vlmtune.core.io import atomic_torch_save, atomic_write_text, fsync_dir, read_safetensors
+from vlmtune.core.io import atomic_torch_save, atomic_write_text, read_safetensors, replace_dir
 
 STATE_NAME = "trainer_state.pt"
 DONE_NAME = "done"
@@ -131,18 +130,17 @@ def save_checkpoint(
     final = root / f"step-{step:06d}"
     for stale in root.glob(".step-*"):  # torn saves of a killed process (one writer per run folder)
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     previous = checkpoint_dirs(run_dir)
-    try:
+
+    def build(tmp: Path) -> None:
         save_adapter(model, tmp / ADAPTER_DIR, specs, base_name_or_path)
         atomic_torch_save({**trainer_state, "rng": rng_state()}, tmp / STATE_NAME)
         for name, folder in (move_in or {}).items():
             Path(folder).rename(tmp / name)
         atomic_write_text(f"{step}\n", tmp / DONE_NAME)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        fsync_dir(root)
+
+    try:
+        replace_dir(final, build)
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
@@ -150,8 +148,6 @@ def save_checkpoint(
             f"the previous checkpoint {previous[-1].name} is kept" if previous else "no checkpoint was kept"
         )
         raise disk_full(root, 3 * trainable_bytes(model), kept) from None  # adapter + Adam's two moments
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     for old in checkpoint_dirs(run_dir)[: -max(keep_last, 1)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -168,13 +164,8 @@ def save_final_adapter(
     adapter there is replaced only then). Returns the adapter folder."""
     run_dir = Path(run_dir)
     final = run_dir / ADAPTER_DIR
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=run_dir))
     try:
-        save_adapter(model, tmp, specs, base_name_or_path, base_info)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        fsync_dir(run_dir)
+        replace_dir(final, lambda tmp: save_adapter(model, tmp, specs, base_name_or_path, base_info))
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
@@ -184,8 +175,6 @@ def save_final_adapter(
             else "nothing saved"
         )
         raise disk_full(run_dir, trainable_bytes(model), kept) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
