@@ -36,11 +36,6 @@ FAMILY_NAMES = [
 
 
 @pytest.fixture(scope="module")
-def folders(family_folder):
-    return family_folder
-
-
-@pytest.fixture(scope="module")
 def records(two_images) -> list[dict]:
     """A single-turn VQA record and a two-turn conversation, on images of two sizes."""
     first, second = two_images
@@ -82,8 +77,8 @@ def under(name: str, prefixes: list[str]) -> bool:
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
-def test_per_tower_adapters_train_and_every_adapter_gets_a_gradient(name, folders, records):
-    cfg, pipe = pipeline(folders(name), *PER_TOWER, "adapters.language.dropout=0")
+def test_per_tower_adapters_train_and_every_adapter_gets_a_gradient(name, family_folder, records):
+    cfg, pipe = pipeline(family_folder(name), *PER_TOWER, "adapters.language.dropout=0")
     assert isinstance(pipe, FamilyPipeline)
     batch = pipe.collate(records, train=True)
     assert (batch["labels"] != -100).sum() > 0
@@ -111,9 +106,9 @@ def test_per_tower_adapters_train_and_every_adapter_gets_a_gradient(name, folder
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
-def test_language_tower_alone_adapts_nothing_else(name, folders):
+def test_language_tower_alone_adapts_nothing_else(name, family_folder):
     cfg, pipe = pipeline(
-        folders(name), "adapters.language.targets=[default]", "adapters.projector.method=frozen"
+        family_folder(name), "adapters.language.targets=[default]", "adapters.projector.method=frozen"
     )
     language = pipe.towers["language"]
     trainable = [n for n, p in pipe.model.named_parameters() if p.requires_grad]
@@ -123,8 +118,8 @@ def test_language_tower_alone_adapts_nothing_else(name, folders):
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
-def test_batched_left_padded_generation_equals_one_at_a_time(name, folders, records):
-    cfg, pipe = pipeline(folders(name), *PER_TOWER)
+def test_batched_left_padded_generation_equals_one_at_a_time(name, family_folder, records):
+    cfg, pipe = pipeline(family_folder(name), *PER_TOWER)
     batch = pipe.collate(records, train=False)
     assert (batch["attention_mask"][:, -1] == 1).all(), "prompts must be left-padded"
     together = pipe.generate(batch, max_new_tokens=6)
@@ -151,11 +146,11 @@ def _logits(model, batch) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_merge_writes_the_source_class_with_its_processor_and_the_same_logits(
-    name, folders, records, tmp_path
+    name, family_folder, records, tmp_path
 ):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    cfg, pipe = pipeline(folders(name), *PER_TOWER)
+    cfg, pipe = pipeline(family_folder(name), *PER_TOWER)
     _perturb(pipe.model)
     pipe.model.eval()
     batch = pipe.collate(records, train=True)
@@ -163,7 +158,7 @@ def test_merge_writes_the_source_class_with_its_processor_and_the_same_logits(
     out = pipe.save_merged(tmp_path / "merged")
     merged = AutoModelForImageTextToText.from_pretrained(out).eval()
     processor = AutoProcessor.from_pretrained(out)
-    source = json.loads((folders(name) / "config.json").read_text())
+    source = json.loads((family_folder(name) / "config.json").read_text())
     assert merged.config.model_type == source["model_type"]
     assert type(merged).__name__ == source["architectures"][0]
     assert type(processor).__name__ == type(pipe.processor).__name__
@@ -175,14 +170,14 @@ def test_merge_writes_the_source_class_with_its_processor_and_the_same_logits(
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 @pytest.mark.parametrize("method", ["lora", "dora"])
-def test_adapter_folder_loads_in_peft_with_the_same_logits(name, method, folders, records, tmp_path):
+def test_adapter_folder_loads_in_peft_with_the_same_logits(name, method, family_folder, records, tmp_path):
     import peft
     from transformers import AutoModelForImageTextToText
 
     from vlmtune.adapters.peft_io import save_adapter
 
     cfg, pipe = pipeline(
-        folders(name),
+        family_folder(name),
         f"adapters.language.method={method}",
         "adapters.language.targets=[default]",
         "adapters.language.r=4",
@@ -193,8 +188,8 @@ def test_adapter_folder_loads_in_peft_with_the_same_logits(name, method, folders
     pipe.model.eval()
     batch = pipe.collate(records, train=True)
     expected = _logits(pipe.model, batch)
-    save_adapter(pipe.model, tmp_path / "adapter", cfg.adapters.specs(), str(folders(name)))
-    base = AutoModelForImageTextToText.from_pretrained(folders(name))
+    save_adapter(pipe.model, tmp_path / "adapter", cfg.adapters.specs(), str(family_folder(name)))
+    base = AutoModelForImageTextToText.from_pretrained(family_folder(name))
     loaded = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
     # relative to the largest logit (|logits| reach ~10 here: absolute fp32 rounding is ~1e-6 per unit)
     diff = (_logits(loaded, batch) - expected).abs().max() / expected.abs().max()
@@ -209,14 +204,14 @@ def _edit_config(folder: Path, dst: Path, **changes) -> Path:
     return dst
 
 
-def mismatched_folders(folders, root: Path) -> dict[str, tuple[Path, str]]:
+def mismatched_folders(family_folder, root: Path) -> dict[str, tuple[Path, str]]:
     """Checkpoints that must not load, and the words their one-line error must contain."""
-    next_as_llava = _edit_config(folders("llava_next"), root / "next-as-llava", model_type="llava",
+    next_as_llava = _edit_config(family_folder("llava_next"), root / "next-as-llava", model_type="llava",
                                  architectures=["LlavaForConditionalGeneration"])  # fmt: skip
-    llava = json.loads((folders("llava") / "config.json").read_text())
+    llava = json.loads((family_folder("llava") / "config.json").read_text())
     llava["text_config"]["intermediate_size"] = 96  # the weights were saved with 64
-    resized = _edit_config(folders("llava"), root / "resized", text_config=llava["text_config"])
-    fuyu = _edit_config(folders("llava"), root / "fuyu", model_type="fuyu")
+    resized = _edit_config(family_folder("llava"), root / "resized", text_config=llava["text_config"])
+    fuyu = _edit_config(family_folder("llava"), root / "fuyu", model_type="fuyu")
     text_only = root / "llama"
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -231,8 +226,8 @@ def mismatched_folders(folders, root: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
-def test_unsupported_or_mismatched_checkpoints_stop_with_one_line(folders, tmp_path):
-    for case, (folder, words) in mismatched_folders(folders, tmp_path).items():
+def test_unsupported_or_mismatched_checkpoints_stop_with_one_line(family_folder, tmp_path):
+    for case, (folder, words) in mismatched_folders(family_folder, tmp_path).items():
         with pytest.raises(ConfigError) as err:
             build_pipeline(load_config("llava-dora", [f"model.name_or_path={folder}"]))
         message = str(err.value)
@@ -241,7 +236,7 @@ def test_unsupported_or_mismatched_checkpoints_stop_with_one_line(folders, tmp_p
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
-def test_train_eval_merge_commands_on_every_family(name, folders, records, tmp_path):
+def test_train_eval_merge_commands_on_every_family(name, family_folder, records, tmp_path):
     """The README's per-tower command on each family, end to end through the CLI: `vlmtune train llava-dora
     model.name_or_path=FOLDER` (DoRA language, LoRA vision, projector trained) -> `vlmtune eval` on the run
     folder -> `vlmtune merge` (with its own logit check) -> a folder of the same model_type and processor."""
@@ -252,7 +247,7 @@ def test_train_eval_merge_commands_on_every_family(name, folders, records, tmp_p
     data = tmp_path / "vqa.jsonl"
     vqa = [r for r in records if r["task"] == "vqa"]
     data.write_text("".join(json.dumps({**r, "id": f"q{i}"}) + "\n" for i, r in enumerate(vqa * 4)))
-    common = [f"model.name_or_path={folders(name)}", f"data.train={data}", f"data.eval={data}"]
+    common = [f"model.name_or_path={family_folder(name)}", f"data.train={data}", f"data.eval={data}"]
     run = tmp_path / "run"
     argv = ["train", "llava-dora", *common, *PER_TOWER, "train.max_steps=2", "train.batch_size=2",
             "eval.batch_size=2", "--output-dir", str(run), "--quiet"]  # fmt: skip
@@ -262,16 +257,16 @@ def test_train_eval_merge_commands_on_every_family(name, folders, records, tmp_p
                  "--quiet"]) == 0  # fmt: skip
     assert len((tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()) == 4
     assert main(["merge", str(run), str(tmp_path / "merged")]) == 0
-    source = json.loads((folders(name) / "config.json").read_text())["model_type"]
+    source = json.loads((family_folder(name) / "config.json").read_text())["model_type"]
     assert AutoModelForImageTextToText.from_pretrained(tmp_path / "merged").config.model_type == source
     processor = AutoProcessor.from_pretrained(tmp_path / "merged")
-    assert type(processor).__name__ == type(AutoProcessor.from_pretrained(folders(name))).__name__
+    assert type(processor).__name__ == type(AutoProcessor.from_pretrained(family_folder(name))).__name__
 
 
-def test_info_prints_per_tower_modules_and_share_without_loading_weights(folders, capsys):
+def test_info_prints_per_tower_modules_and_share_without_loading_weights(family_folder, capsys):
     from vlmtune.cli import main
 
-    folder = folders("qwen2_vl")
+    folder = family_folder("qwen2_vl")
     assert main(["info", "llava-dora", f"model.name_or_path={folder}", "adapters.vision.method=lora"]) == 0
     out = capsys.readouterr().out
     assert "Qwen2VLForConditionalGeneration (model_type 'qwen2_vl')" in out
@@ -284,8 +279,10 @@ def test_info_prints_per_tower_modules_and_share_without_loading_weights(folders
 @pytest.mark.parametrize(
     "key, family", [("data.packing", "gemma3"), ("data.cache_vision_features", "qwen2_vl")]
 )  # packing works for the Qwen-VL families (tests/test_packing.py), not for 1-D-RoPE chat-template families yet
-def test_packing_and_feature_cache_are_refused_for_other_families_before_loading(key, family, folders):
+def test_packing_and_feature_cache_are_refused_for_other_families_before_loading(key, family, family_folder):
     with pytest.raises(
         ConfigError, match=rf"config key '{key}' is implemented for LLaVA-1.5 .* not for this '{family}'"
     ):
-        build_pipeline(load_config("llava-dora", [f"model.name_or_path={folders(family)}", f"{key}=true"]))
+        build_pipeline(
+            load_config("llava-dora", [f"model.name_or_path={family_folder(family)}", f"{key}=true"])
+        )

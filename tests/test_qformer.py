@@ -27,11 +27,6 @@ NAMES = list(RECIPE)
 
 
 @pytest.fixture(scope="module")
-def folders(family_folder):
-    return family_folder
-
-
-@pytest.fixture(scope="module")
 def records(two_images) -> list[dict]:
     """A VQA record and a caption record on two images of different sizes."""
     first, second = two_images
@@ -61,7 +56,7 @@ NO_DROPOUT = ["adapters.language.dropout=0", "adapters.qformer.dropout=0", "adap
 
 # ---------------------------------------------------------------- acceptance 1: train
 @pytest.mark.parametrize("name", NAMES)
-def test_recipe_trains_through_the_cli(name, folders, records, tmp_path):
+def test_recipe_trains_through_the_cli(name, family_folder, records, tmp_path):
     from vlmtune.cli import main
 
     data, vqa = tmp_path / "train.jsonl", tmp_path / "vqa.jsonl"
@@ -70,7 +65,7 @@ def test_recipe_trains_through_the_cli(name, folders, records, tmp_path):
     )
     vqa.write_text("".join(json.dumps({**records[0], "id": f"q{i}"}) + "\n" for i in range(4)))
     run = tmp_path / "run"
-    argv = ["train", RECIPE[name], f"model.name_or_path={folders(name)}", f"data.train={data}",
+    argv = ["train", RECIPE[name], f"model.name_or_path={family_folder(name)}", f"data.train={data}",
             f"data.eval={vqa}", "train.max_steps=2", "train.batch_size=2", "eval.batch_size=4",
             "eval.max_new_tokens=3", "--output-dir", str(run), "--quiet"]  # fmt: skip
     assert main(argv) == 0
@@ -82,13 +77,16 @@ def test_recipe_trains_through_the_cli(name, folders, records, tmp_path):
                  "--quiet"]) == 0  # fmt: skip
     assert main(["merge", str(run), str(tmp_path / "merged")]) == 0  # with its own logit check
     merged = json.loads((tmp_path / "merged" / "config.json").read_text())
-    assert merged["architectures"] == json.loads((folders(name) / "config.json").read_text())["architectures"]
+    assert (
+        merged["architectures"]
+        == json.loads((family_folder(name) / "config.json").read_text())["architectures"]
+    )
 
 
-def test_info_prints_the_qformer_tower_plan(folders, capsys):
+def test_info_prints_the_qformer_tower_plan(family_folder, capsys):
     from vlmtune.cli import main
 
-    assert main(["info", "instructblip-dora", f"model.name_or_path={folders('instructblip')}"]) == 0
+    assert main(["info", "instructblip-dora", f"model.name_or_path={family_folder('instructblip')}"]) == 0
     out = capsys.readouterr().out
     assert "InstructBlipForConditionalGeneration (model_type 'instructblip')" in out
     # 2 layers x (self + cross attention output, query FFN x2) + layer 0's text FFN x2 (the last one is unused)
@@ -96,24 +94,24 @@ def test_info_prints_the_qformer_tower_plan(folders, capsys):
     assert "language   dora    down_proj x2, gate_proj x2, k_proj x2, o_proj x2, q_proj x2" in out
 
 
-def test_model_type_dispatch_and_wrong_checkpoint_is_one_line(folders):
+def test_model_type_dispatch_and_wrong_checkpoint_is_one_line(family_folder):
     _, pipe = pipeline(
-        folders("blip_2"), "llava-dora", attach_adapters=False
+        family_folder("blip_2"), "llava-dora", attach_adapters=False
     )  # pipeline llava -> by model_type
     assert isinstance(pipe, QFormerPipeline)
     with pytest.raises(ConfigError) as err:
         build_pipeline(
             load_config(
                 "blip2-dora",
-                [f"model.name_or_path={build_family('llava', folders('blip_2').parent / 'llava')}"],
+                [f"model.name_or_path={build_family('llava', family_folder('blip_2').parent / 'llava')}"],
             )
         )
     assert "\n" not in str(err.value) and "model.pipeline=blip2 takes blip-2, instructblip" in str(err.value)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_loss_halves_on_a_repeated_batch_and_every_part_gets_gradients(name, folders, records):
-    cfg, pipe = pipeline(folders(name), RECIPE[name], "adapters.vision.method=lora", *NO_DROPOUT)
+def test_loss_halves_on_a_repeated_batch_and_every_part_gets_gradients(name, family_folder, records):
+    cfg, pipe = pipeline(family_folder(name), RECIPE[name], "adapters.vision.method=lora", *NO_DROPOUT)
     batch = pipe.collate(records, train=True)
     trainable = [p for p in pipe.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=3e-2, weight_decay=0.0)
@@ -136,8 +134,8 @@ def test_loss_halves_on_a_repeated_batch_and_every_part_gets_gradients(name, fol
     assert losses[-1] < 0.5 * losses[0], f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
 
 
-def test_qformer_tower_adapts_the_qformer_and_projection_only(folders):
-    _, pipe = pipeline(folders("blip_2"), "blip2-lora", "adapters.language.method=frozen")
+def test_qformer_tower_adapts_the_qformer_and_projection_only(family_folder):
+    _, pipe = pipeline(family_folder("blip_2"), "blip2-lora", "adapters.language.method=frozen")
     adapted = [n for n, _ in adapter_layers(pipe.model)]
     assert "language_projection" in adapted
     assert any(n.startswith("qformer.encoder.layer.0.crossattention.attention.query") for n in adapted)
@@ -146,11 +144,11 @@ def test_qformer_tower_adapts_the_qformer_and_projection_only(folders):
     assert trainable and all(under(n, pipe.towers["qformer"]) for n in trainable)
 
 
-def test_qformer_lr_is_its_own_with_zero_meaning_train_lr(folders):
+def test_qformer_lr_is_its_own_with_zero_meaning_train_lr(family_folder):
     from vlmtune.train.optim import param_groups
 
     for lr, expected in [("5e-3", 5e-3), ("0", 2e-4)]:
-        cfg, pipe = pipeline(folders("blip_2"), "blip2-lora", "train.lr=2e-4", f"train.qformer_lr={lr}")
+        cfg, pipe = pipeline(family_folder("blip_2"), "blip2-lora", "train.lr=2e-4", f"train.qformer_lr={lr}")
         groups = {
             g["name"]: g["lr"] for g in param_groups(pipe.model, pipe.towers, cfg.train, cfg.adapters.specs())
         }
@@ -159,8 +157,8 @@ def test_qformer_lr_is_its_own_with_zero_meaning_train_lr(folders):
 
 
 # ---------------------------------------------------------------- labels and the instruction
-def test_decoder_only_labels_cover_the_answer_and_eos_only(folders, records):
-    _, pipe = pipeline(folders("instructblip"), "instructblip-dora", attach_adapters=False)
+def test_decoder_only_labels_cover_the_answer_and_eos_only(family_folder, records):
+    _, pipe = pipeline(family_folder("instructblip"), "instructblip-dora", attach_adapters=False)
     batch = pipe.collate(records[:1], train=True)
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
     supervised = [i for i, x in enumerate(labels) if x != IGNORE_INDEX]
@@ -170,8 +168,8 @@ def test_decoder_only_labels_cover_the_answer_and_eos_only(folders, records):
     assert all(x == IGNORE_INDEX for x in labels[: supervised[0]])
 
 
-def test_t5_prompt_goes_to_the_encoder_and_the_answer_to_decoder_labels(folders, records):
-    _, pipe = pipeline(folders("blip_2_t5"), "blip2-dora", attach_adapters=False)
+def test_t5_prompt_goes_to_the_encoder_and_the_answer_to_decoder_labels(family_folder, records):
+    _, pipe = pipeline(family_folder("blip_2_t5"), "blip2-dora", attach_adapters=False)
     batch = pipe.collate(records, train=True)
     tok = pipe.tokenizer
     encoder_text = tok.decode(batch["input_ids"][0], skip_special_tokens=True)
@@ -193,23 +191,23 @@ def _query_outputs(pipe, batch) -> torch.Tensor:
     return out.qformer_outputs.last_hidden_state[:, : pipe.num_query_tokens]
 
 
-def test_the_instruction_reaches_the_instructblip_qformer(folders, records):
+def test_the_instruction_reaches_the_instructblip_qformer(family_folder, records):
     vqa = records[0]
     other = {**vqa, "question": "How many shapes are there?"}
-    _, pipe = pipeline(folders("instructblip"), "instructblip-dora", attach_adapters=False)
+    _, pipe = pipeline(family_folder("instructblip"), "instructblip-dora", attach_adapters=False)
     batch = pipe.collate([vqa, other], train=True)
     qtext = pipe.processor.qformer_tokenizer.decode(batch["qformer_input_ids"][0], skip_special_tokens=True)
     assert "What color is the circle?" in qtext and "red" not in qtext  # the instruction, never the answer
     queries = _query_outputs(pipe, batch)
     assert (queries[0] - queries[1]).abs().max() > 1e-3
     # control: BLIP-2's Q-Former reads no text, so its queries depend on the image only
-    _, blip2 = pipeline(folders("blip_2"), "blip2-dora", attach_adapters=False)
+    _, blip2 = pipeline(family_folder("blip_2"), "blip2-dora", attach_adapters=False)
     same = _query_outputs(blip2, blip2.collate([vqa, other], train=True))
     assert torch.equal(same[0], same[1])
 
 
-def test_instruction_templates_are_drawn_per_record_and_epoch(folders, records):
-    _, pipe = pipeline(folders("blip_2"), "blip2-dora", attach_adapters=False)
+def test_instruction_templates_are_drawn_per_record_and_epoch(family_folder, records):
+    _, pipe = pipeline(family_folder("blip_2"), "blip2-dora", attach_adapters=False)
     prompts = []
     for epoch in range(8):
         pipe.set_epoch(epoch)
@@ -220,17 +218,17 @@ def test_instruction_templates_are_drawn_per_record_and_epoch(folders, records):
     assert pipe.prompt_and_answer({**records[0], "prompt": "Q?"}, train=False) == ("Q?", None)
 
 
-def test_multi_image_record_is_refused_with_one_line(folders, records):
-    _, pipe = pipeline(folders("blip_2"), "blip2-dora", attach_adapters=False)
+def test_multi_image_record_is_refused_with_one_line(family_folder, records):
+    _, pipe = pipeline(family_folder("blip_2"), "blip2-dora", attach_adapters=False)
     with pytest.raises(
         DataError, match=r"record 'two' has 2 images; BLIP-2 and InstructBLIP take exactly one"
     ):
         pipe.collate([{**records[0], "id": "two", "images": [records[0]["image"]] * 2}])
 
 
-def test_batched_left_padded_generation_equals_one_at_a_time(folders, records):
+def test_batched_left_padded_generation_equals_one_at_a_time(family_folder, records):
     for name in NAMES:
-        _, pipe = pipeline(folders(name), RECIPE[name], attach_adapters=False)
+        _, pipe = pipeline(family_folder(name), RECIPE[name], attach_adapters=False)
         batch = pipe.collate(records, train=False)
         assert (batch["attention_mask"][:, -1] == 1).all()
         together = pipe.generate(batch, max_new_tokens=5)
@@ -266,18 +264,18 @@ def _logits(model, inputs) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_merge_writes_the_source_class_with_its_processor_and_the_same_logits(
-    name, folders, records, tmp_path
+    name, family_folder, records, tmp_path
 ):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    _, pipe = pipeline(folders(name), RECIPE[name], "adapters.vision.method=lora")
+    _, pipe = pipeline(family_folder(name), RECIPE[name], "adapters.vision.method=lora")
     _perturb(pipe.model)
     pipe.model.eval()
     inputs = teacher_forced(pipe, pipe.collate(records, train=True))
     expected = _logits(pipe.model, inputs)
     out = pipe.save_merged(tmp_path / "merged")
     merged = AutoModelForImageTextToText.from_pretrained(out).eval()
-    source = json.loads((folders(name) / "config.json").read_text())
+    source = json.loads((family_folder(name) / "config.json").read_text())
     assert (
         type(merged).__name__ == source["architectures"][0]
         and merged.config.model_type == source["model_type"]
@@ -289,7 +287,7 @@ def test_merge_writes_the_source_class_with_its_processor_and_the_same_logits(
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("method", ["lora", "dora"])
-def test_adapter_folder_loads_in_peft_with_the_same_logits(name, method, folders, records, tmp_path):
+def test_adapter_folder_loads_in_peft_with_the_same_logits(name, method, family_folder, records, tmp_path):
     import peft
     from transformers import AutoModelForImageTextToText
 
@@ -297,21 +295,21 @@ def test_adapter_folder_loads_in_peft_with_the_same_logits(name, method, folders
 
     parts = [f"adapters.{t}.{k}={v}" for t in ("qformer", "language") for k, v in
              [("method", method), ("r", 4), ("alpha", 8), ("dropout", 0)]]  # fmt: skip
-    cfg, pipe = pipeline(folders(name), RECIPE[name], *parts)
+    cfg, pipe = pipeline(family_folder(name), RECIPE[name], *parts)
     _perturb(pipe.model)
     pipe.model.eval()
     inputs = teacher_forced(pipe, pipe.collate(records, train=True))
     expected = _logits(pipe.model, inputs)
-    save_adapter(pipe.model, tmp_path / "adapter", cfg.adapters.specs(), str(folders(name)))
-    base = AutoModelForImageTextToText.from_pretrained(folders(name))
+    save_adapter(pipe.model, tmp_path / "adapter", cfg.adapters.specs(), str(family_folder(name)))
+    base = AutoModelForImageTextToText.from_pretrained(family_folder(name))
     loaded = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
     diff = (_logits(loaded, inputs) - expected).abs().max() / expected.abs().max()
     assert diff < 1e-5, f"{name}/{method}: peft logits differ by {diff:.2e} (relative)"
 
 
 # ---------------------------------------------------------------- PIN at the vision -> Q-Former seam
-def test_pin_is_added_to_the_vision_output_before_the_qformer(folders, records):
-    cfg, pipe = pipeline(folders("blip_2"), "blip2-pin", "adapters.qformer.options.hidden=[16]")
+def test_pin_is_added_to_the_vision_output_before_the_qformer(family_folder, records):
+    cfg, pipe = pipeline(family_folder("blip_2"), "blip2-pin", "adapters.qformer.options.hidden=[16]")
     assert pipe.towers["qformer"] == [SITE]
     trainable = [n for n, p in pipe.model.named_parameters() if p.requires_grad]
     assert trainable and all(n.startswith(f"{SITE}.pin.") for n in trainable), trainable
@@ -333,13 +331,13 @@ def test_pin_is_added_to_the_vision_output_before_the_qformer(folders, records):
     pipe.loss(batch).backward()
     assert pin.out.weight.grad is not None and pin.out.weight.grad.abs().sum() > 0
     with pytest.raises(AdapterError, match="cannot be merged"):
-        pipe.save_merged(Path(folders("blip_2")).parent / "pin-merged")
+        pipe.save_merged(Path(family_folder("blip_2")).parent / "pin-merged")
 
 
-def test_the_trainer_sets_the_epoch_whose_templates_collate_draws(folders, records, tmp_path):
+def test_the_trainer_sets_the_epoch_whose_templates_collate_draws(family_folder, records, tmp_path):
     from vlmtune.train.trainer import Trainer
 
-    cfg, pipe = pipeline(folders("blip_2"), "blip2-lora", "train.batch_size=2", "train.epochs=3")
+    cfg, pipe = pipeline(family_folder("blip_2"), "blip2-lora", "train.batch_size=2", "train.epochs=3")
     trainer = Trainer(pipe, cfg, records, tmp_path / "run", quiet=True)
     batches = trainer._batches()
     seen = []

@@ -28,6 +28,19 @@ RUN_ARGS = ("data.eval=", "train.max_steps=2", "train.batch_size=2", "adapters.l
             "adapters.vision.method=bitfit", "adapters.vision.alpha=null")  # fmt: skip
 
 
+def eval_argv(model: Path, run: Path) -> list[str]:
+    """`vlmtune eval shapes-vqa --model MODEL` on the run's own training records."""
+    return [
+        "eval",
+        "shapes-vqa",
+        "--model",
+        str(model),
+        "--data",
+        str(run.parent / "data" / "train.jsonl"),
+        "--quiet",
+    ]
+
+
 @pytest.fixture(scope="module")
 def run(model_dir, tmp_path_factory) -> Path:
     """A finished 2-step llava-dora run (DoRA language + full projector + BitFit vision) on the tiny LLaVA: the
@@ -102,15 +115,7 @@ def test_eval_on_a_base_whose_weights_changed_is_refused_unless_forced(run, tmp_
     recorded = json.loads((copy / BASE_FILE).read_text())
     (copy / BASE_FILE).write_text(json.dumps({**recorded, "weights_fingerprint": "sha256:0"}))
     before = snapshot(copy)
-    argv = [
-        "eval",
-        "shapes-vqa",
-        "--model",
-        str(copy),
-        "--data",
-        str(run.parent / "data" / "train.jsonl"),
-        "--quiet",
-    ]
+    argv = eval_argv(copy, run)
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "has other weights than the one this adapter was trained on" in err
@@ -123,15 +128,7 @@ def test_a_missing_trainable_extras_file_is_one_line_not_the_base_weights(run, t
     shutil.copytree(run, copy)
     (copy / "adapter" / "trainable_extras.safetensors").unlink()
     before = snapshot(copy)
-    argv = [
-        "eval",
-        "shapes-vqa",
-        "--model",
-        str(copy),
-        "--data",
-        str(run.parent / "data" / "train.jsonl"),
-        "--quiet",
-    ]
+    argv = eval_argv(copy, run)
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
@@ -158,15 +155,16 @@ def test_a_truncated_adapter_file_is_one_line(run, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["adapter_model.safetensors", "trainable_extras.safetensors"])
-def test_a_truncated_file_in_a_bare_adapter_folder_is_one_line_for_info_eval_and_merge(run, tmp_path, capsys, name):
+def test_a_truncated_file_in_a_bare_adapter_folder_is_one_line_for_info_eval_and_merge(
+    run, tmp_path, capsys, name
+):
     """No run manifest to compare sizes with (a copied-out or older adapter folder): reading it says so."""
     bare = tmp_path / "adapter"
     shutil.copytree(run / "adapter", bare)
     weights = bare / name
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    data = str(run.parent / "data" / "train.jsonl")
-    for argv in (["info", str(bare)], ["eval", "shapes-vqa", "--model", str(bare), "--data", data, "--out",
-                 str(tmp_path / "e"), "--quiet"], ["merge", str(bare), str(tmp_path / "m")]):  # fmt: skip
+    evaluate = [*eval_argv(bare, run), "--out", str(tmp_path / "e")]
+    for argv in (["info", str(bare)], evaluate, ["merge", str(bare), str(tmp_path / "m")]):
         assert cli.main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and f"{weights}: not a readable safetensors file" in err, err
