@@ -235,6 +235,26 @@ def test_unsupported_or_mismatched_checkpoints_stop_with_one_line(family_folder,
         assert f"model.name_or_path='{folder}'" in message, (case, message)
 
 
+def test_a_relative_path_that_is_neither_a_folder_nor_a_readable_hub_id_says_both(monkeypatch, tmp_path):
+    """`runs/no-such-run` has the form of a hub id: when no checkpoint of that name can be read either, the
+    line says there is no such folder (not only the hub client's error)."""
+    import transformers
+
+    from vlmtune.models.loading import read_model_type
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", offline)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        read_model_type("runs/no-such-run", "runs/no-such-run")
+    assert str(err.value) == (
+        "model.name_or_path='runs/no-such-run': no such folder, and no hub checkpoint of that name could be read "
+        "(We couldn't connect to 'https://huggingface.co' to load the files)"
+    )
+
+
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_train_eval_merge_commands_on_every_family(name, family_folder, records, tmp_path):
     """The README's per-tower command on each family, end to end through the CLI: `vlmtune train llava-dora

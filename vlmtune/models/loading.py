@@ -28,6 +28,13 @@ def read_model_type(path: str, name: str, trust_remote_code: bool = False) -> st
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).model_type
     except (OSError, ValueError) as e:
+        if (
+            not Path(path).expanduser().exists()
+        ):  # `org/name`: a hub id, or a relative folder that is not there
+            raise ConfigError(
+                f"model.name_or_path='{name}': no such folder, and no hub checkpoint of that name could be read "
+                f"({first_line(e)})"
+            ) from None
         raise ConfigError(
             f"model.name_or_path='{name}' has no readable config.json: {first_line(e)}"
         ) from None
