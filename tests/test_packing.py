@@ -181,6 +181,75 @@ def test_packed_attention_is_the_block_diagonal_masked_one() -> None:
     assert packed_attention.packed_segments(torch.arange(9).expand(2, 9), 9) is None
 
 
+def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size, enable_gqa):
+    """torch's ``varlen_attn`` contract on CPU: (N, H, D) tokens, causal attention within each
+    ``[cu[i], cu[i + 1])``; what the CUDA kernel computes, written from its documentation."""
+    assert window_size == (-1, 0) and torch.equal(cu_q, cu_k) and cu_q.dtype == torch.int32
+    spans = list(zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), strict=True))
+    assert max_q == max_k == max(b - a for a, b in spans)
+    out = [
+        F.scaled_dot_product_attention(
+            q[a:b].transpose(0, 1),
+            k[a:b].transpose(0, 1),
+            v[a:b].transpose(0, 1),
+            is_causal=True,
+            scale=scale,
+            enable_gqa=enable_gqa,
+        ).transpose(0, 1)
+        for a, b in spans
+    ]
+    return torch.cat(out)
+
+
+def test_packed_attention_varlen_path_equals_the_per_sample_loop(monkeypatch) -> None:
+    """The CUDA flash-varlen branch (one call over the flattened rows, segment offsets ``cu``) gives the
+    per-sample loop's output and gradients; run here with the kernel's CPU stand-in."""
+    torch.manual_seed(0)
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 0, 1, 2]])
+    q = torch.randn(2, 4, 9, 8, requires_grad=True)
+    k, v = (torch.randn(2, 2, 9, 8, requires_grad=True) for _ in range(2))
+    loop, _ = packed_attention.sdpa_packed_attention(None, q, k, v, None, scaling=0.3, position_ids=pos)
+    calls = []
+    monkeypatch.setattr(
+        packed_attention, "_varlen_attn", lambda *a, **kw: calls.append(a[3]) or reference_varlen(*a, **kw)
+    )
+    monkeypatch.setattr(packed_attention, "varlen_applies", lambda query, dropout: True)
+    varlen, _ = packed_attention.sdpa_packed_attention(None, q, k, v, None, scaling=0.3, position_ids=pos)
+    assert [c.tolist() for c in calls] == [[0, 3, 5, 9, 15, 18]]  # row 1's segments start at 9
+    torch.testing.assert_close(varlen, loop, atol=1e-6, rtol=0)
+    w = torch.randn_like(loop)
+    for g, rg in zip(grads((varlen * w).sum(), [q, k, v]), grads((loop * w).sum(), [q, k, v]), strict=True):
+        torch.testing.assert_close(g, rg, atol=1e-6, rtol=0)
+
+
+def test_varlen_kernel_only_where_it_runs() -> None:
+    """CPU, fp32 or attention dropout keep the per-sample SDPA loop."""
+    assert not packed_attention.varlen_applies(torch.zeros(1, 2, 4, 8, dtype=torch.bfloat16), 0.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash varlen needs CUDA")
+def test_varlen_kernel_on_cuda_equals_the_loop(monkeypatch) -> None:
+    """On a GPU (sm80+, bf16): torch's flash varlen kernel == the per-sample SDPA loop, forward and grads."""
+    dev = torch.device("cuda")
+    if torch.cuda.get_device_capability(dev)[0] < 8:
+        pytest.skip("flash attention needs sm80+")
+    torch.manual_seed(0)
+    rows = [[100, 37, 200, 23], [5, 300, 55]]  # sample lengths per row, 360 tokens each
+    pos = torch.tensor([[p for n in row for p in range(n)] for row in rows], device=dev)
+    q = torch.randn(2, 8, 360, 64, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    k, v = (
+        torch.randn(2, 2, 360, 64, device=dev, dtype=torch.bfloat16, requires_grad=True) for _ in range(2)
+    )
+    assert packed_attention.varlen_applies(q, 0.0)
+    fast, _ = packed_attention.sdpa_packed_attention(None, q, k, v, None, position_ids=pos)
+    monkeypatch.setattr(packed_attention, "varlen_applies", lambda query, dropout: False)
+    loop, _ = packed_attention.sdpa_packed_attention(None, q, k, v, None, position_ids=pos)
+    torch.testing.assert_close(fast.float(), loop.float(), atol=2e-2, rtol=0)
+    w = torch.randn_like(loop)
+    for g, rg in zip(grads((fast * w).sum(), [q, k, v]), grads((loop * w).sum(), [q, k, v]), strict=True):
+        torch.testing.assert_close(g.float(), rg.float(), atol=5e-2, rtol=0)
+
+
 def test_token_weighted_batch_loss_is_the_unpacked_one(pipe, mixed) -> None:
     packed = pipe.collate(mixed, train=True)
     pipe.cfg.data.packing = False

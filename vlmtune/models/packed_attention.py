@@ -7,8 +7,10 @@ This implementation (registered as ``"sdpa_packed"`` in transformers' ``Attentio
 samples from the restarts of the layer's ``position_ids`` (R, T) and runs
 ``softmax(q_s k_s^T * scale + causal) v_s`` on each sample ``s`` alone with ``is_causal=True``:
 the same function (Vaswani et al., 2017, eq. 1, restricted to the block) at ``sum_s n_s^2 / 2`` pairs,
-as flash-attention's varlen kernel does on GPUs (row-end padding is a segment of its own, never a
-target). Anything that is not a packed training forward (no restart in ``position_ids``, a KV cache,
+as flash-attention's varlen kernel does. On CUDA in bf16/fp16 without attention dropout, that kernel
+(``torch.nn.attention.varlen.varlen_attn``) runs instead: one call per layer over all segments of all rows,
+given their cumulative offsets ``cu = [0, n_1, n_1 + n_2, ...]`` in the flattened (R * T) tokens
+(row-end padding is a segment of its own, never a target). Anything that is not a packed training forward (no restart in ``position_ids``, a KV cache,
 ``q_len != k_len``) goes to transformers' ``sdpa_attention_forward`` with its mask, unchanged.
 """
 
@@ -19,6 +21,11 @@ from torch import nn
 from torch.nn import functional as F
 
 NAME = "sdpa_packed"
+
+try:  # flash-attention varlen in torch itself (CUDA only)
+    from torch.nn.attention.varlen import varlen_attn as _varlen_attn
+except ImportError:  # pragma: no cover - older torch
+    _varlen_attn = None
 
 
 def packed_segments(position_ids: torch.Tensor | None, q_len: int) -> list[list[tuple[int, int]]] | None:
@@ -60,6 +67,8 @@ def sdpa_packed_attention(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     gqa = key.shape[1] != query.shape[1]
+    if varlen_applies(query, dropout):
+        return _varlen_packed(query, key, value, segments, scaling, gqa), None
     rows = []
     for r, row in enumerate(segments):
         pieces = []
@@ -76,6 +85,54 @@ def sdpa_packed_attention(
             pieces.append(out[0].transpose(0, 1))
         rows.append(torch.cat(pieces))
     return torch.stack(rows), None
+
+
+def varlen_applies(query: torch.Tensor, dropout: float) -> bool:
+    """Whether :func:`sdpa_packed_attention` hands a packed batch to torch's flash varlen kernel: CUDA,
+    half precision, no attention dropout (the kernel has none), and a GPU (sm80+) and head size flash
+    supports."""
+    return (
+        _varlen_attn is not None
+        and query.is_cuda
+        and torch.cuda.get_device_capability(query.device)[0] >= 8
+        and query.dtype in (torch.bfloat16, torch.float16)
+        and dropout == 0.0
+        and query.shape[-1] % 8 == 0
+        and query.shape[-1] <= 256
+    )
+
+
+def _varlen_packed(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    segments: list[list[tuple[int, int]]],
+    scaling: float | None,
+    gqa: bool,
+) -> torch.Tensor:
+    """query (R, H, T, D), key/value (R, H_kv, T, D) -> (R, T, H, D): every segment of every row in one
+    causal varlen call on the flattened (R * T, heads, D) tokens."""
+    rows, heads, q_len, dim = query.shape
+    starts = [r * q_len + start for r, row in enumerate(segments) for start, _ in row]
+    cu = torch.tensor([*starts, rows * q_len], dtype=torch.int32, device=query.device)
+    longest = max(end - start for row in segments for start, end in row)
+
+    def flat(x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2).reshape(rows * q_len, x.shape[1], dim)
+
+    out = _varlen_attn(
+        flat(query),
+        flat(key),
+        flat(value),
+        cu,
+        cu,
+        longest,
+        longest,
+        scale=scaling,
+        window_size=(-1, 0),  # causal
+        enable_gqa=gqa,
+    )
+    return out.view(rows, q_len, heads, dim)
 
 
 def register() -> str:
