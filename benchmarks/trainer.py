@@ -26,6 +26,8 @@ reports epoch-2 / epoch-1 time; an uncached 2-epoch run is the control.
 
     python benchmarks/trainer.py                         # CPU: small, DoRA, 3 rounds
     python benchmarks/trainer.py --methods dora lora --cache --rounds 2
+    python benchmarks/trainer.py --model 1b              # CUDA: the 1b of train_step.py in bf16 (default there),
+                                                         # wall-clock ratios and peak memory per variant
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from harness import device_description
+from harness import device_description, sync
 
 WORDS = (
     "the a red blue green yellow purple circle square triangle star small large left right above below "
@@ -95,19 +98,31 @@ def write_mix(folder: Path, n: int, seed: int, shapes_cache: Path) -> Path:
     return path
 
 
-def write_small_llava(folder: Path, texts: list[str]) -> Path:
-    """The ``small`` LLaVA of benchmarks/train_step.py (vocab 32000) with a BPE tokenizer for ``texts``."""
+def model_sizes() -> dict:
+    """``--model``: the LLaVA sizes of benchmarks/train_step.py (vocab 32000 in the LM; the BPE
+    tokenizer has 1024 entries), plus ``tiny`` for a smoke test of this script."""
+    from vlmtune.presets.shapes_tiny import TinySize
+
+    return {
+        "tiny": TinySize(1024, 224, 14, 32, 1, 2, 64, 1, 2, 128, 4096),
+        "small": TinySize(1024, 224, 14, 256, 4, 4, 512, 4, 8, 1408, 4096),
+        "1b": TinySize(1024, 224, 14, 1024, 8, 16, 2048, 16, 16, 5632, 4096),
+    }
+
+
+def write_llava(folder: Path, texts: list[str], model: str, dtype: torch.dtype) -> Path:
+    """The ``model`` LLaVA (random weights, saved in ``dtype``) with a BPE tokenizer for ``texts``."""
     from transformers import LlavaForConditionalGeneration
 
-    from vlmtune.presets.shapes_tiny import TinySize, image_processor, tiny_config, train_tokenizer
+    from vlmtune.presets.shapes_tiny import image_processor, tiny_config, train_tokenizer
 
-    size = TinySize(1024, 224, 14, 256, 4, 4, 512, 4, 8, 1408, 4096)
+    size = model_sizes()[model]
     tokenizer = train_tokenizer(texts, size.vocab_size)
     cfg = tiny_config(tokenizer, size)
     cfg.text_config.vocab_size = 32000
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    LlavaForConditionalGeneration(cfg).save_pretrained(folder)
+    LlavaForConditionalGeneration(cfg).to(dtype).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     image_processor(size.image_size).save_pretrained(folder)
     return folder
@@ -121,7 +136,7 @@ def vlmtune_config(args, model: Path, data: Path, method: str, *extra: str):
         "llava-dora",
         [
             f"model.name_or_path={model}",
-            "model.dtype=float32",
+            f"model.dtype={args.dtype}",
             f"data.train={data}",
             f"data.max_length={args.max_length}",
             f"adapters.language.method={method}",
@@ -145,28 +160,30 @@ def run_vlmtune(args, cfg, records: list[dict], out: Path) -> dict:
     pipe = seeded_pipeline(cfg, build_pipeline)
     trainer = Trainer(pipe, cfg, records, out, quiet=True)
     step_cpu: list[float] = []  # this process's CPU time per optimizer step (data wait included)
+    step_wall: list[float] = []  # wall time per optimizer step (CUDA work included)
     step = trainer._optimizer_step
+    device = torch.device(args.device)
 
     def timed_step(*a, **k):
-        t = time.process_time()
+        sync(device)
+        t, w = time.process_time(), time.perf_counter()
         out = step(*a, **k)
+        sync(device)
         step_cpu.append(time.process_time() - t)
+        step_wall.append(time.perf_counter() - w)
         return out
 
     trainer._optimizer_step = timed_step
-    cpu, wall = time.process_time(), time.perf_counter()
-    result = trainer.fit()
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    with measured(device) as m:
+        result = trainer.fit()
     metrics = read_metrics(out)
-    steps = [m for m in metrics if "samples_per_s" in m]
     breakdown = next(m for m in reversed(metrics) if "time/data_share" in m)
     cache = pipe.feature_cache
     return {
-        "cpu_s": cpu,
-        "wall_s": wall,
+        **m,
         "loss": result["loss"],
         "steps": result["step"],
-        "step_wall_s": [m["samples_per_s"] and 1 / m["samples_per_s"] for m in steps],
+        "step_wall_s": step_wall,
         "step_cpu_s": step_cpu,
         "breakdown": {k: v for k, v in breakdown.items() if k.startswith("time/")},
         **({"cache_hits": cache.hits, "cache_misses": cache.misses} if cache is not None else {}),
@@ -185,7 +202,7 @@ def run_hf(
             return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
 
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=getattr(torch, args.dtype))
     lora = peft.LoraConfig(
         r=args.r,
         lora_alpha=2 * args.r,
@@ -224,10 +241,25 @@ def run_hf(
     trainer = InOrder(
         model=model, args=targs, train_dataset=[records[i] for i in order], data_collator=collator
     )
+    with measured(torch.device(args.device)) as m:
+        result = trainer.train()
+    return {**m, "loss": result.training_loss, "steps": result.global_step}
+
+
+@contextmanager
+def measured(device: torch.device):
+    """Yields a dict that receives ``cpu_s`` (this process), ``wall_s`` (CUDA work included) and, on
+    CUDA, ``peak_mib`` (the most memory allocated at once, model and optimizer state included)."""
+    m: dict[str, float] = {}
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     cpu, wall = time.process_time(), time.perf_counter()
-    result = trainer.train()
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    return {"cpu_s": cpu, "wall_s": wall, "loss": result.training_loss, "steps": result.global_step}
+    yield m
+    sync(device)
+    m["cpu_s"], m["wall_s"] = time.process_time() - cpu, time.perf_counter() - wall
+    if device.type == "cuda":
+        m["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
 
 
 # ---------------------------------------------------------------- driver
@@ -262,8 +294,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-only", action="store_true", help="only the 2-epoch feature-cache runs")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--model", choices=["tiny", "small", "1b"], default=None, help="default: 1b on CUDA, small on CPU"
+    )
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default=None, help="default: bf16 on CUDA, fp32 on CPU"
+    )
     args = p.parse_args(argv)
     args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = args.device == "cuda"
+    args.model = args.model or ("1b" if cuda else "small")
+    args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    args.clock = "wall_s" if cuda else "cpu_s"  # what ratios compare (CPU time resists a shared machine)
     args.cache = args.cache or args.cache_only
     return args
 
@@ -279,9 +321,14 @@ def main(argv: list[str] | None = None) -> int:
     texts = [
         t["value"].replace("<image>\n", "") for r in json.loads(data.read_text()) for t in r["conversations"]
     ]
-    model_dir = write_small_llava(work / "small", texts)
+    model_dir = write_llava(work / args.model, texts, args.model, getattr(torch, args.dtype))
     records = load_records(str(data))
-    info = {"bench": "trainer", "device": device_description(torch.device(args.device)), "model": "small"}
+    info = {
+        "bench": "trainer",
+        "device": device_description(torch.device(args.device)),
+        "model": args.model,
+        "dtype": args.dtype,
+    }
     print(json.dumps({**info, "command": " ".join(["python", *sys.argv]), **vars(args)}), flush=True)
 
     from vlmtune.models import build_pipeline
@@ -338,11 +385,10 @@ def main(argv: list[str] | None = None) -> int:
                     n["supervised"] / res["cpu_s"]
                 )  # the loaded-machine measure
                 if "2ep" in name:
-                    per = len(res["step_wall_s"]) // 2
-                    row["epoch2_over_epoch1"] = sum(res["step_cpu_s"][per:]) / sum(res["step_cpu_s"][:per])
-                    row["epoch2_over_epoch1_wall"] = sum(res["step_wall_s"][per:]) / sum(
-                        res["step_wall_s"][:per]
-                    )
+                    for clock in ("cpu_s", "wall_s"):
+                        steps = res[f"step_{clock}"]
+                        per = len(steps) // 2
+                        row[f"epoch2_over_epoch1_{clock}"] = sum(steps[per:]) / sum(steps[:per])
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     print()
@@ -352,29 +398,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def summarize(rows: list[dict], args) -> None:
     variants = list(dict.fromkeys(r["variant"] for r in rows))
+    cuda = any("peak_mib" in r for r in rows)
+    keys = ["cpu_s", "wall_s", "supervised_tokens_per_cpu_s", "supervised_tokens_per_s", "tokens_per_s"]
+    keys += ["samples_per_s", "loss"] + (["peak_mib"] if cuda else [])
     print(
         "| variant | epoch CPU s (median) | epoch wall s (median) | supervised tok/CPU s | supervised tok/s (wall) "
-        "| tok/s (wall) | samples/s (wall) | loss (median) |"
+        "| tok/s (wall) | samples/s (wall) | loss (median) |" + (" peak MiB |" if cuda else "")
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---" * (len(keys) + 1) + "|")
     for v in variants:
         rs = [r for r in rows if r["variant"] == v]
-        med = {
-            k: statistics.median(r[k] for r in rs)
-            for k in (
-                "cpu_s",
-                "wall_s",
-                "supervised_tokens_per_cpu_s",
-                "supervised_tokens_per_s",
-                "tokens_per_s",
-                "samples_per_s",
-                "loss",
-            )
-        }
+        med = {k: statistics.median(r[k] for r in rs) for k in keys}
         print(
             f"| {v} | {med['cpu_s']:.1f} | {med['wall_s']:.1f} | {med['supervised_tokens_per_cpu_s']:.1f} | "
             f"{med['supervised_tokens_per_s']:.1f} | "
             f"{med['tokens_per_s']:.0f} | {med['samples_per_s']:.2f} | {med['loss']:.4f} |"
+            + (f" {med['peak_mib']:.0f} |" if cuda else "")
         )
     print()
     for method in args.methods:
@@ -392,10 +431,18 @@ def summarize(rows: list[dict], args) -> None:
             print(f"speed {a} / {b}: {speed:.3f}x (CPU time), {wall:.3f}x (wall)")
         if args.cache:
             for v in (f"vlmtune-2ep-{method}", f"vlmtune-2ep-cached-{method}"):
-                ratios = [r["epoch2_over_epoch1"] for r in rows if r["variant"] == v]
-                print(
-                    f"epoch 2 / epoch 1 CPU time, {v}: {statistics.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})"
-                )
+                for clock in ("cpu_s", "wall_s"):
+                    ratios = [r[f"epoch2_over_epoch1_{clock}"] for r in rows if r["variant"] == v]
+                    print(
+                        f"epoch 2 / epoch 1 {clock[:-2]} time, {v}: {statistics.median(ratios):.3f} "
+                        f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)})"
+                    )
+            uncached = [r["breakdown"] for r in rows if r["variant"] == f"vlmtune-2ep-{method}"]
+            skippable = statistics.median(x["time/data_share"] + x["time/vision_share"] for x in uncached)
+            print(
+                f"what a cache can skip (data + vision share of the uncached run's steps): {100 * skippable:.1f}%, "
+                f"so no cache takes a warm epoch below {1 - skippable:.3f}x of an uncached one on this model"
+            )
     for v in variants:
         if v.startswith("vlmtune"):
             b = [r["breakdown"] for r in rows if r["variant"] == v]
