@@ -297,8 +297,14 @@ def test_info_prints_per_tower_modules_and_share_without_loading_weights(family_
 
 
 @pytest.mark.parametrize(
-    "key, family", [("data.packing", "gemma3"), ("data.cache_vision_features", "qwen2_vl")]
-)  # packing works for the Qwen-VL families (tests/test_packing.py), not for 1-D-RoPE chat-template families yet
+    "key, family",
+    [
+        ("data.packing", "gemma3"),
+        ("data.packing", "paligemma"),
+        ("data.packing", "mllama"),
+        ("data.cache_vision_features", "qwen2_vl"),
+    ],
+)  # packing works for the causal-LM families (tests/test_packing.py); these attend bidirectionally or across
 def test_packing_and_feature_cache_are_refused_for_other_families_before_loading(key, family, family_folder):
     with pytest.raises(
         ConfigError, match=rf"config key '{key}' is implemented for LLaVA-1.5 .* not for this '{family}'"

@@ -34,6 +34,12 @@ CASES = [
     ("qwen2_vl", "sdpa"),
     ("qwen2_5_vl", "sdpa_packed"),
     ("qwen3_vl", "sdpa_packed"),
+    ("llava-chat", "sdpa_packed"),  # llava-hf style: the same class driven by its processor + chat template
+    ("llava_next", "sdpa_packed"),
+    ("llava_onevision", "sdpa_packed"),
+    ("idefics3", "sdpa_packed"),
+    ("smolvlm", "sdpa_packed"),
+    ("internvl", "sdpa_packed"),
 ]
 
 
@@ -53,7 +59,8 @@ def folders(model_dir, tmp_path_factory):
 
     def get(name: str):
         if name not in built:
-            built[name] = build_family(name, tmp_path_factory.mktemp(name))
+            family = "llava" if name == "llava-chat" else name
+            built[name] = build_family(family, tmp_path_factory.mktemp(name))
         return built[name]
 
     return get

@@ -18,7 +18,8 @@ packed row is mathematically its samples run alone (tests/test_packing.py). The 
 ``attention_mask`` stays in the batch (1 = real token) for token counting, but is not passed on.
 
 Padding at a row's end forms its own segment (positions 0, 1, ...) with labels ``IGNORE_INDEX``.
-Supported: LLaVA (1-D RoPE, ``position_ids`` (R, T)) and the Qwen-VL families (M-RoPE): their
+Supported: causal LMs with 1-D RoPE (LLaVA, LLaVA-NeXT/OneVision, Idefics3/SmolVLM, InternVL;
+``position_ids`` (R, T)) and the Qwen-VL families (M-RoPE): their
 ``position_ids`` are (4, R, T), row 0 the per-sample text positions from which transformers' Qwen-VL
 text model builds the same block-diagonal mask, rows 1-3 each sample's own (temporal, height, width)
 positions from the model's ``get_rope_index`` on the sample alone (:func:`mrope_position_ids`).

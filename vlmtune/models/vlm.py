@@ -50,8 +50,11 @@ from vlmtune.models.packed_attention import use_packed_attention
 
 # Processor outputs aligned with the token sequence (dim 1 = tokens): padded along dim 1.
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "cross_attention_mask")
-# Families whose packed rows get per-sample M-RoPE positions (``data.packing``, see :meth:`FamilyPipeline.pack`).
+# ``data.packing`` (see :meth:`FamilyPipeline.pack`): families whose packed rows get per-sample M-RoPE
+# positions, and causal LMs with 1-D RoPE whose positions simply restart per sample. Not packed: Gemma 3 and
+# PaliGemma (bidirectional attention over image / prefix tokens), Mllama (cross-attention to the images).
 MROPE_PACKING = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+PACKING = (*MROPE_PACKING, "llava", "llava_next", "llava_onevision", "idefics3", "smolvlm", "internvl")
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -349,10 +352,10 @@ class FamilyPipeline(LlavaPipeline):
         return batch
 
     def pack(self, examples: list[Example]) -> tuple[dict[str, Any], list[int]]:
-        """``data.packing`` for the M-RoPE families: samples share rows (:class:`~vlmtune.data.packing.PackLayout`),
-        ``position_ids`` (4, R, T) = per-sample text positions + each sample's own M-RoPE positions
-        (:func:`~vlmtune.data.packing.mrope_position_ids`); images, grids in the packed order. Returns the
-        batch and the packed order of the samples."""
+        """``data.packing``: samples share rows (:class:`~vlmtune.data.packing.PackLayout`), ``position_ids``
+        restart per sample: (R, T) for 1-D RoPE, (4, R, T) = text positions + each sample's own M-RoPE
+        positions for the Qwen-VL families (:func:`~vlmtune.data.packing.mrope_position_ids`); images (and
+        grids, sizes, tiles) in the packed order. Returns the batch and the packed order of the samples."""
         layout = PackLayout.plan([len(e) for e in examples], self.row_capacity())
         images = [
             Example({k: v for k, v in examples[i].tensors.items() if k not in TOKEN_KEYS}, None)
@@ -368,7 +371,10 @@ class FamilyPipeline(LlavaPipeline):
             )
         batch["attention_mask"] = layout.real().long()
         batch["labels"] = layout.labels([torch.tensor(e.labels, dtype=torch.long) for e in examples])
-        batch["position_ids"] = mrope_position_ids(layout, [self.rope_index(e) for e in examples])
+        if self.family.model_type in MROPE_PACKING:
+            batch["position_ids"] = mrope_position_ids(layout, [self.rope_index(e) for e in examples])
+        else:
+            batch["position_ids"] = layout.positions()
         return batch, layout.order
 
     def rope_index(self, example: Example) -> torch.Tensor:
@@ -420,9 +426,9 @@ def build_llava_style(cfg: RunConfig, folder: str | None = None):
     if model_type == "llava" and not (processor and processor.chat_template):
         return LlavaPipeline(cfg, path)
     for key in ("packing", "cache_vision_features"):
-        if getattr(cfg.data, key) and not (key == "packing" and model_type in MROPE_PACKING):
+        if getattr(cfg.data, key) and not (key == "packing" and model_type in PACKING):
             where = "LLaVA-1.5 checkpoints without a chat template (the vicuna_v1 path)"
-            where += " and the Qwen-VL families" if key == "packing" else " only"
+            where += f" and the model types {', '.join(PACKING)}" if key == "packing" else " only"
             raise ConfigError(
                 f"config key 'data.{key}' is implemented for {where}, not for this '{model_type}' checkpoint; "
                 f"set data.{key}=false"
