@@ -437,6 +437,19 @@ def summarize(rows: list[dict], args) -> None:
                         f"epoch 2 / epoch 1 {clock[:-2]} time, {v}: {statistics.median(ratios):.3f} "
                         f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)})"
                     )
+            by_round: dict[int, dict[str, dict]] = {}
+            for r in rows:
+                by_round.setdefault(r["round"], {})[r["variant"]] = r
+            paired = [
+                sum(v[f"vlmtune-2ep-cached-{method}"]["step_cpu_s"][n // 2 :])
+                / sum(v[f"vlmtune-2ep-{method}"]["step_cpu_s"][n // 2 :])
+                for v in by_round.values()
+                if (n := len(v[f"vlmtune-2ep-{method}"]["step_cpu_s"]))
+            ]
+            print(
+                f"epoch 2 CPU time, cached / uncached (the same batches; epochs differ in their batches): "
+                f"{statistics.median(paired):.3f} (rounds: {', '.join(f'{x:.3f}' for x in paired)})"
+            )
             uncached = [r["breakdown"] for r in rows if r["variant"] == f"vlmtune-2ep-{method}"]
             skippable = statistics.median(x["time/data_share"] + x["time/vision_share"] for x in uncached)
             print(

@@ -45,3 +45,4 @@ def test_trainer_benchmark_smoke(capsys, monkeypatch, tmp_path) -> None:
     assert "speed vlmtune-packed-dora / hf-peft-dora:" in out
     assert "epoch 2 / epoch 1 wall time, vlmtune-2ep-cached-dora:" in out
     assert "no cache takes a warm epoch below" in out
+    assert "epoch 2 CPU time, cached / uncached (the same batches" in out
