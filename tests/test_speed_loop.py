@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 from toy_models import llava_run
 
 from vlmtune.core.config import ConfigError, load_config
@@ -107,6 +109,26 @@ def test_speed_keys_are_validated() -> None:
         load_config("vit-lora", ["data.packing=true"])
     with pytest.raises(ConfigError, match="must be true or false"):
         load_config("llava-dora", ["data.group_by_length=maybe"])
+
+
+def test_num_workers_default_is_none_on_cpu_and_a_few_per_gpu_process(
+    model_dir, records, tmp_path, monkeypatch
+):
+    """Unset ``data.num_workers``: 0 on CPU (the step owns every core); on a GPU, half of each process's
+    cores, at most 4."""
+    from vlmtune.train.trainer import default_num_workers
+
+    assert load_config("llava-dora").data.num_workers is None
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert [default_num_workers(cuda, n) for n in (1, 2, 4, 8, 16)] == [4, 4, 2, 1, 1]
+    assert default_num_workers(torch.device("cpu"), 1) == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert default_num_workers(cuda, 1) == 1
+    cfg, pipe = make(model_dir, "train.max_steps=1")
+    assert Trainer(pipe, cfg, records, tmp_path, quiet=True).num_workers == 0
+    cfg, pipe = make(model_dir, "train.max_steps=1", "data.num_workers=3")
+    assert Trainer(pipe, cfg, records, tmp_path, quiet=True).num_workers == 3
 
 
 def test_collation_in_workers_gives_the_same_run(model_dir, records, tmp_path) -> None:

@@ -69,7 +69,7 @@ class DataConfig:
     max_length: int = 512
     template_seed: int = 0
     on_error: str = "raise"  # raise | skip
-    num_workers: int = 0
+    num_workers: int | None = None  # DataLoader workers; None: 0 on CPU, min(4, cores/2 per process) on a GPU
     max_train_samples: int = 0  # 0 = all
     max_eval_samples: int = 0
     shapes_size: int = 2000  # number of synthetic training images for shapes:*
@@ -398,7 +398,7 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 def _validate_speed(cfg: RunConfig) -> None:
     """``data.packing`` / ``data.cache_vision_features`` / ``data.num_workers`` (README "Speed")."""
-    if cfg.data.num_workers < 0:
+    if cfg.data.num_workers is not None and cfg.data.num_workers < 0:
         raise ConfigError(f"config key 'data.num_workers' must be >= 0, got {cfg.data.num_workers}")
     for key in ("packing", "cache_vision_features"):
         if getattr(cfg.data, key) and cfg.model.pipeline != "llava":

@@ -79,6 +79,15 @@ def enable_checkpointing(model) -> bool:
     return True
 
 
+def default_num_workers(device: torch.device, processes_on_machine: int = 1) -> int:
+    """``data.num_workers`` when unset: 0 on CPU, where every core belongs to the step; on a GPU,
+    ``min(4, cores / processes / 2)`` workers decode and collate the next batches while the GPU works."""
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(4, max(1, cores // max(1, processes_on_machine) // 2))
+
+
 def _identity(batch):
     return batch
 
@@ -152,6 +161,10 @@ class Trainer:
                 "launch with configs/accelerate/multi_gpu.yaml (data parallel) or train with model.load_in_4bit=true"
             )
         self.quiet = quiet or self.rank != 0
+        self.num_workers = cfg.data.num_workers
+        if self.num_workers is None:
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            self.num_workers = default_num_workers(self.accelerator.device, local)
         self.micro_per_epoch = len(self._epoch_batches(0))
         steps = t.max_steps or math.ceil(t.epochs * self.micro_per_epoch / t.grad_accum)
         self.total_steps = max(1, steps)
@@ -214,7 +227,7 @@ class Trainer:
                 self.pipeline.set_epoch(epoch)
             index_batches = [ddp.shard(b, self.rank, self.world_size) or b[:1] for b in full]
             real = [len(ddp.shard(b, self.rank, self.world_size)) > 0 for b in full]
-            workers = self.cfg.data.num_workers
+            workers = self.num_workers
             loader = DataLoader(
                 self.records,
                 batch_sampler=index_batches,
