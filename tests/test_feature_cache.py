@@ -10,7 +10,7 @@ from vlmtune.core.config import ConfigError, load_config
 from vlmtune.data.packing import model_inputs
 from vlmtune.data.records import load_records
 from vlmtune.models import build_pipeline
-from vlmtune.models.feature_cache import projector_input
+from vlmtune.models.feature_cache import open_feature_cache, projector_input
 from vlmtune.train.run import read_metrics
 from vlmtune.train.trainer import Trainer, seed_everything
 
@@ -78,7 +78,6 @@ def test_a_changed_tower_or_preprocessing_is_a_new_cache(model_dir, records, tmp
     tower = pipeline(model_dir, tmp_path)
     with torch.no_grad():
         next(tower.model.model.vision_tower.parameters()).add_(1e-3)
-    from vlmtune.models.feature_cache import open_feature_cache
 
     changed = open_feature_cache(tower.model, tower.image_processor, str(tmp_path))
     assert changed.folder != pipe.feature_cache.folder
@@ -114,3 +113,37 @@ def test_config_refuses_a_trained_vision_tower(model_dir) -> None:
         load_config("llava-dora", ["data.cache_vision_features=true", "adapters.vision.method=lora"])
     with pytest.raises(ConfigError, match="llava only"):
         load_config("vit-lora", ["data.cache_vision_features=true"])
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("chat", [False, True], ids=["vicuna", "chat-template"])
+def test_cache_filled_elsewhere_gives_each_image_its_features(
+    model_dir, family_folder, records, tmp_path, packing, chat
+) -> None:
+    """The shapes LLaVA (vicuna_v1 path) and a llava-hf style checkpoint (processor + chat template:
+    FamilyPipeline) read a cache filled one image at a time: the logits equal the uncached run's, padded and
+    packed (where the images follow the packed order, not the input order)."""
+    folder = family_folder("llava") if chat else model_dir
+    extra = ["data.packing=true"] if packing else []
+    pipe = pipeline(folder, tmp_path, *extra)
+    assert type(pipe).__name__ == ("FamilyPipeline" if chat else "LlavaPipeline")
+    plain = build_pipeline(
+        load_config("llava-dora", [f"model.name_or_path={folder}", "model.dtype=float32", *extra])
+    )
+    for p in (pipe, plain):  # rows of <= data.max_length, filled longest first (one row would keep the order)
+        p.model.config.text_config._attn_implementation = "sdpa"
+    chosen = sorted(records[:4], key=lambda r: len(plain.encode(r)))
+    ref = logits(plain, plain.collate(chosen, train=True))
+
+    first = pipe.collate(chosen, train=True)
+    assert "pixel_values" in first and "image_features" not in first
+    torch.testing.assert_close(logits(pipe, first), ref, atol=1e-5, rtol=0)
+    pipe.feature_cache = open_feature_cache(pipe.model, pipe.image_processor, str(tmp_path / "alone"))
+    for record in chosen:  # filled one image at a time, so a batch reading it must map keys to images itself
+        logits(pipe, pipe.collate([record], train=True))
+    second = pipe.collate(chosen, train=True)
+    assert "pixel_values" not in second and len(second["image_features"]) == 4
+    if packing:
+        assert second["ids"] != [r["id"] for r in chosen]  # the packed order is not the input order
+    torch.testing.assert_close(logits(pipe, second), ref, atol=1e-5, rtol=0)
+    assert (pipe.feature_cache.misses, pipe.feature_cache.hits) == (4, 4)

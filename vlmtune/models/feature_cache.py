@@ -1,10 +1,11 @@
-"""Frozen-tower feature cache (``data.cache_vision_features=true``): LLaVA's vision tower runs once per image.
+"""Frozen-tower feature cache (``data.cache_vision_features=true``): LLaVA's vision tower runs once per image
+(model type ``llava``: the vicuna_v1 ``LlavaPipeline`` and the chat-template ``FamilyPipeline``).
 
 With the vision tower frozen, its output (the projector's input: the ``vision_feature_layer``
 hidden states, CLS dropped for the ``default`` strategy; shape (P, D_v) per image) is a pure
 function of the image, the tower's weights and the preprocessing. It is stored on disk in the
 tower's dtype, one raw file per image, and read back memory-mapped (``torch.from_file``), so later
-epochs skip image decoding, preprocessing and the tower; the projector and the LM run as usual and
+epochs skip the tower (and, on the vicuna_v1 path, image decoding and preprocessing); the projector and the LM run as usual and
 the logits equal an uncached run's (the same projector input; tests/test_feature_cache.py).
 
 Layout: ``<root>/<fingerprint>/<sha[:2]>/<sha>.bin`` + ``<root>/<fingerprint>/meta.json``.

@@ -55,6 +55,8 @@ TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_id
 # PaliGemma (bidirectional attention over image / prefix tokens), Mllama (cross-attention to the images).
 MROPE_PACKING = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 PACKING = (*MROPE_PACKING, "llava", "llava_next", "llava_onevision", "idefics3", "smolvlm", "internvl")
+# ``data.cache_vision_features``: families whose projector input is one fixed-size (P, D_v) tensor per image.
+CACHE_FEATURES = ("llava",)
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -209,6 +211,14 @@ class FamilyPipeline(LlavaPipeline):
         self.feature_cache = None
         if cfg.data.packing:
             use_packed_attention(self.model.config.text_config)
+        if (
+            cfg.data.cache_vision_features
+        ):  # model types in CACHE_FEATURES (build_llava_style refuses the rest)
+            from vlmtune.models.feature_cache import open_feature_cache
+
+            self.feature_cache = open_feature_cache(
+                self.model, self.image_processor, cfg.data.vision_cache_dir
+            )
         if self.family.model_type != "paligemma" and not self.processor.chat_template:
             raise ConfigError(
                 f"model.name_or_path='{cfg.model.name_or_path}' ({self.family.model_type}) has no chat template; "
@@ -340,14 +350,19 @@ class FamilyPipeline(LlavaPipeline):
         examples = [self.encode(r, train) for r in records]
         if train and self.cfg.data.packing:
             batch, order = self.pack(examples)
-            batch["ids"] = [records[i]["id"] for i in order]
-            return batch
-        batch: dict[str, Any] = stack_inputs(examples, self.pad_id, "right" if train else "left")
-        if train:
+            records = [records[i] for i in order]
+        else:
+            batch = stack_inputs(examples, self.pad_id, "right" if train else "left")
+        if train and not self.cfg.data.packing:
             width = batch["input_ids"].shape[1]
             batch["labels"] = torch.tensor(
                 [e.labels + [IGNORE_INDEX] * (width - len(e.labels)) for e in examples], dtype=torch.long
             )
+        if (
+            train and self.feature_cache is not None
+        ):  # cached features replace the pixels (the tower is skipped)
+            pixels = batch.pop("pixel_values", None)
+            batch.update(self.feature_cache.collate(records, lambda _: pixels))
         batch["ids"] = [r["id"] for r in records]
         return batch
 
@@ -425,10 +440,11 @@ def build_llava_style(cfg: RunConfig, folder: str | None = None):
         processor = None  # LlavaPipeline loads tokenizer and image processor itself and says what is missing
     if model_type == "llava" and not (processor and processor.chat_template):
         return LlavaPipeline(cfg, path)
-    for key in ("packing", "cache_vision_features"):
-        if getattr(cfg.data, key) and not (key == "packing" and model_type in PACKING):
-            where = "LLaVA-1.5 checkpoints without a chat template (the vicuna_v1 path)"
-            where += f" and the model types {', '.join(PACKING)}" if key == "packing" else " only"
+    for key, model_types in (("packing", PACKING), ("cache_vision_features", CACHE_FEATURES)):
+        if getattr(cfg.data, key) and model_type not in model_types:
+            others = ", ".join(t for t in model_types if t != "llava")
+            where = "LLaVA-1.5 checkpoints (model type llava, with or without a chat template)"
+            where += f" and the model types {others}" if others else ""
             raise ConfigError(
                 f"config key 'data.{key}' is implemented for {where}, not for this '{model_type}' checkpoint; "
                 f"set data.{key}=false"
