@@ -132,7 +132,7 @@ def _varlen_packed(
         window_size=(-1, 0),  # causal
         enable_gqa=gqa,
     )
-    return out.view(rows, q_len, heads, dim)
+    return out.reshape(rows, q_len, heads, dim)
 
 
 def register() -> str:
