@@ -150,7 +150,11 @@ def test_llava_conversation_json(tmp_path):
     (tmp_path / "bad.json").write_text(
         json.dumps([data[0], {"id": "x", "conversations": [{"from": "bot", "value": 1}]}])
     )
-    with pytest.raises(DataError, match=r"bad.json:item 1: record 'x' field 'conversations' must be"):
+    with pytest.raises(
+        DataError,
+        match=r"bad.json:item 1: record 'x' conversations turn 1 has from 'bot'; use human/gpt/system "
+        r"\(or user/assistant\)$",
+    ):
         read_llava_json(tmp_path / "bad.json")
     (tmp_path / "obj.json").write_text("{}")
     with pytest.raises(DataError, match="expected a JSON list of records"):

@@ -83,7 +83,7 @@ FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "conversations": (
         lambda v: isinstance(v, list) and len(v) > 0 and all(map(_is_turn, v)),
-        'a non-empty list of {"from": "human"|"gpt", "value": str}',
+        'a non-empty list of {"from": "human"|"gpt"|"system", "value": str}',
     ),
     "label": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
 }
