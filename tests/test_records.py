@@ -205,3 +205,12 @@ def test_utf8_bom_and_bad_bytes(tmp_path):
     p.write_bytes(json.dumps(GOOD).encode() + b"\n" + b'{"id": "\xff"}\n')
     with pytest.raises(DataError, match=r"bom.jsonl:2: not UTF-8 text \(invalid start byte at byte 8\)"):
         read_jsonl(p)
+
+
+def test_a_json_list_with_a_bom_reads_like_one_without(tmp_path):
+    p = tmp_path / "bom.json"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps([GOOD]).encode())
+    assert read_records(p, task=None) == read_jsonl(write_lines(tmp_path / "same.jsonl", [GOOD]))
+    p.write_bytes(b'[{"id": "\xff"}]')
+    with pytest.raises(DataError, match=r"bom.json: not UTF-8 text \(invalid start byte at byte 9\)$"):
+        read_records(p)

@@ -264,8 +264,10 @@ def read_llava_json(
     path = Path(path)
     _check_file(path)
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))  # tolerate a BOM, as JSONL does
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of records (LLaVA format), got {type(data).__name__}")
