@@ -272,10 +272,19 @@ def test_a_bad_llava_turn_is_named_by_record_turn_and_field(own, turn, message):
 def test_a_file_of_another_suffix_is_read_as_jsonl_and_a_plain_folder_is_refused(own, tmp_path):
     (tmp_path / "own.txt").write_text((own / "own_messages.jsonl").read_text())
     assert len(load_records(str(tmp_path / "own.txt"))) == 3
-    with pytest.raises(
-        DataError, match=r"data file '.*images' not found; .* a folder written by datasets' save_to_disk"
-    ):
+    with pytest.raises(DataError) as err:
         load_records(str(own / "images"))
+    assert str(err.value) == (
+        f"data file '{own / 'images'}' is a folder, not a datasets save_to_disk folder (no state.json or "
+        "dataset_dict.json) and holds no .jsonl/.json/.parquet file; give a data file whose records name the "
+        "images (image paths resolve against data.image_root)"
+    )
+    with pytest.raises(DataError) as err:  # a folder of data files: name them
+        load_records(str(own))
+    assert str(err.value).endswith(
+        "(no state.json or dataset_dict.json); it holds own.json, own_messages.json, own_messages.jsonl, ...: "
+        f"name one, e.g. {own / 'own.json'}"
+    )
 
 
 # ---------------------------------------------------------------- datasets
