@@ -193,6 +193,7 @@ BARE = {"type": "image"}
         ({"messages": user_turn(BARE, BARE), "images": ["1.png", "0.png"]}, ["1.png", "0.png"]),
         ({"messages": user_turn(BARE), "image": "1.png"}, ["1.png"]),
         ({"messages": user_turn({"type": "image", "image": "1.png"})}, ["1.png"]),  # paths in the parts
+        ({"messages": user_turn({"type": "image", "image": "1.png"}), "images": None}, ["1.png"]),
         ({"messages": user_turn({"type": "image_url", "image_url": {"url": "0.png"}}, {"type": "image", "path": "1.png"})},
          ["0.png", "1.png"]),
     ],

@@ -122,7 +122,7 @@ def _part_images(record: dict, image_parts: list[ImagePart], where: str) -> list
     if not with_path:
         return []
     at, path = with_path[0]
-    given = next((key for key in ("images", "image") if key in record), None)
+    given = next((key for key in ("images", "image") if record.get(key) is not None), None)
     if given is not None:
         raise DataError(
             f"{at} gives image {path!r} while the record also has '{given}' {record[given]!r:.60}; give each "
