@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 
 from vlmtune.data.errors import DataError, ErrorLog
-from vlmtune.data.records import RecordDataset, load_records, read_jsonl, read_llava_json, read_records
+from vlmtune.data.records import (
+    RecordDataset,
+    load_records,
+    read_classification,
+    read_jsonl,
+    read_llava_json,
+    read_records,
+)
 from vlmtune.data.shapes import SHAPES_VERSION
 
 GOOD = {"id": "a", "task": "vqa", "image": "img/a.png", "question": "What?", "answers": ["red"] * 10}
@@ -214,3 +221,10 @@ def test_a_json_list_with_a_bom_reads_like_one_without(tmp_path):
     p.write_bytes(b'[{"id": "\xff"}]')
     with pytest.raises(DataError, match=r"bom.json: not UTF-8 text \(invalid start byte at byte 9\)$"):
         read_records(p)
+
+
+def test_a_classify_line_that_is_not_an_object_is_one_line(tmp_path):
+    p = write_lines(tmp_path / "c.jsonl", [{"label": 1, "image": "a.png"}, [1, 2]])
+    with pytest.raises(DataError) as err:
+        read_classification(str(p))
+    assert str(err.value) == f"{p}:2: a classify record needs an integer 'label' and an 'image', got [1, 2]"

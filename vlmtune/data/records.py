@@ -329,8 +329,10 @@ def read_classification(spec: str, split: str = "train", max_samples: int = 0) -
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec.get("label"), int) or "image" not in rec:
-                raise DataError(f"{path}:{lineno}: a classify record needs an integer 'label' and an 'image'")
+            if not isinstance(rec, dict) or not isinstance(rec.get("label"), int) or "image" not in rec:
+                raise DataError(
+                    f"{path}:{lineno}: a classify record needs an integer 'label' and an 'image', got {rec!r:.60}"
+                )
             if not Path(rec["image"]).is_absolute():
                 rec["image"] = str(path.parent / rec["image"])
             records.append(rec)
