@@ -228,3 +228,20 @@ def test_a_classify_line_that_is_not_an_object_is_one_line(tmp_path):
     with pytest.raises(DataError) as err:
         read_classification(str(p))
     assert str(err.value) == f"{p}:2: a classify record needs an integer 'label' and an 'image', got [1, 2]"
+
+
+def test_json_lines_named_json_and_an_image_that_is_a_folder_say_what_to_do(tmp_path):
+    p = tmp_path / "lines.json"
+    p.write_text(json.dumps(GOOD) + "\n" + json.dumps(GOOD) + "\n")
+    with pytest.raises(DataError, match=r"lines.json: not valid JSON \(Extra data: line 2 column 1 .*\); it holds "
+                       r"one record a line \(JSON Lines\): name it .jsonl$"):  # fmt: skip
+        read_records(p)
+    p.write_text("[" + json.dumps(GOOD) + "]\n]")  # other extra data: no such hint
+    with pytest.raises(DataError, match=r"lines.json: not valid JSON \(Extra data: line 2 column 1 .*\)$"):
+        read_records(p)
+    (tmp_path / "img" / "a.png").mkdir(parents=True)
+    with pytest.raises(DataError) as err:
+        read_jsonl(write_lines(tmp_path / "d.jsonl", [GOOD]), check_images=True)
+    assert str(err.value).endswith(
+        f":1: record 'a' image '{tmp_path / 'img/a.png'}' is a folder, not an image file; check data.image_root"
+    )

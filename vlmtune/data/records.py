@@ -133,8 +133,9 @@ def resolve_images(record: dict, base: Path, check: bool = False, where: str = "
         if check:  # decode once, so unreadable images are found (and counted) before training
             for path in resolved:
                 if not Path(path).is_file():
+                    what = "is a folder, not an image file" if Path(path).is_dir() else "not found"
                     raise DataError(
-                        f"{where}: record '{record['id']}' image '{path}' not found; check data.image_root"
+                        f"{where}: record '{record['id']}' image '{path}' {what}; check data.image_root"
                     )
                 try:
                     load_image(path, record_id=record["id"])
@@ -268,13 +269,20 @@ def read_llava_json(
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
+        hint = "; it holds one record a line (JSON Lines): name it .jsonl" if _is_json_lines(e) else ""
+        raise DataError(f"{path}: not valid JSON ({str(e).splitlines()[0]}){hint}") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of records (LLaVA format), got {type(data).__name__}")
     items = ((f"{path}:item {i}", lambda r=r: r, f"{path.name}#{i}") for i, r in enumerate(data))
     return _collect(
         items, path, on_error, errors, required_fields_by_task, image_root, task, check_images, columns
     )
+
+
+def _is_json_lines(error: json.JSONDecodeError) -> bool:
+    """A ``.json`` that fails where its second value starts, after a first line that is one object."""
+    first = error.doc[: error.pos].strip()
+    return error.msg == "Extra data" and first.startswith("{") and "\n" not in first
 
 
 def read_dataset(
