@@ -156,7 +156,12 @@ def test_content_parts_system_prompt_and_column_mapping(tmp_path):
         ({"messages": [{"role": "user", "content": "Q"}]},
          "own.jsonl:1: record 'own.jsonl:1' has no assistant turn"),
         ({"messages": [{"role": "tool", "content": "Q"}]},
-         "own.jsonl:1: messages turn 1 has role 'tool'; use user/assistant/system"),
+         "own.jsonl:1: record 'own.jsonl:1' messages turn 1 has role 'tool'; use user/assistant/system "
+         "(or human/gpt)"),
+        ({"messages": [{"content": "Q"}]},
+         "own.jsonl:1: record 'own.jsonl:1' messages turn 1 has no 'role' (or 'from'); use user/assistant/system"),
+        ({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": None}]},
+         "own.jsonl:1: record 'own.jsonl:1' messages turn 2 has content None; give a string or a list of"),
         ({"messages": [{"role": "user", "content": "<image><image>Q"}, {"role": "assistant", "content": "A"}],
           "images": ["0.png"]},
          "own.jsonl:1: record 'own.jsonl:1' has 1 image(s) but 2 '<image>' placeholder(s)"),
@@ -172,13 +177,115 @@ def test_bad_conversations_stop_at_load_time_with_one_line(tmp_path, row, messag
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def user_turn(*parts: dict) -> list[dict]:
+    """``messages`` of one user turn with ``parts`` then "Q", answered "A"."""
+    content = [*parts, {"type": "text", "text": "Q"}]
+    return [{"role": "user", "content": content}, {"role": "assistant", "content": "A"}]
+
+
+BARE = {"type": "image"}
+
+
+@pytest.mark.parametrize(
+    ("row", "images"),
+    [
+        ({"messages": user_turn(BARE), "images": ["0.png"]}, ["0.png"]),  # LLaMA-Factory / TRL
+        ({"messages": user_turn(BARE, BARE), "images": ["1.png", "0.png"]}, ["1.png", "0.png"]),
+        ({"messages": user_turn(BARE), "image": "1.png"}, ["1.png"]),
+        ({"messages": user_turn({"type": "image", "image": "1.png"})}, ["1.png"]),  # paths in the parts
+        ({"messages": user_turn({"type": "image", "image": "1.png"}), "images": None}, ["1.png"]),
+        ({"messages": user_turn({"type": "image_url", "image_url": {"url": "0.png"}}, {"type": "image", "path": "1.png"})},
+         ["0.png", "1.png"]),
+    ],
+)  # fmt: skip
+def test_image_paths_come_from_images_or_from_the_parts(tmp_path, row, images):
+    write_images(tmp_path, 2)
+    (tmp_path / "own.jsonl").write_text(json.dumps(row) + "\n")
+    (rec,) = load_records(str(tmp_path / "own.jsonl"))
+    got = [rec.pop("image")] if len(images) == 1 else rec.pop("images")
+    assert got == [str(tmp_path / p) for p in images] and "image" not in rec and "images" not in rec
+    assert rec["conversations"][0]["value"] == "<image>\n" * len(images) + "Q"
+
+
+CONFLICT = (
+    "give each path once: in '{key}' with bare {{\"type\": \"image\"}} parts, or in the parts without '{key}'"
+)
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [  # a part's own path next to the record's images: refused even when it is the same path
+        ({"messages": user_turn({"type": "image", "image": "missing.png"}), "images": ["1.png"]},
+         "own.jsonl:1: record 'own.jsonl:1' messages turn 1 part 1 gives image 'missing.png' while the record "
+         "also has 'images' ['1.png']; " + CONFLICT.format(key="images")),
+        ({"id": "r7", "messages": user_turn(BARE, {"type": "image_url", "image_url": {"url": "0.png"}}),
+          "images": ["0.png", "1.png"]},
+         "own.jsonl:1: record 'r7' messages turn 1 part 2 gives image '0.png' while the record also has 'images'"),
+        ({"messages": user_turn({"type": "image", "image": "0.png"}), "image": "0.png"},
+         "messages turn 1 part 1 gives image '0.png' while the record also has 'image' '0.png'; "
+         + CONFLICT.format(key="image")),
+        ({"messages": user_turn({"type": "image", "image": "0.png"}, BARE)},  # only some parts have a path
+         "own.jsonl:1: record 'own.jsonl:1' has 2 image parts but 1 with a path (messages turn 1 part 2 has "
+         "none); give every image part its path, or list the paths in "
+         "'images' and leave the parts bare"),
+        ({"messages": user_turn(BARE), "images": ["0.png", "1.png"]},  # count mismatch
+         "own.jsonl:1: record 'own.jsonl:1' has 2 image(s) but 1 '<image>' placeholder(s)"),
+        ({"messages": user_turn({"type": "image", "image": {"bytes": "x"}})},
+         "own.jsonl:1: record 'own.jsonl:1' messages turn 1 part 1 has image {'bytes': 'x'}; give a path string"),
+    ],
+)  # fmt: skip
+def test_image_parts_that_conflict_with_images_are_refused_with_one_line(tmp_path, row, message):
+    write_images(tmp_path, 2)
+    (tmp_path / "own.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError) as err:
+        load_records(str(tmp_path / "own.jsonl"))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("turn", "message"),
+    [
+        ({"from": "bot", "value": "A"},
+         "bad.json:item 1: record 'r1' conversations turn 2 has from 'bot'; use human/gpt/system (or user/assistant)"),
+        ({"value": "A"}, "bad.json:item 1: record 'r1' conversations turn 2 has no 'role' (or 'from'); use human/gpt"),
+        ({"from": "gpt", "value": None},
+         "bad.json:item 1: record 'r1' conversations turn 2 has value None; give a string or a list of text/image"),
+        ("A", "bad.json:item 1: record 'r1' conversations turn 2 must be an object, got 'A'"),
+    ],
+)  # fmt: skip
+def test_a_bad_llava_turn_is_named_by_record_turn_and_field(own, turn, message):
+    good = llava_json()[0]
+    bad = {"id": "r1", "image": "images/1.png", "conversations": [good["conversations"][0], turn]}
+    (own / "bad.json").write_text(json.dumps([good, bad]))
+    with pytest.raises(DataError) as err:
+        load_records(str(own / "bad.json"))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value) and "[{" not in str(err.value)  # no dump of the conversation
+    # user/assistant are accepted in a LLaVA file too (what the error lists)
+    ua = {**bad, "conversations": [{"from": "user", "value": "Q"}, {"from": "assistant", "value": "A"}]}
+    (own / "ua.json").write_text(json.dumps([good, ua]))
+    assert load_records(str(own / "ua.json"))[1]["conversations"] == [
+        {"from": "human", "value": "Q"},
+        {"from": "gpt", "value": "A"},
+    ]
+
+
 def test_a_file_of_another_suffix_is_read_as_jsonl_and_a_plain_folder_is_refused(own, tmp_path):
     (tmp_path / "own.txt").write_text((own / "own_messages.jsonl").read_text())
     assert len(load_records(str(tmp_path / "own.txt"))) == 3
-    with pytest.raises(
-        DataError, match=r"data file '.*images' not found; .* a folder written by datasets' save_to_disk"
-    ):
+    with pytest.raises(DataError) as err:
         load_records(str(own / "images"))
+    assert str(err.value) == (
+        f"data file '{own / 'images'}' is a folder, not a datasets save_to_disk folder (no state.json or "
+        "dataset_dict.json) and holds no .jsonl/.json/.parquet file; give a data file whose records name the "
+        "images (image paths resolve against data.image_root)"
+    )
+    with pytest.raises(DataError) as err:  # a folder of data files: name them
+        load_records(str(own))
+    assert str(err.value).endswith(
+        "(no state.json or dataset_dict.json); it holds own.json, own_messages.json, own_messages.jsonl, ...: "
+        f"name one, e.g. {own / 'own.json'}"
+    )
 
 
 # ---------------------------------------------------------------- datasets

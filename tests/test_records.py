@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 
 from vlmtune.data.errors import DataError, ErrorLog
-from vlmtune.data.records import RecordDataset, load_records, read_jsonl, read_llava_json, read_records
+from vlmtune.data.records import (
+    RecordDataset,
+    load_records,
+    read_classification,
+    read_jsonl,
+    read_llava_json,
+    read_records,
+)
 from vlmtune.data.shapes import SHAPES_VERSION
 
 GOOD = {"id": "a", "task": "vqa", "image": "img/a.png", "question": "What?", "answers": ["red"] * 10}
@@ -150,7 +157,11 @@ def test_llava_conversation_json(tmp_path):
     (tmp_path / "bad.json").write_text(
         json.dumps([data[0], {"id": "x", "conversations": [{"from": "bot", "value": 1}]}])
     )
-    with pytest.raises(DataError, match=r"bad.json:item 1: record 'x' field 'conversations' must be"):
+    with pytest.raises(
+        DataError,
+        match=r"bad.json:item 1: record 'x' conversations turn 1 has from 'bot'; use human/gpt/system "
+        r"\(or user/assistant\)$",
+    ):
         read_llava_json(tmp_path / "bad.json")
     (tmp_path / "obj.json").write_text("{}")
     with pytest.raises(DataError, match="expected a JSON list of records"):
@@ -201,3 +212,36 @@ def test_utf8_bom_and_bad_bytes(tmp_path):
     p.write_bytes(json.dumps(GOOD).encode() + b"\n" + b'{"id": "\xff"}\n')
     with pytest.raises(DataError, match=r"bom.jsonl:2: not UTF-8 text \(invalid start byte at byte 8\)"):
         read_jsonl(p)
+
+
+def test_a_json_list_with_a_bom_reads_like_one_without(tmp_path):
+    p = tmp_path / "bom.json"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps([GOOD]).encode())
+    assert read_records(p, task=None) == read_jsonl(write_lines(tmp_path / "same.jsonl", [GOOD]))
+    p.write_bytes(b'[{"id": "\xff"}]')
+    with pytest.raises(DataError, match=r"bom.json: not UTF-8 text \(invalid start byte at byte 9\)$"):
+        read_records(p)
+
+
+def test_a_classify_line_that_is_not_an_object_is_one_line(tmp_path):
+    p = write_lines(tmp_path / "c.jsonl", [{"label": 1, "image": "a.png"}, [1, 2]])
+    with pytest.raises(DataError) as err:
+        read_classification(str(p))
+    assert str(err.value) == f"{p}:2: a classify record needs an integer 'label' and an 'image', got [1, 2]"
+
+
+def test_json_lines_named_json_and_an_image_that_is_a_folder_say_what_to_do(tmp_path):
+    p = tmp_path / "lines.json"
+    p.write_text(json.dumps(GOOD) + "\n" + json.dumps(GOOD) + "\n")
+    with pytest.raises(DataError, match=r"lines.json: not valid JSON \(Extra data: line 2 column 1 .*\); it holds "
+                       r"one record a line \(JSON Lines\): name it .jsonl$"):  # fmt: skip
+        read_records(p)
+    p.write_text("[" + json.dumps(GOOD) + "]\n]")  # other extra data: no such hint
+    with pytest.raises(DataError, match=r"lines.json: not valid JSON \(Extra data: line 2 column 1 .*\)$"):
+        read_records(p)
+    (tmp_path / "img" / "a.png").mkdir(parents=True)
+    with pytest.raises(DataError) as err:
+        read_jsonl(write_lines(tmp_path / "d.jsonl", [GOOD]), check_images=True)
+    assert str(err.value).endswith(
+        f":1: record 'a' image '{tmp_path / 'img/a.png'}' is a folder, not an image file; check data.image_root"
+    )

@@ -9,8 +9,11 @@ Accepted as well (the same record after :func:`to_internal`):
 
 - OpenAI / LLaMA-Factory ``messages``: ``{"messages": [{"role": "user", "content": "<image>Q"},
   {"role": "assistant", "content": "A"}], "images": ["a.png"]}``; ``content`` may also be a list of parts
-  ``{"type": "text", "text": ...}`` / ``{"type": "image"[, "image": path]}`` (an image part is written
-  ``<image>\\n``, LLaVA's placeholder line); a top-level ``system`` string becomes a system turn.
+  ``{"type": "text", "text": ...}`` / ``{"type": "image"}`` (an image part is written ``<image>\\n``,
+  LLaVA's placeholder line); a top-level ``system`` string becomes a system turn. Each image path is given
+  once: in ``images`` with bare image parts marking where each goes (LLaMA-Factory, TRL), or in every image
+  part (``{"type": "image", "image": path}``, ``{"type": "image_url", "image_url": {"url": path}}``) with
+  no ``images``; a part's path next to ``image``/``images``, or only some parts with a path, is refused.
 - ShareGPT ``conversations`` with ``from``/``value`` (roles ``human``/``gpt``, also ``user``/``assistant``)
   or ``role``/``content`` keys.
 - ``data.columns`` renames the user's keys first: ``{"messages": "conv", "images": "img"}`` reads ``conv``
@@ -20,7 +23,8 @@ A conversation without an ``id`` gets the stable ``fallback_id`` its reader deri
 line (``own.jsonl:3``) or list index (``own.json#2``); the reader says how many. A one-image ``images`` list
 becomes ``image`` (same tokens either way). :func:`check_turns` rejects, with one line, what would otherwise
 fail part-way through training: turns that do not alternate user/assistant, no assistant turn, and
-``<image>`` placeholders that do not match the number of images.
+``<image>`` placeholders that do not match the number of images. Errors name ``file:line`` (or ``item``),
+the record, the turn (and part) and the bad key.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ from vlmtune.data.templates import IMAGE_TOKEN
 
 # role names of the accepted formats -> the internal ``from`` values
 ROLES = {"user": "human", "human": "human", "assistant": "gpt", "gpt": "gpt", "system": "system"}
+# what each turn format names its role, and the role names listed first in its errors
+ROLE_HINTS = {"role": "user/assistant/system (or human/gpt)", "from": "human/gpt/system (or user/assistant)"}
+
+# an image part: where it is (``file:line: record 'r' messages turn 1 part 1``) and its own path, if any
+ImagePart = tuple[str, str | None]
 
 
 def rename_columns(row: dict, columns: dict[str, str]) -> dict:
@@ -47,48 +56,85 @@ def rename_columns(row: dict, columns: dict[str, str]) -> dict:
     return out
 
 
-def _content_text(content: Any, where: str, images: list[str]) -> str:
-    """A message's content as text with ``<image>`` placeholders; image parts' paths go to ``images``."""
+def _part_path(part: dict, where: str) -> str | None:
+    """The path an image part carries (``image`` / ``path``, or ``image_url.url``), None for a bare one."""
+    url = part.get("image_url")
+    source = part.get("image") or part.get("path") or (url.get("url") if isinstance(url, dict) else url)
+    if source in (None, ""):
+        return None
+    if not isinstance(source, str):
+        raise DataError(f"{where} has image {source!r:.60}; give a path string (or a bare image part)")
+    return source
+
+
+def _content_text(content: Any, where: str, key: str, image_parts: list[ImagePart]) -> str:
+    """A turn's ``content`` (named ``key``) as text with ``<image>`` placeholders; its image parts are
+    appended to ``image_parts``."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise DataError(f"{where}: message content must be a string or a list of parts, got {content!r:.60}")
+        raise DataError(f"{where} has {key} {content!r:.60}; give a string or a list of text/image parts")
     pieces = []
-    for part in content:
+    for j, part in enumerate(content, 1):
         kind = part.get("type") if isinstance(part, dict) else None
         if isinstance(part, str) or kind == "text":
             pieces.append(part if isinstance(part, str) else str(part.get("text", "")))
         elif kind in ("image", "image_url"):
             pieces.append(IMAGE_TOKEN + "\n")
-            source = part.get("image") or part.get("path") or (part.get("image_url") or {}).get("url")
-            if isinstance(source, str) and source:
-                images.append(source)
+            image_parts.append((f"{where} part {j}", _part_path(part, f"{where} part {j}")))
         else:
-            raise DataError(f"{where}: message part {part!r:.60} is neither text nor an image")
+            raise DataError(f"{where} part {j} ({part!r:.60}) is neither text nor an image")
     return "".join(pieces)
 
 
-def _turns(messages: Any, where: str, field: str, images: list[str]) -> list[dict]:
-    """``messages`` / ShareGPT ``conversations`` -> internal ``{"from", "value"}`` turns."""
+def _turn(turn: Any, where: str, field: str, image_parts: list[ImagePart]) -> dict:
+    """One ``messages`` / ``conversations`` turn (``role``/``content`` or ``from``/``value`` keys) ->
+    ``{"from": "human"|"gpt"|"system", "value": text}``; ``where`` names file, record, field and turn."""
+    if not isinstance(turn, dict):
+        raise DataError(f"{where} must be an object, got {turn!r:.60}")
+    role_key = next((k for k in ROLE_HINTS if k in turn), "role" if field == "messages" else "from")
+    role = turn.get(role_key)
+    if role not in ROLES:
+        said = f"has {role_key} {role!r:.40}" if role_key in turn else "has no 'role' (or 'from')"
+        raise DataError(f"{where} {said}; use {ROLE_HINTS[role_key]}")
+    content_key = "content" if "content" in turn else "value"
+    if content_key not in turn:
+        raise DataError(f"{where} has no 'content' (or 'value'); give the turn's text")
+    return {"from": ROLES[role], "value": _content_text(turn[content_key], where, content_key, image_parts)}
+
+
+def _turns(messages: Any, where: str, field: str, image_parts: list[ImagePart]) -> list[dict]:
+    """``messages`` / ``conversations`` (LLaVA, ShareGPT) -> internal ``{"from", "value"}`` turns."""
     if not isinstance(messages, list) or not messages:
-        raise DataError(f"{where}: '{field}' must be a non-empty list of turns")
-    turns = []
-    for i, turn in enumerate(messages, 1):
-        if not isinstance(turn, dict):
-            raise DataError(f"{where}: {field} turn {i} must be an object, got {turn!r:.60}")
-        role = turn.get("role", turn.get("from"))
-        if field == "conversations" and (role not in ROLES or not isinstance(turn.get("value", ""), str)):
-            turns.append(turn)  # not ShareGPT either: validate_record names what a LLaVA turn must be
-            continue
-        if role not in ROLES:
-            raise DataError(
-                f"{where}: {field} turn {i} has role {role!r}; use user/assistant/system (or human/gpt)"
-            )
-        content = turn["content"] if "content" in turn else turn.get("value")
-        turns.append(
-            {"from": ROLES[role], "value": _content_text(content, f"{where}: {field} turn {i}", images)}
+        raise DataError(f"{where} field '{field}' must be a non-empty list of turns")
+    return [
+        _turn(turn, f"{where} {field} turn {i}", field, image_parts) for i, turn in enumerate(messages, 1)
+    ]
+
+
+def _part_images(record: dict, image_parts: list[ImagePart], where: str) -> list[str]:
+    """The paths the image parts give, checked against the record's own ``image`` / ``images``.
+
+    Each path is given once (LLaMA-Factory / TRL): in the ``images`` list, the parts bare
+    (``{"type": "image"}``) marking where each goes, or in every image part with no ``images``. A part
+    path next to ``image``/``images``, or parts of which only some have a path, are refused (one line)."""
+    with_path = [(at, path) for at, path in image_parts if path is not None]
+    if not with_path:
+        return []
+    at, path = with_path[0]
+    given = next((key for key in ("images", "image") if record.get(key) is not None), None)
+    if given is not None:
+        raise DataError(
+            f"{at} gives image {path!r} while the record also has '{given}' {record[given]!r:.60}; give each "
+            f"path once: in '{given}' with bare {{\"type\": \"image\"}} parts, or in the parts without '{given}'"
         )
-    return turns
+    if len(with_path) < len(image_parts):
+        bare = next(at for at, path in image_parts if path is None).removeprefix(f"{where} ")  # turn, part
+        raise DataError(
+            f"{where} has {len(image_parts)} image parts but {len(with_path)} with a path ({bare} has none); "
+            "give every image part its path, or list the paths in 'images' and leave the parts bare"
+        )
+    return [path for _, path in with_path]
 
 
 def is_conversation(row: Any) -> bool:
@@ -108,20 +154,21 @@ def to_internal(
     if not is_conversation(row) or row.get("task", "conversation") != "conversation":
         return row, False
     record = {k: v for k, v in row.items() if k not in ("messages", "system")}
-    found: list[str] = []
+    derived = record.get("id") in (None, "")
+    if derived:
+        record["id"] = fallback_id
+    named = f"{where}: record '{record['id']}'"
+    image_parts: list[ImagePart] = []
     field = "messages" if "messages" in row else "conversations"
-    turns = _turns(row[field], where, field, found)
+    turns = _turns(row[field], named, field, image_parts)
     if isinstance(row.get("system"), str) and row["system"]:
         turns.insert(0, {"from": "system", "value": row["system"]})
     record["conversations"] = turns
     record["task"] = "conversation"
-    if found and "image" not in record and "images" not in record:
+    if found := _part_images(record, image_parts, named):
         record["images"] = found
     if isinstance(record.get("images"), list) and len(record["images"]) == 1 and "image" not in record:
         record["image"] = record.pop("images")[0]
-    derived = record.get("id") in (None, "")
-    if derived:
-        record["id"] = fallback_id
     return record, derived
 
 

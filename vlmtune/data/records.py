@@ -83,7 +83,7 @@ FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "conversations": (
         lambda v: isinstance(v, list) and len(v) > 0 and all(map(_is_turn, v)),
-        'a non-empty list of {"from": "human"|"gpt", "value": str}',
+        'a non-empty list of {"from": "human"|"gpt"|"system", "value": str}',
     ),
     "label": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
 }
@@ -133,8 +133,9 @@ def resolve_images(record: dict, base: Path, check: bool = False, where: str = "
         if check:  # decode once, so unreadable images are found (and counted) before training
             for path in resolved:
                 if not Path(path).is_file():
+                    what = "is a folder, not an image file" if Path(path).is_dir() else "not found"
                     raise DataError(
-                        f"{where}: record '{record['id']}' image '{path}' not found; check data.image_root"
+                        f"{where}: record '{record['id']}' image '{path}' {what}; check data.image_root"
                     )
                 try:
                     load_image(path, record_id=record["id"])
@@ -264,15 +265,24 @@ def read_llava_json(
     path = Path(path)
     _check_file(path)
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))  # tolerate a BOM, as JSONL does
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        hint = "; it holds one record a line (JSON Lines): name it .jsonl" if _is_json_lines(e) else ""
+        raise DataError(f"{path}: not valid JSON ({str(e).splitlines()[0]}){hint}") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of records (LLaVA format), got {type(data).__name__}")
     items = ((f"{path}:item {i}", lambda r=r: r, f"{path.name}#{i}") for i, r in enumerate(data))
     return _collect(
         items, path, on_error, errors, required_fields_by_task, image_root, task, check_images, columns
     )
+
+
+def _is_json_lines(error: json.JSONDecodeError) -> bool:
+    """A ``.json`` that fails where its second value starts, after a first line that is one object."""
+    first = error.doc[: error.pos].strip()
+    return error.msg == "Extra data" and first.startswith("{") and "\n" not in first
 
 
 def read_dataset(
@@ -327,8 +337,10 @@ def read_classification(spec: str, split: str = "train", max_samples: int = 0) -
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec.get("label"), int) or "image" not in rec:
-                raise DataError(f"{path}:{lineno}: a classify record needs an integer 'label' and an 'image'")
+            if not isinstance(rec, dict) or not isinstance(rec.get("label"), int) or "image" not in rec:
+                raise DataError(
+                    f"{path}:{lineno}: a classify record needs an integer 'label' and an 'image', got {rec!r:.60}"
+                )
             if not Path(rec["image"]).is_absolute():
                 rec["image"] = str(path.parent / rec["image"])
             records.append(rec)

@@ -33,13 +33,29 @@ def spec_paths(
     paths = []
     for part in parsed.items:
         path = Path(part).expanduser()
-        if not (is_saved_dataset(path) if path.is_dir() else path.is_file()):
+        if path.is_dir() and not is_saved_dataset(path):
+            raise DataError(_plain_folder(part, path))
+        if not path.is_dir() and not path.is_file():
             raise DataError(
                 f"data file '{part}' not found; give an existing .jsonl/.json/.parquet file, a folder written "
                 f"by datasets' save_to_disk, or shapes:<task> (tasks: {', '.join(shapes.TASKS)})"
             )
         paths.append(path)
     return paths
+
+
+def _plain_folder(part: str, path: Path) -> str:
+    """The one-line error for a folder given as data that ``save_to_disk`` did not write; it names the
+    data files the folder holds (the likely meant ones)."""
+    held = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".jsonl", ".json", ".parquet"))
+    what = f"data file '{part}' is a folder, not a datasets save_to_disk folder (no state.json or dataset_dict.json)"
+    if held:
+        more = ", ..." if len(held) > 3 else ""
+        return f"{what}; it holds {', '.join(held[:3])}{more}: name one, e.g. {Path(part) / held[0]}"
+    return (
+        f"{what} and holds no .jsonl/.json/.parquet file; give a data file whose records name the images "
+        "(image paths resolve against data.image_root)"
+    )
 
 
 def is_saved_dataset(path: Path) -> bool:
