@@ -110,7 +110,7 @@ def load_model(model: str, force: bool = False, base: str | None = None):
     return build_pipeline(cfg), None, None
 
 
-def run_benchmark_of(args: argparse.Namespace) -> None:
+def take_run_positional(args: argparse.Namespace) -> None:
     """``vlmtune eval RUN``: a run folder as the only positional is ``--model RUN`` on the benchmark its
     config names (``eval.benchmark``), with its ``data.eval`` unless ``--data`` is given."""
     from vlmtune.recipes.run_folder import locate, run_config
@@ -317,7 +317,7 @@ def main(args: argparse.Namespace) -> int:
         raise EvalError(
             "give a benchmark (vlmtune eval BENCH ...), a run folder (vlmtune eval RUN) or --compare RUN_A RUN_B"
         )
-    run_benchmark_of(args)
+    take_run_positional(args)
     benchmark = get_benchmark(args.benchmark)
     if bool(args.model) == bool(args.predictions):
         raise EvalError("give exactly one of --model (run a model) or --predictions (score a file)")
