@@ -89,3 +89,21 @@ def test_vqa_soft_accuracy_rows(tmp_path):
     ]
     assert json.loads((tmp_path / "a" / "metrics.json").read_text())["accuracy"] == 60.0
     assert table[0]["ci_low"] == table[0]["ci_high"] == pytest.approx(40.0)
+
+
+def test_a_run_folder_compares_its_newest_tuned_eval_never_the_base_eval(tmp_path):
+    """A run's eval/base is the base model (the same on both sides); of eval/pope and eval/pope-2 (a second
+    `vlmtune eval RUN`), the newer counts."""
+    import os
+
+    records = pope_records()
+    for side, right in (("a", 100), ("b", 150)):
+        score_predictions("pope", [{"id": r["id"], "text": "No"} for r in records], records,
+                          tmp_path / side / "eval" / "base")  # fmt: skip
+        write_run(tmp_path / side, 0, records)  # an older evaluation
+        newer = tmp_path / side / "eval" / "pope-2"
+        score_predictions("pope", [{"id": r["id"], "text": "Yes" if i < right else "No"}
+                                   for i, r in enumerate(records)], records, newer)  # fmt: skip
+        os.utime(newer / "metrics.json", (2e9, 2e9))
+    overall = next(t for t in compare_runs(tmp_path / "a", tmp_path / "b") if t["group"] == "all")
+    assert (overall["a"], overall["b"], overall["diff"]) == (50.0, 75.0, 25.0)

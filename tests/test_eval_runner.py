@@ -192,7 +192,7 @@ def test_cli_model_path_with_fake_pipeline(tmp_path, capsys, monkeypatch):
             Path(r["image"]).parent.mkdir(parents=True, exist_ok=True)  # the eval preflight opens every image
             Image.new("RGB", (4, 4)).save(r["image"])
     pipe = FakePipeline(ANSWERS)
-    monkeypatch.setattr(command, "load_model", lambda model, force=False: (pipe, None, None))
+    monkeypatch.setattr(command, "load_model", lambda model, force=False, base=None: (pipe, None, None))
     rc = cli.main(["eval", "vqav2", "--model", "fake", "--data", str(data), "--out", str(tmp_path / "o"),
                    "--batch-size", "2", "--quiet"])  # fmt: skip
     assert rc == 0

@@ -1,4 +1,5 @@
-"""``vlmtune info [RECIPE | RUN | ADAPTER] [key=value ...]``: recipes, a resolved config, or an adapter."""
+"""``vlmtune info [RECIPE | RUN | ADAPTER | MODEL] [key=value ...]``: recipes, a resolved config, a run or
+adapter folder, or a model folder (``config.json``: class, ``model_type``, its family's towers)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from vlmtune.core.config import ConfigError, list_recipes, load_config, recipe_d
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "target", nargs="?", help="recipe name, run folder or adapter folder (none: list recipes)"
+        "target", nargs="?", help="recipe name, run, adapter or model folder (none: list recipes)"
     )
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to a recipe")
 
@@ -38,11 +39,45 @@ def describe_adapter(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def describe_model_folder(folder: Path) -> str:
+    """A model folder's class and ``model_type`` from ``config.json``, its family's towers (module prefixes)
+    and default adapter targets, and the command that shows what a recipe would attach."""
+    from vlmtune.models.families import UnsupportedFamily, family_for
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"{folder / 'config.json'}: not readable JSON ({e}); is it a model folder?"
+        ) from None
+    model_type = config.get("model_type", "?")
+    classes = ", ".join(config.get("architectures") or ["?"])
+    lines = [f"model folder {folder}: {classes} (model_type '{model_type}')"]
+    try:
+        family = family_for(model_type)
+    except UnsupportedFamily as e:
+        lines.append(f"  {e}")
+    else:
+        for tower, prefixes in family.towers.items():
+            targets = ", ".join(family.targets.get(tower, [])) or "-"
+            lines.append(f"  {tower:<10} prefixes {', '.join(prefixes)}; default targets {targets}")
+    lines.append(f"adapters a recipe would attach: vlmtune info llava-dora model.name_or_path={folder}")
+    return "\n".join(lines)
+
+
 def _numel(shape) -> int:
     n = 1
     for d in shape:
         n *= d
     return n
+
+
+def not_a_target(path: Path) -> str:
+    """The one line for a file or folder ``vlmtune info`` cannot describe (a model folder has config.json)."""
+    return (
+        f"{path} is not a recipe (.yaml), a run folder or an adapter folder; "
+        "`vlmtune info` with no argument lists the recipes"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -53,6 +88,11 @@ def main(args: argparse.Namespace) -> int:
     path = Path(args.target)
     if path.is_dir():
         adapter = path / "adapter" if (path / "adapter").is_dir() else path
+        if not (path / "config.yaml").is_file() and not (adapter / "adapter_model.safetensors").is_file():
+            if (path / "config.json").is_file():
+                print(describe_model_folder(path))
+                return 0
+            raise ConfigError(not_a_target(path))
         if (path / "config.yaml").is_file():
             print(f"run folder {path}")
             if (path / "eval.json").is_file():
@@ -66,10 +106,7 @@ def main(args: argparse.Namespace) -> int:
             print(describe_adapter(adapter))
         return 0
     if path.is_file() and path.suffix.lower() not in (".yaml", ".yml"):
-        raise ConfigError(
-            f"{path} is not a recipe (.yaml), a run folder or an adapter folder; "
-            "`vlmtune info` with no argument lists the recipes"
-        )
+        raise ConfigError(not_a_target(path))
     cfg = load_config(args.target, args.overrides)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     if cfg.model.pipeline in ("llava", "blip2") and any(

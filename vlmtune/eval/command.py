@@ -1,12 +1,15 @@
 """``vlmtune eval BENCH``: evaluate a model / run folder, or score an existing predictions file.
 
+    vlmtune eval runs/llava-dora                              # a run on its own benchmark and data.eval
     vlmtune eval shapes-vqa --model runs/llava-dora           # adapter run folder (adapter on its base)
     vlmtune eval vqav2 --model merged/ --data vqav2_val.jsonl  # merged or plain model folder, preset name
     vlmtune eval vqav2 --predictions results.json --questions q.json --annotations a.json
     vlmtune eval pope --predictions answers.jsonl --data pope.jsonl
     vlmtune eval --compare runs/llava-lora runs/llava-dora          # differences with bootstrap intervals
 
-Writes ``metrics.json``, ``predictions.jsonl`` (and ``submission.json`` for vqav2) under ``--out``.
+Writes ``metrics.json`` (with ``source``: the model, its base, the data), ``predictions.jsonl`` (and
+``submission.json`` for vqav2) under ``--out``; without ``--out`` a new folder ``<run>/eval/<BENCH>`` or
+``runs/eval/<BENCH>`` (``-2``, ``-3``... when it already holds results: nothing is overwritten).
 """
 
 from __future__ import annotations
@@ -20,9 +23,17 @@ from vlmtune.eval.errors import EvalError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     load_extensions()
-    parser.add_argument("benchmark", metavar="BENCH", nargs="?", help=f"one of: {', '.join(BENCHMARKS)}")
+    parser.add_argument(
+        "benchmark",
+        metavar="BENCH",
+        nargs="?",
+        help=f"one of: {', '.join(BENCHMARKS)}; or a run folder alone: its own benchmark on its data.eval",
+    )
     parser.add_argument(
         "--model", help="run folder (adapter on its base), merged/plain model folder or preset"
+    )
+    parser.add_argument(
+        "--base", help="a run's base model at another place (model.name_or_path), as for `vlmtune merge`"
     )
     parser.add_argument(
         "--data", help="vlmtune JSONL or a data spec (shapes:vqa, digits:target@test); default: the run's"
@@ -31,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--questions", help="vqav2: official questions JSON (instead of --data)")
     parser.add_argument("--annotations", help="vqav2: official annotations JSON (omit for test-dev)")
     parser.add_argument("--image-root", help="folder that record image paths are relative to")
-    parser.add_argument("--out", help="output folder (default: <run>/eval/<BENCH> or runs/eval/<BENCH>)")
+    parser.add_argument(
+        "--out", help="output folder (default: a new <run>/eval/<BENCH>[-N] or runs/eval/<BENCH>[-N])"
+    )
     parser.add_argument("--batch-size", type=int, help="generation batch size (default: the run's, else 16)")
     parser.add_argument(
         "--max-new-tokens", type=int, help="default: the run's / benchmark's (16, captions 32)"
@@ -54,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("RUN_A", "RUN_B"),
         help="compare two eval outputs / run folders: B-A per benchmark and answer type, bootstrap 95%% CI",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (the results still print)")
     parser.add_argument(
         "--force",
         action="store_true",
@@ -63,21 +76,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------- model loading
-def load_model(model: str, force: bool = False):
+def is_run(model: str | Path) -> bool:
+    """A run folder, checkpoint or adapter folder (loaded with its base by ``load_run``)."""
+    path = Path(model)
+    return (path / "config.yaml").is_file() or (path / "vlmtune_adapter.json").is_file()
+
+
+def load_model(model: str, force: bool = False, base: str | None = None):
     """``(pipeline, run config or None, run folder or None)`` for ``--model``.
 
     A run folder, checkpoint or adapter folder (``adapter_model.safetensors`` here or in ``adapter/``) is
-    loaded by :func:`vlmtune.recipes.run_folder.load_run` (the base it was trained on, checked, then the
-    adapter); anything else (a merged / plain model folder, a preset name like ``shapes-tiny``, a hub id)
-    is loaded as the base model of a default LLaVA config.
+    loaded by :func:`vlmtune.recipes.run_folder.load_run` (the base it was trained on or ``base``, checked,
+    then the adapter: the code path of ``vlmtune merge``); anything else (a merged / plain model folder, a
+    preset name like ``shapes-tiny``, a hub id) is loaded as the base model of a default LLaVA config.
     """
     from vlmtune.core.config import RunConfig
     from vlmtune.presets import build_pipeline
     from vlmtune.recipes.run_folder import load_run
 
     path = Path(model)
-    if (path / "config.yaml").is_file() or (path / "vlmtune_adapter.json").is_file():
-        return load_run(path, build_pipeline, force=force)
+    if is_run(path):
+        return load_run(path, build_pipeline, base=base, force=force)
+    if base:
+        raise EvalError(
+            f"--base replaces the base of a run or adapter folder; {model} is neither, drop --base"
+        )
     if path.exists() and not (path / "config.json").is_file():
         raise EvalError(
             f"--model {path}: not a run folder (config.yaml), adapter or model folder (config.json)"
@@ -85,6 +108,24 @@ def load_model(model: str, force: bool = False):
     cfg = RunConfig()
     cfg.model.name_or_path = model
     return build_pipeline(cfg), None, None
+
+
+def take_run_positional(args: argparse.Namespace) -> None:
+    """``vlmtune eval RUN``: a run folder as the only positional is ``--model RUN`` on the benchmark its
+    config names (``eval.benchmark``), with its ``data.eval`` unless ``--data`` is given."""
+    from vlmtune.recipes.run_folder import locate, run_config
+
+    if not args.benchmark or args.benchmark in BENCHMARKS or not Path(args.benchmark).is_dir():
+        return
+    if args.model or args.predictions:
+        raise EvalError(f"{args.benchmark} is a folder, not a benchmark; give BENCH --model FOLDER")
+    run_dir = locate(args.benchmark).run_dir
+    if run_dir is None:
+        raise EvalError(
+            f"{args.benchmark} has no config.yaml (not a run folder): give the benchmark, "
+            f"vlmtune eval BENCH --model {args.benchmark}"
+        )
+    args.model, args.benchmark = args.benchmark, run_config(run_dir).eval.benchmark
 
 
 # ---------------------------------------------------------------- data
@@ -139,8 +180,11 @@ def read_eval_data(spec: str, image_root: str | None) -> list[dict]:
     return records
 
 
-def load_data(args, cfg) -> list[dict]:
+def load_data(args, cfg, run_dir: Path | None = None) -> list[dict]:
+    """The records to evaluate: ``--questions``, ``--data``, else the run's ``data.eval`` (resolved by
+    :func:`vlmtune.recipes.run_folder.run_config`; one line when it cannot be read from here)."""
     from vlmtune.data.records import load_records
+    from vlmtune.recipes.run_folder import unreachable_eval_data
 
     if args.questions:
         if args.benchmark not in ("vqav2", "shapes-vqa"):
@@ -158,6 +202,8 @@ def load_data(args, cfg) -> list[dict]:
 
         # exactly the records `vlmtune train` evaluated on
         records = load_split(cfg, cfg.data.eval, "test", cfg.data.max_eval_samples, ErrorLog())
+    elif run_dir is not None and unreachable_eval_data(run_dir):
+        raise EvalError(unreachable_eval_data(run_dir))
     elif args.benchmark == "shapes-vqa":
         records = load_records("shapes:vqa", split="test")
     else:
@@ -172,7 +218,10 @@ def load_data(args, cfg) -> list[dict]:
 # ---------------------------------------------------------------- output
 def format_metrics(metrics: dict) -> str:
     """Headline numbers on the first line, each breakdown on its own line."""
+    from vlmtune.eval.runner import SOURCE_KEY
+
     name = metrics.get("benchmark", "")
+    metrics = {k: v for k, v in metrics.items() if k != SOURCE_KEY}
     flat = [f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)]
     count = metrics.get("count")
     lines = [f"{name}: " + ", ".join(flat) + (f"  ({count} examples)" if count is not None else "")]
@@ -203,15 +252,60 @@ def scoring_options(benchmark, scoring: str) -> dict:
     return {}
 
 
-def main(args: argparse.Namespace) -> int:
-    from vlmtune.eval.runner import read_predictions, run_benchmark, score_predictions
+def data_description(args: argparse.Namespace, cfg) -> str:
+    """What :func:`load_data` read, for ``metrics.json``."""
+    if args.questions:
+        return f"questions {Path(args.questions).resolve()}" + (
+            f", annotations {Path(args.annotations).resolve()}" if args.annotations else ""
+        )
+    return args.data or (cfg.data.eval if cfg is not None and cfg.data.eval else "shapes:vqa")
 
+
+def model_source(model: str, pipeline, run_dir: Path | None) -> dict:
+    """``{"model": absolute path (or the preset / hub name), "base": identity}`` for ``metrics.json``: the
+    base a run recorded (:data:`~vlmtune.recipes.run_folder.BASE_FILE`) with the one used now, else the
+    identity of the model itself (name, config hash, weights fingerprint)."""
+    import json
+
+    from vlmtune.recipes.run_folder import BASE_FILE, base_identity
+
+    path = Path(model)
+    source = {"model": str(path.resolve()) if path.exists() else model}
+    recorded = run_dir / BASE_FILE if run_dir is not None else None
+    if recorded is not None and recorded.is_file():
+        source["base"] = {**json.loads(recorded.read_text()), "used": pipeline.name_or_path}
+    elif run_dir is None and not is_run(path):
+        source["base"] = base_identity(model, pipeline.model)
+    return source
+
+
+def default_out(parent: Path, benchmark: str) -> Path:
+    """``parent/<benchmark>``, or ``-2``, ``-3``... when it holds results already (nothing is overwritten)."""
+    from vlmtune.train.run import next_free_dir
+
+    return next_free_dir(parent / benchmark)
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """One line for a count flag below its minimum (before anything loads)."""
     for flag, value, low in (("--batch-size", args.batch_size, 1), ("--num-beams", args.num_beams, 1),
+                             ("--max-new-tokens", args.max_new_tokens, 1),
                              ("--max-samples", args.max_samples, 0)):  # fmt: skip
         if value is not None and value < low:
             raise EvalError(
                 f"{flag} must be >= {low} ({'0: all records' if low == 0 else 'a count'}), got {value}"
             )
+
+
+def main(args: argparse.Namespace) -> int:
+    from vlmtune.eval.runner import read_predictions, run_benchmark, score_predictions
+    from vlmtune.recipes.run_folder import locate, run_config
+
+    check_counts(args)
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the checkpoint-loading bar too
     if args.compare:
         from vlmtune.eval.compare import compare_runs, format_table
 
@@ -220,7 +314,10 @@ def main(args: argparse.Namespace) -> int:
         print(format_table(compare_runs(*args.compare), *args.compare))
         return 0
     if not args.benchmark:
-        raise EvalError("give a benchmark (vlmtune eval BENCH ...) or --compare RUN_A RUN_B")
+        raise EvalError(
+            "give a benchmark (vlmtune eval BENCH ...), a run folder (vlmtune eval RUN) or --compare RUN_A RUN_B"
+        )
+    take_run_positional(args)
     benchmark = get_benchmark(args.benchmark)
     if bool(args.model) == bool(args.predictions):
         raise EvalError("give exactly one of --model (run a model) or --predictions (score a file)")
@@ -234,15 +331,18 @@ def main(args: argparse.Namespace) -> int:
 
     if args.predictions:
         records = load_data(args, None)
-        out = Path(args.out or Path("runs") / "eval" / benchmark.name)
+        out = Path(args.out) if args.out else default_out(Path("runs") / "eval", benchmark.name)
+        source = {"predictions": str(Path(args.predictions).resolve()), "data": data_description(args, None)}
         metrics = score_predictions(
-            benchmark.name, read_predictions(args.predictions), records, out, options, source=args.predictions
-        )
+            benchmark.name, read_predictions(args.predictions), records, out, options, source=args.predictions,
+            provenance=source,
+        )  # fmt: skip
     else:
         from vlmtune.recipes.preflight import check_eval_data
 
-        pipeline, cfg, run_dir = load_model(args.model, args.force)
-        records = load_data(args, cfg)
+        run_dir = locate(args.model).run_dir if is_run(args.model) else None
+        records = load_data(args, run_config(run_dir) if run_dir else None, run_dir)  # before the model loads
+        pipeline, cfg, run_dir = load_model(args.model, args.force, base=args.base)
         check_eval_data(records, benchmark.name, progress=not args.quiet)  # before the first generation
         import torch
 
@@ -251,11 +351,12 @@ def main(args: argparse.Namespace) -> int:
         batch_size = args.batch_size or (cfg.eval.batch_size if cfg else 16)
         num_beams = args.num_beams or (cfg.eval.num_beams if cfg else 1)
         max_new = args.max_new_tokens or (cfg.eval.max_new_tokens if same_task else None)
-        default_out = run_dir / "eval" / benchmark.name if run_dir else Path("runs") / "eval" / benchmark.name
-        out = Path(args.out or default_out)
+        out = Path(args.out) if args.out else default_out((run_dir or Path("runs")) / "eval", benchmark.name)
+        source = {**model_source(args.model, pipeline, run_dir), "data": data_description(args, cfg)}
         metrics = run_benchmark(
-            pipeline, benchmark.name, records, out, batch_size, max_new, num_beams, not args.quiet, options
-        )
+            pipeline, benchmark.name, records, out, batch_size, max_new, num_beams, not args.quiet, options,
+            provenance=source,
+        )  # fmt: skip
     print(format_metrics(metrics))
     files = ["metrics.json", "predictions.jsonl"] + (
         [benchmark.submission_file] if benchmark.submission else []

@@ -1,8 +1,10 @@
 """``vlmtune eval --compare RUN_A RUN_B``: per-benchmark differences with a paired bootstrap 95% interval.
 
 Each side is an eval output folder (``metrics.json`` + ``predictions.jsonl``), or a folder holding such
-folders (a run's ``eval/``, or the run folder itself: ``<run>/eval/<BENCH>/``). Benchmarks present on
-both sides are compared example by example on the rows' ids:
+folders (a run's ``eval/``, or the run folder itself: ``<run>/eval/<BENCH>/``); in a folder of them the
+newest output per benchmark counts (``eval RUN`` writes ``<BENCH>``, ``<BENCH>-2``...), never a run's
+``eval/base`` (the base model, before training). Benchmarks present on both sides are compared example by
+example on the rows' ids:
 
 - the per-example score is the row's ``accuracy`` (VQA-style soft accuracy), else ``correct`` (0/1;
   MMBench rows are first reduced to one CircularEval 0/1 per question ``group``), else the caption's
@@ -37,10 +39,12 @@ def find_eval_dirs(path: str | Path) -> dict[str, Path]:
     path = Path(path)
     if not path.is_dir():
         raise EvalError(f"--compare: {path} is not a folder (give an eval output folder or a run folder)")
-    candidates = [path] if (path / "metrics.json").is_file() else []
-    for parent in (path, path / "eval"):
-        if parent.is_dir():
-            candidates += sorted(d for d in parent.iterdir() if (d / "metrics.json").is_file())
+    if (path / "metrics.json").is_file():
+        candidates = [path]
+    else:
+        candidates = [d for parent in (path, path / "eval") if parent.is_dir() for d in parent.iterdir()]
+        candidates = [d for d in candidates if (d / "metrics.json").is_file() and d != path / "eval" / "base"]
+        candidates.sort(key=lambda d: (d / "metrics.json").stat().st_mtime, reverse=True)  # newest first
     found: dict[str, Path] = {}
     for folder in candidates:
         if not (folder / "predictions.jsonl").is_file():
@@ -48,7 +52,9 @@ def find_eval_dirs(path: str | Path) -> dict[str, Path]:
         name = json.loads((folder / "metrics.json").read_text()).get("benchmark") or folder.name
         found.setdefault(name, folder)
     if not found:
-        raise EvalError(f"--compare: no metrics.json + predictions.jsonl under {path}")
+        base_only = (path / "eval" / "base" / "metrics.json").is_file()
+        hint = f"; only the base model's (eval/base): run `vlmtune eval {path}` first" if base_only else ""
+        raise EvalError(f"--compare: no metrics.json + predictions.jsonl under {path}{hint}")
     return found
 
 

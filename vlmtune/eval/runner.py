@@ -27,6 +27,9 @@ PREDICTION_KEYS = (
     "caption",
 )  # ours, VQA results, LLaVA answers, COCO results
 ID_KEYS = ("id", "question_id", "image_id")
+SOURCE_KEY = (
+    "source"  # metrics.json: {"model", "base", "data"} or {"predictions", "data"}: what was evaluated
+)
 
 
 def _has_references(benchmark: Benchmark, rows: list[dict]) -> bool:
@@ -44,15 +47,23 @@ def _has_references(benchmark: Benchmark, rows: list[dict]) -> bool:
 
 
 def _finish(
-    benchmark: Benchmark, rows: list[dict], out_dir, score_options: dict | None, extra: dict | None = None
+    benchmark: Benchmark,
+    rows: list[dict],
+    out_dir,
+    score_options: dict | None,
+    extra: dict | None = None,
+    provenance: dict | None = None,
 ) -> dict:
-    """Score ``rows`` (if they have references), add ``extra`` (model metrics), write the output folder."""
+    """Score ``rows`` (if they have references), add ``extra`` (model metrics) and ``provenance`` (under
+    :data:`SOURCE_KEY`: what was evaluated on what), write the output folder."""
     metrics: dict = {"benchmark": benchmark.name}
     if _has_references(benchmark, rows):
         metrics.update(benchmark.score(rows, **(score_options or {})))
     else:
         metrics.update(count=len(rows), scored=False, note="no references: predictions (and submission) only")
     metrics.update(extra or {})
+    if provenance:
+        metrics[SOURCE_KEY] = provenance
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -152,6 +163,7 @@ def run_benchmark(
     num_beams: int = 1,
     progress: bool = True,
     score_options: dict | None = None,
+    provenance: dict | None = None,
 ) -> dict:
     """Generate, parse and score ``records`` on ``benchmark_name``; write the output folder if ``out_dir``.
 
@@ -170,7 +182,7 @@ def run_benchmark(
     )
     rows = [{**_row(benchmark, r, t), "prompt": r["prompt"]} for r, t in zip(prepared, texts)]
     extra = benchmark.model_metrics(pipeline, records, batch_size) if benchmark.model_metrics else None
-    return _finish(benchmark, rows, out_dir, score_options, extra)
+    return _finish(benchmark, rows, out_dir, score_options, extra, provenance)
 
 
 # ---------------------------------------------------------------- scoring existing predictions
@@ -237,6 +249,7 @@ def score_predictions(
     out_dir: str | Path | None = None,
     score_options: dict | None = None,
     source: str = "predictions",
+    provenance: dict | None = None,
 ) -> dict:
     """Score ``predictions`` (``{id|question_id|image_id, prediction|answer|text|caption}``) against
     ``records``, parsing each answer with the benchmark's parser exactly as for generated text.
@@ -259,4 +272,4 @@ def score_predictions(
             f"{source}: no prediction for {len(missing)} of {len(records)} records (first: {missing[0]!r})"
         )
     rows = [_row(benchmark, prepare(benchmark, r), by_record[r["id"]][1]) for r in records]
-    return _finish(benchmark, rows, out_dir, score_options)
+    return _finish(benchmark, rows, out_dir, score_options, provenance=provenance)

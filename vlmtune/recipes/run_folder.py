@@ -5,11 +5,17 @@ A run folder is what ``vlmtune train`` writes (``config.yaml``, ``adapter/``, ``
 rebuilds the base from the run's config (or the adapter's recorded base), checks that it is the base the
 adapter was trained on (:data:`BASE_FILE`: name, config hash, weights fingerprint; a different one is
 refused unless ``force``) and that every file the adapter needs is there, then loads the adapter.
+
+Data paths: ``config.yaml`` keeps ``data.train`` / ``data.eval`` / ``data.image_root`` as the user typed them
+(relative to the directory ``vlmtune train`` ran in); :data:`DATA_FILE` records that directory and the absolute
+paths. :func:`run_config` reads a run from any directory: each data path is the recorded absolute one, else the
+typed one when it is reachable from here, else blank (merge never needs data; eval then needs ``--data``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +33,8 @@ if TYPE_CHECKING:
 
 BASE_FILE = "base_model.json"
 MANIFEST_FILE = "adapter_files.json"
+DATA_FILE = "data_paths.json"
+DATA_KEYS = ("train", "eval", "image_root")  # the data.* keys that name files or folders
 
 
 # ---------------------------------------------------------------- what a run folder records
@@ -84,7 +92,9 @@ def check_adapter_files(adapter: Path, run_dir: Path | None) -> None:
         meta = adapter / META_NAME
         info = json.loads(meta.read_text()) if meta.is_file() else {}
         if info.get("not_in_peft"):
-            expected[EXTRAS_NAME] = None  # trained tensors PEFT cannot hold (biases, bare parameters) live there
+            expected[EXTRAS_NAME] = (
+                None  # trained tensors PEFT cannot hold (biases, bare parameters) live there
+            )
     for name, size in expected.items():
         path = adapter / name
         if not path.is_file():
@@ -97,6 +107,69 @@ def check_adapter_files(adapter: Path, run_dir: Path | None) -> None:
                 f"{path} is {path.stat().st_size} bytes, it was written with {size}: truncated or replaced; "
                 "copy it again or retrain"
             )
+
+
+def absolute_data_path(key: str, value: str, cwd: Path) -> str:
+    """``value`` of ``data.<key>`` with every relative file of the spec made absolute against ``cwd``
+    (``train.jsonl,more.jsonl`` -> ``/w/train.jsonl,/w/more.jsonl``); generated specs (``shapes:vqa``) as is."""
+    from vlmtune.core.data_spec import parse_spec
+
+    if not value.strip() or (key != "image_root" and parse_spec(value).generated):
+        return value
+    parts = [value] if key == "image_root" else [p.strip() for p in value.split(",") if p.strip()]
+    return ",".join(os.path.abspath(os.path.join(cwd, os.path.expanduser(p))) for p in parts)
+
+
+def write_data_paths(run_dir: Path, cfg: RunConfig) -> dict:
+    """Write :data:`DATA_FILE`: ``{"cwd": where train ran, "data.train": absolute spec, ...}``."""
+    from vlmtune.core.io import atomic_write_json
+
+    cwd = Path.cwd()
+    paths = {f"data.{k}": absolute_data_path(k, str(getattr(cfg.data, k) or ""), cwd) for k in DATA_KEYS}
+    recorded = {"cwd": str(cwd), **paths}
+    atomic_write_json(recorded, run_dir / DATA_FILE)
+    return recorded
+
+
+def reachable(key: str, value: str) -> bool:
+    """Every file / folder a ``data.<key>`` value names exists from the current directory."""
+    from vlmtune.core.data_spec import parse_spec
+
+    if key == "image_root":
+        return Path(value).expanduser().is_dir()
+    spec = parse_spec(value)
+    return spec.generated or all(Path(item).expanduser().exists() for item in spec.items if item)
+
+
+def run_data_paths(run_dir: Path) -> dict[str, tuple[str, str]]:
+    """``{"train": (as typed, usable here or "")}`` for the run's ``data.train`` / ``data.eval`` /
+    ``data.image_root``: the :data:`DATA_FILE` absolute path when it exists, else the typed one when it
+    exists from the current directory, else ``""``."""
+    import yaml
+
+    typed = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("data") or {}
+    data_file = run_dir / DATA_FILE
+    recorded = json.loads(data_file.read_text()) if data_file.is_file() else {}
+    found = {}
+    for key in DATA_KEYS:
+        value = str(typed.get(key) or "")
+        candidates = [recorded.get(f"data.{key}", ""), value] if value.strip() else []
+        found[key] = (value, next((c for c in candidates if c and reachable(key, c)), ""))
+    return found
+
+
+def unreachable_eval_data(run_dir: Path) -> str:
+    """``""``, or one line saying why the run's ``data.eval`` cannot be read from here (for eval without --data)."""
+    typed, usable = run_data_paths(run_dir)["eval"]
+    if not typed.strip() or usable:
+        return ""
+    data_file = run_dir / DATA_FILE
+    where = (
+        f"recorded as {json.loads(data_file.read_text()).get('data.eval')}"
+        if data_file.is_file()
+        else "relative to the directory train ran in, which this run did not record"
+    )
+    return f"{run_dir}: the run's data.eval '{typed}' ({where}) does not exist from here; give --data FILE"
 
 
 # ---------------------------------------------------------------- finding things
@@ -125,10 +198,15 @@ def locate(source: str | Path) -> RunSource:
 
 
 def run_config(run_dir: Path) -> RunConfig:
-    """The validated config a run was trained with (``config.yaml``)."""
+    """The validated config a run was trained with (``config.yaml``), its data paths as
+    :func:`run_data_paths` finds them from the current directory (an unreachable one blank)."""
     from vlmtune.core.config import load_config
 
-    return load_config(str(run_dir / "config.yaml"))
+    paths = run_data_paths(run_dir)
+    overrides = [
+        f"data.{key}={json.dumps(usable)}" for key, (typed, usable) in paths.items() if typed != usable
+    ]
+    return load_config(str(run_dir / "config.yaml"), overrides)
 
 
 def recorded_base(adapter: Path) -> str | None:
@@ -174,7 +252,14 @@ def load_run(
     )
     if not cfg.model.name_or_path:
         raise ConfigError(f"{found.adapter}: base model unknown; pass --base")
-    pipeline = build(cfg)
+    try:
+        pipeline = build(cfg)
+    except ConfigError as e:
+        if base or not str(e).startswith("model.name_or_path=") or "no such folder" not in str(e):
+            raise
+        raise ConfigError(
+            f"{found.adapter}: {e}; if the base moved, pass --base FOLDER (the same base)"
+        ) from None
     identity = found.run_dir / BASE_FILE if found.run_dir is not None else None
     if identity is not None and identity.is_file():
         recorded = json.loads(identity.read_text())

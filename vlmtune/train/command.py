@@ -24,7 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue from the newest checkpoint of RUN (a run folder or checkpoint; default: latest run)",
     )
     parser.add_argument("--output-dir", default=None, help="run folder (default: train.output_dir)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars and no messages, errors only (results: the run folder's eval.json)",
+    )
     parser.add_argument(
         "--num-processes",
         type=int,

@@ -1,7 +1,8 @@
 """The run folder and its metric logs.
 
 runs/<recipe>[-N]/
-    config.yaml          resolved config
+    config.yaml          resolved config (data paths as typed)
+    data_paths.json      the directory train ran in and the absolute data paths (recipes.run_folder)
     metrics.jsonl        one JSON object per log step (and eval results)
     tensorboard/         the same scalars for TensorBoard
     loss_curve.png       training loss vs step
@@ -24,9 +25,13 @@ from vlmtune.core.io import atomic_write_text
 def next_run_dir(template: str, recipe: str) -> Path:
     """``template`` with ``{recipe}`` filled; ``-2``, ``-3``... appended if it already exists and is not
     empty. Not created here: ``core.io.claim`` creates it."""
-    base = Path(template.format(recipe=recipe or "run"))
+    return next_free_dir(Path(template.format(recipe=recipe or "run")))
+
+
+def next_free_dir(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``... : the first that does not exist or is empty (never one with files)."""
     path, n = base, 1
-    while path.exists() and any(path.iterdir()):
+    while path.exists() and (not path.is_dir() or any(path.iterdir())):
         n += 1
         path = base.with_name(f"{base.name}-{n}")
     return path
