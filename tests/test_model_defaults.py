@@ -49,3 +49,18 @@ def test_a_child_recipe_setting_a_key_wins_over_its_parents_model_default(tmp_pa
     child.write_text("base: llava-dora\ntrain:\n  lr: 0.5\n")
     cfg = load_config(str(child))
     assert (cfg.train.lr, cfg.adapters.language.r) == (0.5, 8)  # its own lr; the parent's tiny rank
+
+
+def test_a_runs_saved_config_reads_back_as_trained(tmp_path):
+    """config.yaml keeps the recipe's model_defaults table; reading a run back (eval, merge, analyze) must not
+    apply it again over what the user typed for that run (r=4 came back as 8)."""
+    from vlmtune.core.config import to_dict
+    from vlmtune.recipes.run_folder import run_config
+    from vlmtune.train.run import write_config
+
+    trained = load_config("llava-dora", ["adapters.language.r=4", "train.lr=5e-4"])
+    write_config(tmp_path, to_dict(trained))
+    assert "model_defaults" in (tmp_path / "config.yaml").read_text()
+    back = run_config(tmp_path)
+    assert (back.adapters.language.r, back.adapters.language.alpha, back.train.lr) == (4, 16.0, 5e-4)
+    assert to_dict(back) == to_dict(trained)

@@ -196,4 +196,4 @@ def build_base_model(run_dir: Path, config: dict, build: Callable | None = None)
     from vlmtune.core.config import load_config
     from vlmtune.models.base import build_pipeline
 
-    return (build or build_pipeline)(load_config(str(run_dir / "config.yaml"))).model
+    return (build or build_pipeline)(load_config(str(run_dir / "config.yaml"), model_defaults=False)).model

@@ -418,15 +418,19 @@ def _validate_speed(cfg: RunConfig) -> None:
         )
 
 
-def load_config(recipe: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Recipe name or YAML path, plus ``key=value`` overrides -> validated :class:`RunConfig`."""
+def load_config(
+    recipe: str, overrides: list[str] | tuple[str, ...] = (), model_defaults: bool = True
+) -> RunConfig:
+    """Recipe name or YAML path, plus ``key=value`` overrides -> validated :class:`RunConfig`.
+    ``model_defaults=False`` for a run's saved ``config.yaml``: its values are already resolved (the
+    table it keeps must not overwrite what the user typed for that run)."""
     data = read_recipe(recipe)
     typed = set()
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(data, keys, value)
         typed.add(".".join(keys))
-    for dotted, value in model_defaults_for(data).items():
+    for dotted, value in model_defaults_for(data).items() if model_defaults else ():
         if dotted not in typed:  # what the user typed wins over the recipe's per-model setting
             apply_override(data, dotted.split("."), value)
     if "train.epochs" in typed and "train.max_steps" not in typed:

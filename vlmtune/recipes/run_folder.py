@@ -206,7 +206,7 @@ def run_config(run_dir: Path) -> RunConfig:
     overrides = [
         f"data.{key}={json.dumps(usable)}" for key, (typed, usable) in paths.items() if typed != usable
     ]
-    return load_config(str(run_dir / "config.yaml"), overrides)
+    return load_config(str(run_dir / "config.yaml"), overrides, model_defaults=False)
 
 
 def recorded_base(adapter: Path) -> str | None:
