@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import types
 
 import numpy as np
 import pytest
@@ -220,3 +221,24 @@ def test_extras_only_folder(tmp_path) -> None:
     assert list(wt) == ["layers.0.q_proj"]
     d_m, d_d = decomposition_change(w0["layers.0.q_proj"], wt["layers.0.q_proj"])
     assert d_d == pytest.approx(0, abs=1e-9) and d_m > 0
+
+
+def test_base_model_of_a_run_builds_from_any_directory(tmp_path, monkeypatch) -> None:
+    """analyze builds only the base model: a run whose (relative) training data is not reachable from here
+    still builds, with the run's settings as trained (not the recipe's model_defaults again)."""
+    from vlmtune.core.config import load_config, to_dict
+    from vlmtune.train.run import write_config
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("")
+    monkeypatch.chdir(tmp_path / "data")
+    trained = load_config("llava-dora", ["data.train=train.jsonl", "adapters.language.r=4"])
+    run = tmp_path / "run"
+    run.mkdir()
+    write_config(run, to_dict(trained))
+    monkeypatch.chdir(tmp_path)
+    seen = []
+    model = runs_mod.build_base_model(
+        run, {}, build=lambda cfg: seen.append(cfg) or types.SimpleNamespace(model="m")
+    )
+    assert model == "m" and seen[0].model == trained.model and seen[0].adapters.language.r == 4

@@ -196,4 +196,9 @@ def build_base_model(run_dir: Path, config: dict, build: Callable | None = None)
     from vlmtune.core.config import load_config
     from vlmtune.models.base import build_pipeline
 
-    return (build or build_pipeline)(load_config(str(run_dir / "config.yaml"), model_defaults=False)).model
+    no_data = [
+        'data.train=""',
+        'data.eval=""',
+    ]  # only the model is built: the run's data need not be reachable
+    cfg = load_config(str(run_dir / "config.yaml"), no_data, model_defaults=False)
+    return (build or build_pipeline)(cfg).model
