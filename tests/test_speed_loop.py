@@ -70,6 +70,30 @@ def test_grouped_packed_run_resumes_exactly(model_dir, records, tmp_path) -> Non
     assert [resumed[s] for s in (3, 4)] == [full[s] for s in (3, 4)]
 
 
+def test_resume_drops_the_rows_logged_after_the_checkpoint(model_dir, records, tmp_path, capsys) -> None:
+    """A run killed after its checkpoint at step 2, having logged step 3, resumes from step 2: metrics.jsonl
+    is one sequence 1..4 (step 3 logged once, by the resumed run; the last step once, with the step-time
+    summary in its row), with the losses of an uninterrupted run. Resuming the finished run does nothing."""
+    cfg, pipe = make(model_dir)
+    Trainer(pipe, cfg, records, tmp_path / "full", quiet=True).fit()
+    cfg, pipe = make(model_dir, "train.save_every=2")
+    Trainer(pipe, cfg, records, tmp_path / "cut", quiet=True).fit(stop_after=3)
+    assert [r["step"] for r in read_metrics(tmp_path / "cut")] == [1, 2, 3]
+    step2 = next(d for d in checkpoint_dirs(tmp_path / "cut") if d.name.endswith("0002"))
+    cfg, pipe = make(model_dir, "train.save_every=2")
+    Trainer(pipe, cfg, records, tmp_path / "cut").fit(resume_from=step2)
+    assert "dropped 1 metrics row(s) logged after it" in capsys.readouterr().out
+    rows = read_metrics(tmp_path / "cut")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    assert "time/data_share" in rows[-1] and not any("time/data_share" in r for r in rows[:2])
+    cfg, pipe = make(model_dir, "train.save_every=2")
+    Trainer(pipe, cfg, records, tmp_path / "cut").fit(resume_from=checkpoint_dirs(tmp_path / "cut")[-1])
+    out = capsys.readouterr().out
+    assert "step time" not in out and "nothing to do: the run is at step 4 of 4" in out
+    assert read_metrics(tmp_path / "cut") == rows
+
+
 def test_packed_training_follows_the_unpacked_run(model_dir, records, tmp_path) -> None:
     """Same samples, same updates: the losses agree to fp32 rounding (no dropout)."""
     cfg, pipe = make(model_dir, "adapters.language.dropout=0", "train.max_steps=3", "model.dtype=float32")

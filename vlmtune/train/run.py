@@ -51,16 +51,20 @@ def write_config(run_dir: Path, config: dict) -> Path:
 
 
 class MetricsLogger:
-    """Appends to ``metrics.jsonl`` and mirrors numeric values to TensorBoard."""
+    """Appends to ``metrics.jsonl`` and mirrors numeric values to TensorBoard. ``resumed_at``: the step
+    of the checkpoint a resumed run starts from; the rows and TensorBoard events logged after it (by the
+    interrupted run, past its last checkpoint) are dropped, so the log stays one sequence of steps."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resumed_at: int | None = None):
         self.path = run_dir / "metrics.jsonl"
+        self.dropped = 0 if resumed_at is None else drop_rows_after(run_dir, resumed_at)
         self.writer = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+                purge = None if resumed_at is None else resumed_at + 1  # events at steps >= purge go
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
             except ImportError:  # pragma: no cover - tensorboard is a dependency
                 self.writer = None
 
@@ -76,6 +80,16 @@ class MetricsLogger:
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
+
+
+def drop_rows_after(run_dir: str | Path, step: int) -> int:
+    """Rewrite ``metrics.jsonl`` (atomically) without its rows logged after ``step``; returns how many
+    were dropped."""
+    rows = read_metrics(run_dir)
+    kept = [r for r in rows if r.get("step", 0) <= step]
+    if len(kept) < len(rows):
+        atomic_write_text("".join(json.dumps(r) + "\n" for r in kept), Path(run_dir) / "metrics.jsonl")
+    return len(rows) - len(kept)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

@@ -344,10 +344,17 @@ class Trainer:
             )
         )
         self._log(self.plan())
+        resumed_at = None
         if resume_from is not None:
             self.resume(resume_from)
-            self._log(f"resumed from {resume_from} at step {self.step}")
-        logger = MetricsLogger(self.run_dir) if self.rank == 0 else ddp.NullLogger()
+            resumed_at = self.step
+        logger = MetricsLogger(self.run_dir, resumed_at=resumed_at) if self.rank == 0 else ddp.NullLogger()
+        if resume_from is not None:
+            dropped = getattr(logger, "dropped", 0)
+            note = f" (dropped {dropped} metrics row(s) logged after it)" if dropped else ""
+            self._log(f"resumed from {resume_from} at step {self.step}{note}")
+            if self.step >= self.total_steps:
+                self._log(f"nothing to do: the run is at step {self.step} of {self.total_steps}")
         bar = tqdm(
             total=self.total_steps, initial=self.step, disable=self.quiet, desc="train", dynamic_ncols=True
         )
@@ -369,7 +376,9 @@ class Trainer:
                 window_samples += n_samples
                 window_tokens += n_tokens
                 bar.update(1)
-                if self.step % t.log_every == 0 or self.step == self.total_steps:
+                stop = stop_after is not None and self.step >= stop_after
+                last = stop or self.step == self.total_steps  # the step-time summary goes in its row
+                if self.step % t.log_every == 0 or last:
                     elapsed = max(time.perf_counter() - tick, 1e-9)
                     last_loss = window_loss / window_steps
                     record = {
@@ -379,22 +388,22 @@ class Trainer:
                         "tokens_per_s": window_tokens / elapsed,
                         "epoch": self.micro / self.micro_per_epoch,
                         **{f"lr/{g['name']}": g["lr"] for g in self.optimizer.param_groups},
+                        **(self.timer.summary() if last else {}),
                     }
                     logger.log(record, self.step)
                     bar.set_postfix(loss=f"{last_loss:.4f}", sps=f"{record['samples_per_s']:.1f}")
                     window_loss, window_steps, window_samples, window_tokens = 0.0, 0, 0, 0
                     tick = time.perf_counter()
-                stop = stop_after is not None and self.step >= stop_after
                 if (t.save_every and self.step % t.save_every == 0) or stop:
                     self.save()
                 if stop:
                     break
-            logger.log(self.timer.summary(), self.step)
         finally:
             self.timer.close()
             bar.close()
             logger.close()
-        self._log(self.timer.format())
+        if self.timer.steps:
+            self._log(self.timer.format())
         if self.step >= self.total_steps:
             self.save()
         if self.rank == 0:
