@@ -143,13 +143,19 @@ def check_eval_data(records: list[dict], benchmark_name: str, progress: bool = T
 
 
 # ---------------------------------------------------------------- the plan
-def steps_plan(cfg: RunConfig, n_records: int) -> str:
-    """``N steps = E epochs x B batches / grad_accum`` as the trainer will count them (an estimate when
-    the pipeline packs or groups its own batches; the trainer prints the exact plan)."""
-    from vlmtune.train.distributed import world
+def steps_plan(cfg: RunConfig, records: list[dict]) -> str:
+    """``N steps = E epochs x B batches / grad_accum`` as the trainer counts them (the same
+    :func:`~vlmtune.data.sampler.epoch_batch_count`; one global batch of ``train.batch_size`` however many
+    processes share it); a pipeline that plans its own batches (VL-BART's per-task batches) is named
+    instead of guessed."""
+    from vlmtune.data.records import record_images
+    from vlmtune.data.sampler import epoch_batch_count
 
     t = cfg.train
-    batches = math.ceil(n_records / (t.batch_size * world()[1]))
+    if cfg.model.pipeline == "vlbart":
+        return "steps: set by the vlbart pipeline's per-task batches (the trainer prints the plan)"
+    with_image = [bool(record_images(r)) for r in records]
+    batches = epoch_batch_count(with_image, t.batch_size, cfg.data.group_by_length)
     steps = max(1, t.max_steps or math.ceil(t.epochs * batches / t.grad_accum))
     epochs = steps * t.grad_accum / max(1, batches)
     rule = f"train.max_steps={t.max_steps}" if t.max_steps else f"train.epochs={t.epochs:g}"
@@ -242,7 +248,7 @@ def preflight(cfg: RunConfig, run_dir: Path, say: Callable[[str], None], progres
         raise DataError(f"data.train={cfg.data.train}: no usable record left ({errors.summary()})")
     say(
         f"preflight: run folder {run_dir} | train {len(train):,} records, eval {len(evals):,} | "
-        f"{images:,} images opened ({time.perf_counter() - t0:.1f}s) | {steps_plan(cfg, len(train))} | "
+        f"{images:,} images opened ({time.perf_counter() - t0:.1f}s) | {steps_plan(cfg, train)} | "
         f"trains: {what_trains(cfg)}"
     )
     if errors.count:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from vlmtune.adapters.report import format_report, param_report
 from vlmtune.core.config import RunConfig
 from vlmtune.data.packing import num_samples
-from vlmtune.data.sampler import grouped_batches
+from vlmtune.data.sampler import epoch_batch_count, grouped_batches
 from vlmtune.models.base import Pipeline, move_batch
 from vlmtune.models.qlora import is_quantized
 from vlmtune.train import audit, fsdp
@@ -165,7 +165,7 @@ class Trainer:
         if self.num_workers is None:
             local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
             self.num_workers = default_num_workers(self.accelerator.device, local)
-        self.micro_per_epoch = len(self._epoch_batches(0))
+        self.micro_per_epoch = self._batches_per_epoch()
         steps = t.max_steps or math.ceil(t.epochs * self.micro_per_epoch / t.grad_accum)
         self.total_steps = max(1, steps)
         model = pipeline.model
@@ -204,6 +204,15 @@ class Trainer:
             )
         bs, order = self.cfg.train.batch_size, self._epoch_order(epoch)
         return [order[i : i + bs] for i in range(0, len(order), bs)]
+
+    def _batches_per_epoch(self) -> int:
+        """``len(self._epoch_batches(e))``: the pipeline's plan, else :func:`epoch_batch_count` (what the
+        preflight prints, from the records' modalities)."""
+        if getattr(self.pipeline, "epoch_batches", None) is not None:
+            return len(self._epoch_batches(0))
+        group = self.cfg.data.group_by_length
+        with_image = [n > 0 for n in self._signed_lengths()] if group else [True] * len(self.records)
+        return epoch_batch_count(with_image, self.cfg.train.batch_size, group)
 
     def _signed_lengths(self) -> list[int]:
         """Per record: tokens, negative when text-only (computed once, for data.group_by_length)."""
