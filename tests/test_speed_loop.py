@@ -115,10 +115,12 @@ def test_resume_drops_the_rows_logged_after_the_checkpoint(model_dir, records, t
     cfg, pipe = make(model_dir, "train.save_every=2")
     Trainer(pipe, cfg, records, tmp_path / "cut", quiet=True).fit(stop_after=3)
     assert [r["step"] for r in read_metrics(tmp_path / "cut")] == [1, 2, 3]
+    with (tmp_path / "cut" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 4, "loss": 0.')  # killed mid-write
     step2 = next(d for d in checkpoint_dirs(tmp_path / "cut") if d.name.endswith("0002"))
     cfg, pipe = make(model_dir, "train.save_every=2")
     Trainer(pipe, cfg, records, tmp_path / "cut").fit(resume_from=step2)
-    assert "dropped 1 metrics row(s) logged after it" in capsys.readouterr().out
+    assert "dropped 2 metrics row(s) logged after it" in capsys.readouterr().out
     rows = read_metrics(tmp_path / "cut")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")

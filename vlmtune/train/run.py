@@ -83,13 +83,23 @@ class MetricsLogger:
 
 
 def drop_rows_after(run_dir: str | Path, step: int) -> int:
-    """Rewrite ``metrics.jsonl`` (atomically) without its rows logged after ``step``; returns how many
-    were dropped."""
-    rows = read_metrics(run_dir)
-    kept = [r for r in rows if r.get("step", 0) <= step]
-    if len(kept) < len(rows):
-        atomic_write_text("".join(json.dumps(r) + "\n" for r in kept), Path(run_dir) / "metrics.jsonl")
-    return len(rows) - len(kept)
+    """Rewrite ``metrics.jsonl`` (atomically) without its rows logged after ``step`` nor a line cut short by
+    a kill mid-write; returns how many lines were dropped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+    if len(kept) < len(lines):
+        atomic_write_text("".join(line + "\n" for line in kept), path)
+    return len(lines) - len(kept)
+
+
+def _step_of(line: str) -> int | None:
+    """The ``step`` of one metrics line; None for a line that is not a whole JSON object."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row.get("step", 0) if isinstance(row, dict) else None
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
