@@ -205,6 +205,8 @@ OUT_OF_RANGE = [
     ("train.lr=.nan", "config key 'train.lr' must be float, got nan"),
     ("train.epochs=.inf", "config key 'train.epochs' must be float, got inf"),
     ("train.max_steps=.inf", "config key 'train.max_steps' must be int, got inf"),
+    ("data.task_batch_sizes.vqa=0", "config key 'data.task_batch_sizes.vqa' must be an int > 0, got 0"),
+    ("data.task_batch_sizes.vqa=big", "config key 'data.task_batch_sizes.vqa' must be an int > 0, got 'big'"),
 ]
 
 

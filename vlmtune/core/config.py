@@ -400,6 +400,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         value = getattr(getattr(cfg, section), key)
         if value is not None and not allowed.holds(value):
             raise ConfigError(f"config key '{dotted}' must be {allowed.text()}, got {value}")
+    for task, size in cfg.data.task_batch_sizes.items():
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise ConfigError(f"config key 'data.task_batch_sizes.{task}' must be an int > 0, got {size!r}")
     for tower, spec in cfg.adapters.specs().items():
         if spec.method not in ("frozen", "full") and spec.r <= 0:
             raise ConfigError(f"config key 'adapters.{tower}.r' must be > 0, got {spec.r}")
