@@ -221,3 +221,15 @@ def test_a_misspelt_method_stops_before_the_model_loads(tmp_path, monkeypatch, c
         "vlmtune train: error: adapters.language.method='dorra' is unknown; choose one of: "
     )
     assert "dora" in err and len(err.splitlines()) == 1 and built == [] and not out.exists()
+
+
+def test_steps_plan_names_a_pipeline_that_plans_its_own_batches():
+    """VL-BART's per-task batches are counted by the pipeline: the preflight says so instead of a guess."""
+    from vlmtune.recipes.preflight import steps_plan
+
+    cfg = load_config("vlbart-dora")
+    records = [{"id": f"r{i}", "task": "vqa" if i % 3 else "caption", "image": "x.png"} for i in range(10)]
+    assert (
+        steps_plan(cfg, records)
+        == "steps: set by the vlbart pipeline's per-task batches (the trainer prints the plan)"
+    )
