@@ -183,3 +183,69 @@ def test_a_run_folder_in_use_cannot_be_claimed_twice(tmp_path):
     assert not (run / LOCK_NAME).exists()
     with claim(run):  # free again
         pass
+
+
+OUT_OF_RANGE = [
+    ("train.log_every=0", "'train.log_every' must be > 0, got 0"),
+    ("train.keep_last=0", "'train.keep_last' must be > 0, got 0"),
+    ("train.keep_last=-1", "'train.keep_last' must be > 0, got -1"),
+    ("train.save_every=-1", "'train.save_every' must be >= 0 (0: only at the end), got -1"),
+    ("train.warmup_ratio=2", "'train.warmup_ratio' must be in [0, 1], got 2.0"),
+    ("train.max_grad_norm=-1", "'train.max_grad_norm' must be >= 0 (0: no clipping), got -1.0"),
+    ("train.seed=-1", "'train.seed' must be in [0, 4294967295], got -1"),
+    ("train.projector_lr=-1e-4", "'train.projector_lr' must be >= 0 (0: same as train.lr), got -0.0001"),
+    ("train.weight_decay=-0.1", "'train.weight_decay' must be >= 0, got -0.1"),
+    ("train.num_processes=0", "'train.num_processes' must be > 0, got 0"),
+    ("eval.max_new_tokens=0", "'eval.max_new_tokens' must be > 0, got 0"),
+    ("eval.num_beams=0", "'eval.num_beams' must be > 0, got 0"),
+    ("eval.batch_size=0", "'eval.batch_size' must be > 0, got 0"),
+    ("data.shapes_size=0", "'data.shapes_size' must be > 0, got 0"),
+    ("data.num_workers=-1", "'data.num_workers' must be >= 0"),
+    ("model.visual_tokens=0", "'model.visual_tokens' must be > 0, got 0"),
+    ("train.lr=.nan", "config key 'train.lr' must be float, got nan"),
+    ("train.epochs=.inf", "config key 'train.epochs' must be float, got inf"),
+    ("train.max_steps=.inf", "config key 'train.max_steps' must be int, got inf"),
+    ("data.task_batch_sizes.vqa=0", "config key 'data.task_batch_sizes.vqa' must be an int > 0, got 0"),
+    ("data.task_batch_sizes.vqa=big", "config key 'data.task_batch_sizes.vqa' must be an int > 0, got 'big'"),
+]
+
+
+@pytest.mark.parametrize("override, message", OUT_OF_RANGE)
+def test_out_of_range_values_are_refused_at_load_time(override, message, capsys, tmp_path):
+    """Values that used to crash later (log_every=0: ZeroDivisionError in the loop; max_new_tokens=0:
+    a transformers traceback after training) or were taken silently (keep_last=-1): exit 2, one line,
+    no run folder."""
+    from vlmtune.cli import main
+
+    assert main(["train", "llava-dora", override, "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["train.save_every=0", "train.max_grad_norm=0", "train.warmup_ratio=1", "train.warmup_ratio=0",
+     "train.keep_last=1", "train.projector_lr=0", "data.num_workers=null", "model.num_classes=0"],
+)  # fmt: skip
+def test_boundary_values_are_accepted(override):
+    load_config("llava-dora", [override])
+
+
+def test_every_numeric_key_has_a_range():
+    """No int/float key of the model/data/train/eval sections escapes the range check."""
+    import dataclasses
+    import typing
+
+    from vlmtune.core.config import RANGES, RunConfig
+
+    numeric = set()
+    for section in ("model", "data", "train", "eval"):
+        cls = typing.get_type_hints(RunConfig)[section]
+        for name, tp in typing.get_type_hints(cls).items():
+            if {tp, *typing.get_args(tp)} & {int, float} and name in {
+                f.name for f in dataclasses.fields(cls)
+            }:
+                numeric.add(f"{section}.{name}")
+    assert numeric - set(RANGES) == set()
+    assert set(RANGES) - numeric == set()

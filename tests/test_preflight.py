@@ -69,6 +69,38 @@ def test_problems_are_grouped_by_kind_with_the_first_ids_and_a_count(tmp_path):
     )
 
 
+def test_truncated_png_and_jpeg_are_caught_without_decoding_whole_images(tmp_path):
+    """The first 100 bytes of a PNG, a PNG without its last chunk and half a JPEG open (the header is whole)
+    but cannot be decoded: the preflight names them as unreadable; a JPEG with bytes after its end marker
+    decodes, so it passes."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    data = write_records(tmp_path, 6)
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    png, jpeg = io.BytesIO(), io.BytesIO()
+    Image.fromarray(pixels).save(png, "PNG")
+    Image.fromarray(pixels).save(jpeg, "JPEG")
+    files = {"trunc.png": png.getvalue()[:100], "cut.png": png.getvalue()[:-12],
+             "cut.jpg": jpeg.getvalue()[: len(jpeg.getvalue()) // 2], "tail.jpg": jpeg.getvalue() + b"\0junk"}  # fmt: skip
+    lines = data.read_text().splitlines()
+    for i, (name, content) in enumerate(files.items(), start=1):
+        (tmp_path / name).write_bytes(content)
+        lines[i] = lines[i].replace("red.png", name)
+    data.write_text("\n".join(lines) + "\n")
+    cfg = load_config("llava-dora", [f"data.train={data}", "data.eval="])
+    with pytest.raises(DataError) as e:
+        preflight(cfg, tmp_path / "run", print, progress=False)
+    message = str(e.value).splitlines()
+    assert len(message) == 3, message
+    assert message[1].strip().startswith("data.train: image not readable: 3 record(s): 'rec-1' (")
+    for rid, name in (("rec-1", "trunc.png"), ("rec-2", "cut.png"), ("rec-3", "cut.jpg")):
+        assert f"'{rid}' ({tmp_path / name}: truncated or corrupt image data" in message[1]
+    assert "rec-4" not in message[1]  # tail.jpg decodes
+
+
 def test_on_error_skip_turns_record_problems_into_counts(tmp_path, capsys):
     data = write_records(tmp_path, 20, missing={4, 9})
     cfg = load_config("llava-dora", [f"data.train={data}", "data.eval=", "data.on_error=skip", "train.epochs=2",
@@ -189,3 +221,15 @@ def test_a_misspelt_method_stops_before_the_model_loads(tmp_path, monkeypatch, c
         "vlmtune train: error: adapters.language.method='dorra' is unknown; choose one of: "
     )
     assert "dora" in err and len(err.splitlines()) == 1 and built == [] and not out.exists()
+
+
+def test_steps_plan_names_a_pipeline_that_plans_its_own_batches():
+    """VL-BART's per-task batches are counted by the pipeline: the preflight says so instead of a guess."""
+    from vlmtune.recipes.preflight import steps_plan
+
+    cfg = load_config("vlbart-dora")
+    records = [{"id": f"r{i}", "task": "vqa" if i % 3 else "caption", "image": "x.png"} for i in range(10)]
+    assert (
+        steps_plan(cfg, records)
+        == "steps: set by the vlbart pipeline's per-task batches (the trainer prints the plan)"
+    )

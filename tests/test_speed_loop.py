@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ from toy_models import llava_run
 
 from vlmtune.core.config import ConfigError, load_config
 from vlmtune.data.records import load_records
-from vlmtune.data.sampler import MEGABATCH, grouped_batches
+from vlmtune.data.sampler import MEGABATCH, epoch_batch_count, grouped_batches
+from vlmtune.recipes.preflight import steps_plan
 from vlmtune.train.checkpoint import checkpoint_dirs
 from vlmtune.train.run import read_metrics
 from vlmtune.train.timing import PHASES
@@ -55,6 +58,39 @@ def test_grouped_batches_one_modality_similar_lengths_seeded() -> None:
     assert spread < 10 and MEGABATCH * 4 >= 200  # similar lengths together (random batches: ~45)
 
 
+@pytest.mark.parametrize("lengths_seed", range(5))
+def test_epoch_batch_count_is_the_number_of_grouped_batches(lengths_seed) -> None:
+    g = torch.Generator().manual_seed(lengths_seed)
+    n = int(torch.randint(1, 700, (1,), generator=g))
+    lengths = [
+        int(x)
+        for x in torch.randint(1, 99, (n,), generator=g) * (torch.rand(n, generator=g) < 0.8).mul(2).sub(1)
+    ]
+    for bs in (1, 3, 4, 16):
+        with_image = [x > 0 for x in lengths]
+        assert epoch_batch_count(with_image, bs, True) == len(grouped_batches(lengths, bs, seed=lengths_seed))
+        assert epoch_batch_count(with_image, bs, False) == math.ceil(n / bs)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [("train.max_steps=0", "train.epochs=2"), ("train.max_steps=4",),
+     ("train.max_steps=0", "train.epochs=2", "data.packing=true")],
+)  # fmt: skip
+def test_preflight_counts_the_batches_the_trainer_makes(model_dir, records, tmp_path, extra) -> None:
+    """10 image records + 1 text-only, batch 4, data.group_by_length: 3 + 1 one-modality batches per epoch,
+    not ceil(11 / 4) = 3; the preflight's line and the trainer's plan agree on batches, steps, epochs."""
+    text_only = {k: v for k, v in records[10].items() if k not in ("image", "images")} | {"id": "text-only"}
+    mixed = [*records[:10], text_only]
+    cfg, pipe = make(model_dir, "data.group_by_length=true", "train.grad_accum=1", *extra)
+    plan = Trainer(pipe, cfg, mixed, tmp_path, quiet=True).plan()
+    batches, steps, epochs = re.search(
+        r"-> (\d+) batches .* -> (\d+) optimizer steps = ([\d.]+) epochs", plan
+    ).groups()
+    assert batches == "4"
+    assert f"{steps} steps = {epochs} epochs x {batches} batches" in steps_plan(cfg, mixed)
+
+
 def test_grouped_packed_run_resumes_exactly(model_dir, records, tmp_path) -> None:
     speed = ["data.group_by_length=true", "data.packing=true", "adapters.language.dropout=0.1"]
     cfg, pipe = make(model_dir, *speed)
@@ -68,6 +104,32 @@ def test_grouped_packed_run_resumes_exactly(model_dir, records, tmp_path) -> Non
     )
     resumed = losses(tmp_path / "cut")
     assert [resumed[s] for s in (3, 4)] == [full[s] for s in (3, 4)]
+
+
+def test_resume_drops_the_rows_logged_after_the_checkpoint(model_dir, records, tmp_path, capsys) -> None:
+    """A run killed after its checkpoint at step 2, having logged step 3, resumes from step 2: metrics.jsonl
+    is one sequence 1..4 (step 3 logged once, by the resumed run; the last step once, with the step-time
+    summary in its row), with the losses of an uninterrupted run. Resuming the finished run does nothing."""
+    cfg, pipe = make(model_dir)
+    Trainer(pipe, cfg, records, tmp_path / "full", quiet=True).fit()
+    cfg, pipe = make(model_dir, "train.save_every=2")
+    Trainer(pipe, cfg, records, tmp_path / "cut", quiet=True).fit(stop_after=3)
+    assert [r["step"] for r in read_metrics(tmp_path / "cut")] == [1, 2, 3]
+    with (tmp_path / "cut" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 4, "loss": 0.')  # killed mid-write
+    step2 = next(d for d in checkpoint_dirs(tmp_path / "cut") if d.name.endswith("0002"))
+    cfg, pipe = make(model_dir, "train.save_every=2")
+    Trainer(pipe, cfg, records, tmp_path / "cut").fit(resume_from=step2)
+    assert "dropped 2 metrics row(s) logged after it" in capsys.readouterr().out
+    rows = read_metrics(tmp_path / "cut")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    assert "time/data_share" in rows[-1] and not any("time/data_share" in r for r in rows[:2])
+    cfg, pipe = make(model_dir, "train.save_every=2")
+    Trainer(pipe, cfg, records, tmp_path / "cut").fit(resume_from=checkpoint_dirs(tmp_path / "cut")[-1])
+    out = capsys.readouterr().out
+    assert "step time" not in out and "nothing to do: the run is at step 4 of 4" in out
+    assert read_metrics(tmp_path / "cut") == rows
 
 
 def test_packed_training_follows_the_unpacked_run(model_dir, records, tmp_path) -> None:

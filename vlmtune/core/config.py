@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -137,20 +138,68 @@ class RunConfig:
     model_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-# keys whose 0 means "off" or "all", but never a negative number
-NON_NEGATIVE = {
-    "train.max_steps",
-    "data.max_train_samples",
-    "data.max_eval_samples",
-}
-POSITIVE = {
-    "train.lr",
-    "train.epochs",
-    "train.batch_size",
-    "train.grad_accum",
-    "eval.batch_size",
-    "data.max_length",
-    "data.turns_per_image",
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric key: ``> low`` (``strict``) or ``>= low``, and ``<= high`` if set;
+    ``note`` says what the boundary value means (``0: no limit``)."""
+
+    low: float
+    strict: bool = False
+    high: float | None = None
+    note: str = ""
+
+    def holds(self, value: float) -> bool:
+        above = value > self.low if self.strict else value >= self.low
+        return above and (self.high is None or value <= self.high)
+
+    def text(self) -> str:
+        def num(x: float) -> str:
+            return str(int(x)) if x == int(x) else f"{x:g}"
+
+        if self.high is not None:
+            return f"in [{num(self.low)}, {num(self.high)}]"
+        return f"{'>' if self.strict else '>='} {num(self.low)}" + (f" ({self.note})" if self.note else "")
+
+
+POSITIVE = Range(0, strict=True)
+SEED = Range(0, high=2**32 - 1)  # numpy's seed range (np.random.seed(-1) raises)
+
+
+def _non_negative(note: str = "") -> Range:
+    return Range(0, note=note)
+
+
+# every int/float key of the model/data/train/eval sections (test_config_cli checks none is missing)
+RANGES: dict[str, Range] = {
+    "model.visual_tokens": POSITIVE,
+    "model.num_classes": _non_negative("0: from the dataset"),
+    "data.max_length": POSITIVE,
+    "data.template_seed": SEED,
+    "data.num_workers": _non_negative("null: 0 on CPU, a few per GPU"),
+    "data.max_train_samples": _non_negative("0: no limit"),
+    "data.max_eval_samples": _non_negative("0: no limit"),
+    "data.shapes_size": POSITIVE,
+    "data.turns_per_image": POSITIVE,
+    "train.seed": SEED,
+    "train.epochs": POSITIVE,
+    "train.max_steps": _non_negative("0: no limit"),
+    "train.batch_size": POSITIVE,
+    "train.grad_accum": POSITIVE,
+    "train.lr": POSITIVE,
+    "train.projector_lr": _non_negative("0: same as train.lr"),
+    "train.vision_lr": _non_negative("0: same as train.lr"),
+    "train.qformer_lr": _non_negative("0: same as train.lr"),
+    "train.lora_plus_ratio": POSITIVE,
+    "train.weight_decay": _non_negative(),
+    "train.warmup_ratio": Range(0, high=1),
+    "train.max_grad_norm": _non_negative("0: no clipping"),
+    "train.log_every": POSITIVE,
+    "train.save_every": _non_negative("0: only at the end"),
+    "train.keep_last": POSITIVE,
+    "train.num_processes": POSITIVE,
+    "eval.batch_size": POSITIVE,
+    "eval.max_new_tokens": POSITIVE,
+    "eval.num_beams": POSITIVE,
 }
 
 
@@ -232,10 +281,10 @@ def _coerce(value: Any, tp, key: str) -> Any:
                 if float(value) == int(float(value))
                 else None
             )
-            if num is None:
+            if num is None or not math.isfinite(num):
                 raise ValueError
             return num
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"config key '{key}' must be {tp.__name__}, got {value!r}") from None
     if tp is str:
         return str(value)
@@ -346,16 +395,14 @@ def apply_override(data: dict, keys: list[str], value: Any) -> None:
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Range checks that types alone cannot express."""
-    for dotted in POSITIVE:
+    for dotted, allowed in RANGES.items():
         section, key = dotted.split(".")
-        if getattr(getattr(cfg, section), key) <= 0:
-            raise ConfigError(f"config key '{dotted}' must be > 0, got {getattr(getattr(cfg, section), key)}")
-    for dotted in NON_NEGATIVE:
-        section, key = dotted.split(".")
-        if getattr(getattr(cfg, section), key) < 0:
-            raise ConfigError(
-                f"config key '{dotted}' must be >= 0 (0: no limit), got {getattr(getattr(cfg, section), key)}"
-            )
+        value = getattr(getattr(cfg, section), key)
+        if value is not None and not allowed.holds(value):
+            raise ConfigError(f"config key '{dotted}' must be {allowed.text()}, got {value}")
+    for task, size in cfg.data.task_batch_sizes.items():
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise ConfigError(f"config key 'data.task_batch_sizes.{task}' must be an int > 0, got {size!r}")
     for tower, spec in cfg.adapters.specs().items():
         if spec.method not in ("frozen", "full") and spec.r <= 0:
             raise ConfigError(f"config key 'adapters.{tower}.r' must be > 0, got {spec.r}")
@@ -398,8 +445,6 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 def _validate_speed(cfg: RunConfig) -> None:
     """``data.packing`` / ``data.cache_vision_features`` / ``data.num_workers`` (README "Speed")."""
-    if cfg.data.num_workers is not None and cfg.data.num_workers < 0:
-        raise ConfigError(f"config key 'data.num_workers' must be >= 0, got {cfg.data.num_workers}")
     for key in ("packing", "cache_vision_features"):
         if getattr(cfg.data, key) and cfg.model.pipeline != "llava":
             raise ConfigError(

@@ -17,6 +17,9 @@ resumes at micro-batch ``m`` exactly (``m % per_epoch`` of epoch ``m // per_epoc
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 
 MEGABATCH = 50  # batches per sorted megabatch (transformers' LengthGroupedSampler default)
@@ -47,3 +50,14 @@ def grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list
             (full if len(batch) == batch_size else partial).append(batch)
     shuffled = [full[j] for j in torch.randperm(len(full), generator=g).tolist()]
     return shuffled + partial
+
+
+def epoch_batch_count(with_image: Sequence[bool], batch_size: int, group_by_length: bool) -> int:
+    """Micro-batches per epoch of the trainer's own batching (``Trainer._epoch_batches``), from the
+    modality of each record alone (no tokenising): ``ceil(n / batch_size)`` slices of a permutation, or
+    with ``group_by_length`` the batches of :func:`grouped_batches`, one modality each:
+    ``ceil(n_image / batch_size) + ceil(n_text / batch_size)`` (megabatches hold whole batches)."""
+    if not group_by_length:
+        return math.ceil(len(with_image) / batch_size)
+    n_image = sum(map(bool, with_image))
+    return math.ceil(n_image / batch_size) + math.ceil((len(with_image) - n_image) / batch_size)

@@ -1,8 +1,9 @@
 """The preflight of ``vlmtune train``: read everything once, before the expensive part.
 
 Before the base model is loaded (:func:`preflight`): every record parsed and validated (the data
-readers of ``vlmtune.data.records``), every image opened (header + size only, in a thread pool, with a
-progress bar), the eval records checked against the eval benchmark (prompt fields and references).
+readers of ``vlmtune.data.records``), every image opened (header + size, and a truncated PNG/JPEG caught
+without decoding: :func:`check_complete`; in a thread pool, with a progress bar), the eval records
+checked against the eval benchmark (prompt fields and references).
 After it is loaded, before the base evaluation (:func:`preflight_model`): every tower's method and
 targets resolved against the model (``adapters.attach.check_specs``, the checks ``attach`` makes), and
 every training record encoded once to count those that ``data.max_length`` leaves without a single
@@ -78,9 +79,27 @@ class Checked:
 
 
 # ---------------------------------------------------------------- images
+JPEG_END = b"\xff\xd9"  # the EOI marker that closes a JPEG stream
+
+
+def check_complete(image, path: Path) -> None:
+    """Raise ``OSError`` / ``SyntaxError`` when the data of an opened image is cut short, without decoding
+    what is whole. PNG: ``Image.verify()`` walks every chunk to IEND and checks its CRC. JPEG: the file
+    ends with the EOI marker; if not (a cut file, or bytes appended after EOI), it is decoded to decide.
+    Other formats: the header only."""
+    if image.format == "PNG":
+        image.verify()
+    elif image.format == "JPEG":
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - len(JPEG_END)))
+            if f.read() != JPEG_END:
+                image.load()
+
+
 def image_problem(path: str) -> tuple[str, str] | None:
-    """``(kind, detail)`` when the image at ``path`` cannot be used, else None. Reads the header and the
-    size only (no decoding); the size limit is ``data.images``' decompression-bomb guard."""
+    """``(kind, detail)`` when the image at ``path`` cannot be used, else None. Reads the header, the size
+    (``data.images``' decompression-bomb guard) and checks the data is complete (:func:`check_complete`:
+    a truncated PNG or JPEG), without decoding a whole image."""
     from PIL import Image, UnidentifiedImageError
 
     from vlmtune.data.images import max_pixels_default
@@ -88,23 +107,29 @@ def image_problem(path: str) -> tuple[str, str] | None:
     p = Path(path)
     if not p.is_file():
         return ("image not found", str(p)) if not p.is_dir() else ("image is a folder", str(p))
+    limit = max_pixels_default()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(p) as image:
                 width, height = image.size
+                if limit and width * height > limit:
+                    return (
+                        "image too large",
+                        f"{p}: {width}x{height} pixels > {limit}; raise VLMTUNE_MAX_IMAGE_PIXELS",
+                    )
+                check_complete(image, p)
     except Image.DecompressionBombError:
         return "image too large", str(p)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    except UnidentifiedImageError:
         return "image not readable", str(p)
-    limit = max_pixels_default()
-    if limit and width * height > limit:
-        return "image too large", f"{p}: {width}x{height} pixels > {limit}; raise VLMTUNE_MAX_IMAGE_PIXELS"
+    except (OSError, SyntaxError, ValueError) as e:
+        return "image not readable", f"{p}: truncated or corrupt image data ({e})"
     return None
 
 
 def check_images(records: list[dict], problems: Problems, progress: bool, desc: str) -> int:
-    """Open every image of ``records`` (header + size) in a thread pool; adds problems; returns the count."""
+    """Open every image of ``records`` (:func:`image_problem`) in a thread pool; adds problems; returns the count."""
     from tqdm import tqdm
 
     from vlmtune.data.records import record_images
@@ -143,13 +168,19 @@ def check_eval_data(records: list[dict], benchmark_name: str, progress: bool = T
 
 
 # ---------------------------------------------------------------- the plan
-def steps_plan(cfg: RunConfig, n_records: int) -> str:
-    """``N steps = E epochs x B batches / grad_accum`` as the trainer will count them (an estimate when
-    the pipeline packs or groups its own batches; the trainer prints the exact plan)."""
-    from vlmtune.train.distributed import world
+def steps_plan(cfg: RunConfig, records: list[dict]) -> str:
+    """``N steps = E epochs x B batches / grad_accum`` as the trainer counts them (the same
+    :func:`~vlmtune.data.sampler.epoch_batch_count`; one global batch of ``train.batch_size`` however many
+    processes share it); a pipeline that plans its own batches (VL-BART's per-task batches) is named
+    instead of guessed."""
+    from vlmtune.data.records import record_images
+    from vlmtune.data.sampler import epoch_batch_count
 
     t = cfg.train
-    batches = math.ceil(n_records / (t.batch_size * world()[1]))
+    if cfg.model.pipeline == "vlbart":
+        return "steps: set by the vlbart pipeline's per-task batches (the trainer prints the plan)"
+    with_image = [bool(record_images(r)) for r in records]
+    batches = epoch_batch_count(with_image, t.batch_size, cfg.data.group_by_length)
     steps = max(1, t.max_steps or math.ceil(t.epochs * batches / t.grad_accum))
     epochs = steps * t.grad_accum / max(1, batches)
     rule = f"train.max_steps={t.max_steps}" if t.max_steps else f"train.epochs={t.epochs:g}"
@@ -242,7 +273,7 @@ def preflight(cfg: RunConfig, run_dir: Path, say: Callable[[str], None], progres
         raise DataError(f"data.train={cfg.data.train}: no usable record left ({errors.summary()})")
     say(
         f"preflight: run folder {run_dir} | train {len(train):,} records, eval {len(evals):,} | "
-        f"{images:,} images opened ({time.perf_counter() - t0:.1f}s) | {steps_plan(cfg, len(train))} | "
+        f"{images:,} images opened ({time.perf_counter() - t0:.1f}s) | {steps_plan(cfg, train)} | "
         f"trains: {what_trains(cfg)}"
     )
     if errors.count:

@@ -56,16 +56,20 @@ def write_config(run_dir: Path, config: dict) -> Path:
 
 
 class MetricsLogger:
-    """Appends to ``metrics.jsonl`` and mirrors numeric values to TensorBoard."""
+    """Appends to ``metrics.jsonl`` and mirrors numeric values to TensorBoard. ``resumed_at``: the step
+    of the checkpoint a resumed run starts from; the rows and TensorBoard events logged after it (by the
+    interrupted run, past its last checkpoint) are dropped, so the log stays one sequence of steps."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resumed_at: int | None = None):
         self.path = run_dir / "metrics.jsonl"
+        self.dropped = 0 if resumed_at is None else drop_rows_after(run_dir, resumed_at)
         self.writer = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+                purge = None if resumed_at is None else resumed_at + 1  # events at steps >= purge go
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
             except ImportError:  # pragma: no cover - tensorboard is a dependency
                 self.writer = None
 
@@ -81,6 +85,26 @@ class MetricsLogger:
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
+
+
+def drop_rows_after(run_dir: str | Path, step: int) -> int:
+    """Rewrite ``metrics.jsonl`` (atomically) without its rows logged after ``step`` nor a line cut short by
+    a kill mid-write; returns how many lines were dropped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+    if len(kept) < len(lines):
+        atomic_write_text("".join(line + "\n" for line in kept), path)
+    return len(lines) - len(kept)
+
+
+def _step_of(line: str) -> int | None:
+    """The ``step`` of one metrics line; None for a line that is not a whole JSON object."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row.get("step", 0) if isinstance(row, dict) else None
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

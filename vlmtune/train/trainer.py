@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from vlmtune.adapters.report import format_report, param_report
 from vlmtune.core.config import RunConfig
 from vlmtune.data.packing import num_samples
-from vlmtune.data.sampler import grouped_batches
+from vlmtune.data.sampler import epoch_batch_count, grouped_batches
 from vlmtune.models.base import Pipeline, move_batch
 from vlmtune.models.qlora import is_quantized
 from vlmtune.train import audit, fsdp
@@ -165,7 +165,7 @@ class Trainer:
         if self.num_workers is None:
             local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
             self.num_workers = default_num_workers(self.accelerator.device, local)
-        self.micro_per_epoch = len(self._epoch_batches(0))
+        self.micro_per_epoch = self._batches_per_epoch()
         steps = t.max_steps or math.ceil(t.epochs * self.micro_per_epoch / t.grad_accum)
         self.total_steps = max(1, steps)
         model = pipeline.model
@@ -204,6 +204,15 @@ class Trainer:
             )
         bs, order = self.cfg.train.batch_size, self._epoch_order(epoch)
         return [order[i : i + bs] for i in range(0, len(order), bs)]
+
+    def _batches_per_epoch(self) -> int:
+        """``len(self._epoch_batches(e))``: the pipeline's plan, else :func:`epoch_batch_count` (what the
+        preflight prints, from the records' modalities)."""
+        if getattr(self.pipeline, "epoch_batches", None) is not None:
+            return len(self._epoch_batches(0))
+        group = self.cfg.data.group_by_length
+        with_image = [n > 0 for n in self._signed_lengths()] if group else [True] * len(self.records)
+        return epoch_batch_count(with_image, self.cfg.train.batch_size, group)
 
     def _signed_lengths(self) -> list[int]:
         """Per record: tokens, negative when text-only (computed once, for data.group_by_length)."""
@@ -344,10 +353,17 @@ class Trainer:
             )
         )
         self._log(self.plan())
+        resumed_at = None
         if resume_from is not None:
             self.resume(resume_from)
-            self._log(f"resumed from {resume_from} at step {self.step}")
-        logger = MetricsLogger(self.run_dir) if self.rank == 0 else ddp.NullLogger()
+            resumed_at = self.step
+        logger = MetricsLogger(self.run_dir, resumed_at=resumed_at) if self.rank == 0 else ddp.NullLogger()
+        if resume_from is not None:
+            dropped = getattr(logger, "dropped", 0)
+            note = f" (dropped {dropped} metrics row(s) logged after it)" if dropped else ""
+            self._log(f"resumed from {resume_from} at step {self.step}{note}")
+            if self.step >= self.total_steps:
+                self._log(f"nothing to do: the run is at step {self.step} of {self.total_steps}")
         bar = tqdm(
             total=self.total_steps, initial=self.step, disable=self.quiet, desc="train", dynamic_ncols=True
         )
@@ -369,7 +385,9 @@ class Trainer:
                 window_samples += n_samples
                 window_tokens += n_tokens
                 bar.update(1)
-                if self.step % t.log_every == 0 or self.step == self.total_steps:
+                stop = stop_after is not None and self.step >= stop_after
+                last = stop or self.step == self.total_steps  # the step-time summary goes in its row
+                if self.step % t.log_every == 0 or last:
                     elapsed = max(time.perf_counter() - tick, 1e-9)
                     last_loss = window_loss / window_steps
                     record = {
@@ -379,22 +397,22 @@ class Trainer:
                         "tokens_per_s": window_tokens / elapsed,
                         "epoch": self.micro / self.micro_per_epoch,
                         **{f"lr/{g['name']}": g["lr"] for g in self.optimizer.param_groups},
+                        **(self.timer.summary() if last else {}),
                     }
                     logger.log(record, self.step)
                     bar.set_postfix(loss=f"{last_loss:.4f}", sps=f"{record['samples_per_s']:.1f}")
                     window_loss, window_steps, window_samples, window_tokens = 0.0, 0, 0, 0
                     tick = time.perf_counter()
-                stop = stop_after is not None and self.step >= stop_after
                 if (t.save_every and self.step % t.save_every == 0) or stop:
                     self.save()
                 if stop:
                     break
-            logger.log(self.timer.summary(), self.step)
         finally:
             self.timer.close()
             bar.close()
             logger.close()
-        self._log(self.timer.format())
+        if self.timer.steps:
+            self._log(self.timer.format())
         if self.step >= self.total_steps:
             self.save()
         if self.rank == 0:
