@@ -266,3 +266,17 @@ def test_malformed_override_value_is_one_line_error(override, command, capsys, t
     assert len(err.splitlines()) == 1, err
     assert f"override '{override}'" in err and "not valid YAML" in err, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override", ["adapters.language.method=lroa", "adapters.vision.method=vpt2"])
+def test_info_refuses_what_train_refuses_before_the_model_loads(override, capsys, tmp_path):
+    """`vlmtune info` runs train's method checks: the same one line, exit 2, instead of printing the config."""
+    from vlmtune.cli import main
+
+    assert main(["train", "llava-lora", override, "--output-dir", str(tmp_path / "run")]) == 2
+    train_err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert main(["info", "llava-lora", override]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert err.strip().removeprefix("vlmtune info: ") == train_err.removeprefix("vlmtune train: ")
+    assert override.partition("=")[2] in err
