@@ -249,3 +249,34 @@ def test_every_numeric_key_has_a_range():
                 numeric.add(f"{section}.{name}")
     assert numeric - set(RANGES) == set()
     assert set(RANGES) - numeric == set()
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["adapters.language.targets=[q,v", "train.lr={", 'data.train="abc'],
+)
+@pytest.mark.parametrize("command", ["train", "info"])
+def test_malformed_override_value_is_one_line_error(override, command, capsys, tmp_path):
+    """A value YAML cannot parse names the override and what is wrong (exit 2), not a yaml traceback."""
+    from vlmtune.cli import main
+
+    extra = ["--output-dir", str(tmp_path / "run")] if command == "train" else []
+    assert main([command, "llava-lora", override, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"override '{override}'" in err and "not valid YAML" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override", ["adapters.language.method=lroa", "adapters.vision.method=vpt2"])
+def test_info_refuses_what_train_refuses_before_the_model_loads(override, capsys, tmp_path):
+    """`vlmtune info` runs train's method checks: the same one line, exit 2, instead of printing the config."""
+    from vlmtune.cli import main
+
+    assert main(["train", "llava-lora", override, "--output-dir", str(tmp_path / "run")]) == 2
+    train_err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert main(["info", "llava-lora", override]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert err.strip().removeprefix("vlmtune info: ") == train_err.removeprefix("vlmtune train: ")
+    assert override.partition("=")[2] in err

@@ -179,3 +179,26 @@ def test_plan_errors_are_one_line(tmp_path):
     assert parse_memory("80GB") == parse_memory("80") == 80 * GiB
     with pytest.raises(ConfigError, match="model.pipeline=vit is not supported"):
         make_plan(load_config("vit-lora"), 1, GiB)
+
+
+def test_plan_error_names_the_command_once(capsys):
+    """The CLI adds ``vlmtune plan: error:``; the message itself does not repeat the command."""
+    assert cli.main(["plan", "vit-lora"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vlmtune plan: error: model.pipeline=vit is not supported"), err
+    assert err.count("vlmtune plan") == 1 and len(err.splitlines()) == 1
+
+
+def test_qwen_vl_vision_tower_note_says_in_words_what_is_not_estimated(family_folder, capsys):
+    """Qwen2-VL's ``visual`` takes (patches, grid_thw): the note says why its activations are left out,
+    with no internal exception name."""
+    folder = family_folder("qwen2_vl")
+    assert cli.main(["plan", "llava-lora", f"model.name_or_path={folder}", "--gpus", "1"]) == 0
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if line.startswith("note: vision-tower")]
+    assert notes == [
+        "note: vision-tower activations not estimated: it lays its patches out from the image grid at run "
+        "time (Qwen-VL), which this shape-only plan cannot run; the activ column counts the language model "
+        "only (add the tower's for a trainable tower)"
+    ], out
+    assert "Error" not in out

@@ -190,3 +190,40 @@ def test_grid_encoder_pretraining_trains_the_trunk_then_freezes_it() -> None:
     after = encoder.trunk.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("conv1.weight"))
     assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
+
+
+def caption(image, rid="c") -> dict:
+    return {"id": rid, "task": "caption", "image": image, "caption": "a red circle"}
+
+
+@pytest.mark.parametrize(
+    "sizes, batches, says",
+    [
+        (
+            {"vqa": 32, "caption": 32},
+            2,  # 32 vqa records in one batch of 32, 3 captions in one: train.batch_size=4 sizes neither
+            "2 batches of one task each: vqa <= 32, caption <= 32 (data.task_batch_sizes; "
+            "train.batch_size=4 does not apply to these tasks) per epoch",
+        ),
+        (
+            {"vqa": 32},
+            2,  # captions take train.batch_size=4: 3 records, one batch
+            "2 batches of one task each: vqa <= 32, caption <= 4 (data.task_batch_sizes; "
+            "train.batch_size=4 for caption) per epoch",
+        ),
+    ],
+)
+def test_plan_line_names_the_per_task_batch_sizes(tiny_folder, tmp_path, sizes, batches, says) -> None:
+    """VL-BART batches by data.task_batch_sizes, not train.batch_size: the trainer's plan line says so."""
+    from vlmtune.core.config import load_config
+    from vlmtune.models.vlbart import build_vlbart_pipeline
+    from vlmtune.train.trainer import Trainer
+
+    overrides = [f"data.task_batch_sizes={sizes}", "train.batch_size=4", "train.max_steps=3"]
+    cfg = load_config("vlbart-dora", [f"model.name_or_path={tiny_folder}", *overrides])
+    pipe = build_vlbart_pipeline(cfg)
+    records = [vqa(RED, f"q{i}") for i in range(32)] + [caption(BLUE, f"c{i}") for i in range(3)]
+    trainer = Trainer(pipe, cfg, records, tmp_path / "run", quiet=True)
+    assert [len(b) for b in trainer._epoch_batches(0)] == [32, 3] and trainer.micro_per_epoch == batches
+    line = trainer.plan()
+    assert line.startswith(f"plan: 35 records -> {says} (grad_accum 1) -> 3 optimizer steps"), line

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from vlmtune.core.config import ConfigError, list_recipes, load_config, recipe_description, to_dict
+from vlmtune.recipes.preflight import check_methods
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,6 +109,7 @@ def main(args: argparse.Namespace) -> int:
     if path.is_file() and path.suffix.lower() not in (".yaml", ".yml"):
         raise ConfigError(not_a_target(path))
     cfg = load_config(args.target, args.overrides)
+    check_methods(cfg)  # what train refuses before the model loads, info refuses too
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     if cfg.model.pipeline in ("llava", "blip2") and any(
         o.startswith("model.name_or_path=") for o in args.overrides

@@ -119,9 +119,7 @@ def build_empty(config, dtype: torch.dtype, attention: str = "sdpa") -> nn.Modul
         with no_init_weights():  # no values to initialise: meta or fake storage
             model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
     except ValueError as e:
-        raise ConfigError(
-            f"vlmtune plan: not an image-text-to-text model ({config.model_type}): {e}"
-        ) from None
+        raise ConfigError(f"not an image-text-to-text model ({config.model_type}): {e}") from None
     return model
 
 
@@ -279,14 +277,24 @@ def activation_bytes(config, cfg: RunConfig, dtype: torch.dtype, batch: int, seq
 
 
 def _vision_forward(vision: nn.Module, config, cfg: RunConfig, batch: int, dtype: torch.dtype) -> str:
-    """Run a trainable vision tower on one image per sequence; returns a note when it cannot."""
+    """Run a trainable vision tower on one image per sequence; returns a note (in words) when it cannot."""
     v = config.vision_config
+    if not hasattr(v, "image_size"):  # Qwen2-VL / Qwen2.5-VL: model.visual takes (patches, grid_thw)
+        return vision_not_estimated("it lays its patches out from the image grid at run time (Qwen-VL)")
     try:
         pixels = torch.zeros(batch, 3, v.image_size, v.image_size, dtype=dtype)
         vision(pixels)
-    except Exception as e:  # noqa: BLE001 -- e.g. Qwen2.5-VL's data-dependent window layout
-        return f"vision-tower activations not estimated ({type(e).__name__}); add them for a trainable tower"
+    except Exception:  # noqa: BLE001 -- a forward that reads values, not only shapes
+        return vision_not_estimated("its forward depends on tensor values, not only on shapes")
     return ""
+
+
+def vision_not_estimated(why: str) -> str:
+    """The plan's note for a trainable vision tower whose activations the shape-only forward cannot measure."""
+    return (
+        f"vision-tower activations not estimated: {why}, which this shape-only plan cannot run; "
+        "the activ column counts the language model only (add the tower's for a trainable tower)"
+    )
 
 
 def image_tokens(config) -> int:
@@ -375,7 +383,7 @@ class Plan:
 def make_plan(cfg: RunConfig, gpus: int, gpu_mem: int) -> Plan:
     if cfg.model.pipeline != "llava":
         raise ConfigError(
-            f"vlmtune plan: model.pipeline={cfg.model.pipeline} is not supported; it plans image-text-to-text "
+            f"model.pipeline={cfg.model.pipeline} is not supported; it plans image-text-to-text "
             "models (llava recipes: LLaVA and Qwen2.5-VL configs)"
         )
     config = load_model_config(cfg.model.name_or_path)

@@ -363,10 +363,18 @@ def read_recipe(name_or_path: str) -> dict:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value parsed as YAML); a ConfigError naming the override if not."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key=value (e.g. train.lr=1e-4)")
     key, _, raw = text.partition("=")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        problem = str(getattr(e, "problem", None) or e).replace("'<stream end>'", "the end of the value")
+        raise ConfigError(
+            f"override '{text}': value {raw!r} is not valid YAML ({problem}); "
+            "close the bracket/quote, or quote the whole value"
+        ) from None
     return key.strip().split("."), value
 
 

@@ -178,6 +178,20 @@ class VLBartPipeline:
         sizes = self.task_batch_sizes or {}
         return round_robin_batches(tasks, sizes, self.seed, epoch, self.default_batch_size)
 
+    def batch_sizes_text(self, records: list[dict]) -> str:
+        """What one batch is, for the trainer's plan line: ``one task each: vqa <= 32, caption <= 4
+        (data.task_batch_sizes; train.batch_size=4 for caption)``. ``train.batch_size`` sizes only the tasks
+        ``data.task_batch_sizes`` leaves out; the text says it does not apply when it sizes none."""
+        from vlmtune.data.multitask import task_indices
+
+        sizes = self.task_batch_sizes or {}
+        tasks = list(task_indices([task_prefix(r).rstrip(":") for r in records]))
+        unlisted = [task for task in tasks if task not in sizes]
+        parts = ", ".join(f"{task} <= {sizes.get(task, self.default_batch_size)}" for task in tasks)
+        b = f"train.batch_size={self.default_batch_size}"
+        rule = f"{b} for {', '.join(unlisted)}" if unlisted else f"{b} does not apply to these tasks"
+        return f"one task each: {parts} (data.task_batch_sizes; {rule})"
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device

@@ -324,8 +324,10 @@ class Trainer:
         t = self.cfg.train
         epochs = self.total_steps * t.grad_accum / max(1, self.micro_per_epoch)
         rule = f"train.max_steps={t.max_steps}" if t.max_steps else f"train.epochs={t.epochs:g}"
+        own_sizes = getattr(self.pipeline, "batch_sizes_text", None)  # VL-BART: per-task batch sizes
+        sizes = f"of {own_sizes(self.records)}" if own_sizes else f"of <= {t.batch_size}"
         return (
-            f"plan: {len(self.records):,} records -> {self.micro_per_epoch:,} batches of <= {t.batch_size} per "
+            f"plan: {len(self.records):,} records -> {self.micro_per_epoch:,} batches {sizes} per "
             f"epoch (grad_accum {t.grad_accum}) -> {self.total_steps:,} optimizer steps = {epochs:.2f} epochs "
             f"({rule})"
         )
