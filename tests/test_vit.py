@@ -145,6 +145,15 @@ def test_shared_trainer_lowers_loss_and_merged_model_roundtrips(tmp_path) -> Non
     with torch.no_grad():
         torch.testing.assert_close(reloaded.logits(batch), logits, rtol=1e-4, atol=1e-4)
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["classes"] == pipe.classes
+    # `vlmtune eval --model MERGED` (and training on it) keeps the merged classifier's own head
+    from vlmtune.eval.command import load_model, merged_pipeline
+
+    assert merged_pipeline(tmp_path / "merged") == "vit"
+    evaluated, _, _ = load_model(str(tmp_path / "merged"))
+    evaluated.model.eval()
+    assert evaluated.classes == pipe.classes
+    with torch.no_grad():
+        torch.testing.assert_close(evaluated.logits(batch), logits, rtol=1e-4, atol=1e-4)
 
 
 def test_bench_table_format() -> None:

@@ -72,3 +72,16 @@ def test_shapes_vl_scores_each_task_on_its_own_records() -> None:
     assert m["accuracy"] == 50.0 and m["nlvr_accuracy"] == 0.0
     assert m["per_task_count"] == {"vqa": 2, "caption": 1, "nlvr": 1} and m["count"] == 4
     assert "CIDEr" in m
+
+
+def test_a_saved_vlbart_folder_is_evaluated_by_the_vlbart_pipeline() -> None:
+    """`vlmtune eval --model FOLDER` on a VL-BART folder (vlmtune merge writes vlbart.json) picks the VL-BART
+    pipeline, not the LLaVA-style one (which said "model_type 'bart' is not a supported VLM family")."""
+    from pathlib import Path
+
+    import vlmtune
+    from vlmtune.eval.command import merged_pipeline
+
+    assets = Path(vlmtune.__file__).parent / "assets"
+    assert merged_pipeline(assets / "vlbart-shapes-tiny") == "vlbart"
+    assert merged_pipeline(assets / "shapes-tiny") is None

@@ -107,7 +107,22 @@ def load_model(model: str, force: bool = False, base: str | None = None):
         )
     cfg = RunConfig()
     cfg.model.name_or_path = model
+    kind = merged_pipeline(path)
+    if kind is not None:  # a merged ViT classifier or VL-BART folder carries what its pipeline needs
+        cfg.model.pipeline, cfg.data.train = kind, ""
     return build_pipeline(cfg), None, None
+
+
+def merged_pipeline(path: Path) -> str | None:
+    """``vit`` / ``vlbart`` for a folder ``vlmtune merge`` wrote from those pipelines, else None (LLaVA-style)."""
+    from vlmtune.models.vit import saved_classifier
+    from vlmtune.models.vlbart import META_FILE
+
+    if (path / META_FILE).is_file():
+        return "vlbart"
+    if path.is_dir() and saved_classifier(path) is not None:
+        return "vit"
+    return None
 
 
 def take_run_positional(args: argparse.Namespace) -> None:

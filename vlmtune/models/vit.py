@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -238,9 +239,35 @@ class ViTPipeline:
         return out
 
 
+def saved_classifier(folder: str | Path) -> tuple[list[str], dict[str, torch.Tensor]] | None:
+    """``(classes, head tensors)`` of a classifier written by :meth:`ViTPipeline.save_merged` (its
+    ``config.json`` names the classes, its weights hold ``head.*``), else None."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        return None
+    try:
+        classes = json.loads((folder / "config.json").read_text()).get("classes")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    if not classes:
+        return None
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        head = {k[len("head.") :]: f.get_tensor(k) for k in f.keys() if k.startswith("head.")}
+    return ([str(c) for c in classes], head) if head else None
+
+
 def build_vit_pipeline(cfg: RunConfig, folder: str | None = None) -> ViTPipeline:
     """``model.pipeline: vit``: the backbone from ``folder`` (default ``model.name_or_path``), classes
-    from ``model.num_classes`` or the training data."""
+    from ``model.num_classes`` or the training data. A merged classifier folder (``vlmtune merge``)
+    keeps its trained head when its classes are the data's, or when there is no ``data.train``."""
+    path = folder or cfg.model.name_or_path
+    saved = saved_classifier(path) if Path(path).is_dir() else None
+    if saved is not None and not cfg.data.train:
+        classes, head = saved
+        vit, preset = load_backbone(path, cfg.train.seed)
+        pipeline = ViTPipeline(vit, preset, classes, cfg.model.name_or_path)
+        pipeline.model.head.load_state_dict(head)
+        return pipeline
     records = read_classification(cfg.data.train, "train")
     classes = class_names(records)
     if cfg.model.num_classes:
@@ -249,8 +276,11 @@ def build_vit_pipeline(cfg: RunConfig, folder: str | None = None) -> ViTPipeline
                 f"model.num_classes={cfg.model.num_classes} but data.train has labels up to {len(classes) - 1}"
             )
         classes += [str(i) for i in range(len(classes), cfg.model.num_classes)]
-    vit, preset = load_backbone(folder or cfg.model.name_or_path, cfg.train.seed)
-    return ViTPipeline(vit, preset, classes, cfg.model.name_or_path)
+    vit, preset = load_backbone(path, cfg.train.seed)
+    pipeline = ViTPipeline(vit, preset, classes, cfg.model.name_or_path)
+    if saved is not None and saved[0] == classes:  # the merged classifier's own head, not a fresh one
+        pipeline.model.head.load_state_dict(saved[1])
+    return pipeline
 
 
 register_pipeline("vit", build_vit_pipeline)
