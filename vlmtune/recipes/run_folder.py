@@ -197,16 +197,15 @@ def locate(source: str | Path) -> RunSource:
     return RunSource(adapter, None)
 
 
-def run_config(run_dir: Path) -> RunConfig:
+def run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """The validated config a run was trained with (``config.yaml``), its data paths as
-    :func:`run_data_paths` finds them from the current directory (an unreachable one blank)."""
+    :func:`run_data_paths` finds them from the current directory (an unreachable one blank), then
+    ``overrides`` (``key=value``, e.g. what ``train --resume`` typed) on top."""
     from vlmtune.core.config import load_config
 
     paths = run_data_paths(run_dir)
-    overrides = [
-        f"data.{key}={json.dumps(usable)}" for key, (typed, usable) in paths.items() if typed != usable
-    ]
-    return load_config(str(run_dir / "config.yaml"), overrides, model_defaults=False)
+    found = [f"data.{key}={json.dumps(usable)}" for key, (typed, usable) in paths.items() if typed != usable]
+    return load_config(str(run_dir / "config.yaml"), [*found, *overrides], model_defaults=False)
 
 
 def recorded_base(adapter: Path) -> str | None:

@@ -52,17 +52,31 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_same_config(run: Path, cfg: RunConfig) -> None:
+def typed_keys(overrides: list[str] | tuple[str, ...]) -> set[str]:
+    """The dotted keys of ``key=value`` overrides (``train.lr=1e-4`` -> ``train.lr``)."""
+    from vlmtune.core.config import parse_override
+
+    return {".".join(parse_override(text)[0]) for text in overrides}
+
+
+def check_same_config(run: Path, cfg: RunConfig, typed: set[str] | None = None) -> None:
     """A resumed run trains what its folder's ``config.yaml`` says: any other difference is one line naming
-    the keys (only the :data:`RESUMABLE` ones may change)."""
+    the keys (only the :data:`RESUMABLE` ones may change). ``typed``: compare only these keys (and what
+    they contain) and the recipe, for a ``cfg`` built on the run's own config (:func:`resumed_config`)."""
     import yaml
 
     saved_path = run / "config.yaml"
     if not saved_path.is_file():
         return
     saved, now = _flat(yaml.safe_load(saved_path.read_text()) or {}), _flat(to_dict(cfg))
+
+    def compared(key: str) -> bool:
+        return typed is None or key == "recipe" or any(key == t or key.startswith(t + ".") for t in typed)
+
     differ = sorted(
-        k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k) and not k.startswith(RESUMABLE)
+        k
+        for k in saved.keys() | now.keys()
+        if saved.get(k) != now.get(k) and not k.startswith(RESUMABLE) and compared(k)
     )
     if differ:
         shown = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in differ[:3])
@@ -73,9 +87,9 @@ def check_same_config(run: Path, cfg: RunConfig) -> None:
         )
 
 
-def _resolve_resume(arg: str, cfg: RunConfig) -> tuple[Path, Path | None]:
-    """(run folder, checkpoint folder) for ``--resume``."""
-    from vlmtune.train.checkpoint import checkpoint_dirs, newest_loadable_checkpoint
+def find_run(arg: str, cfg: RunConfig) -> tuple[Path, Path | None]:
+    """(run folder, the checkpoint ``arg`` names or None) for ``--resume [arg]`` (``latest``: the newest
+    run folder of ``cfg``'s recipe)."""
     from vlmtune.train.run import latest_run_dir
 
     if arg == "latest":
@@ -90,7 +104,33 @@ def _resolve_resume(arg: str, cfg: RunConfig) -> tuple[Path, Path | None]:
         return run.parent.parent, run
     if not run.is_dir():
         raise ConfigError(f"--resume: run folder {run} does not exist")
-    check_same_config(run, cfg)
+    return run, None
+
+
+def resumed_config(run: Path, cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
+    """The config ``--resume`` trains with: the run's own ``config.yaml`` (read from any directory by
+    :func:`~vlmtune.recipes.run_folder.run_config`) with only the keys typed now on top; ``cfg`` (the
+    recipe + overrides) for a run folder without one. Typed keys that change what is trained, or
+    another recipe, are refused (:func:`check_same_config`)."""
+    from vlmtune.recipes.run_folder import run_config
+
+    if not (run / "config.yaml").is_file():
+        return cfg
+    resumed = run_config(run, overrides)
+    recipe, resumed.recipe = resumed.recipe, cfg.recipe  # the recipe typed now, compared with the run's
+    check_same_config(run, resumed, typed_keys(overrides))
+    resumed.recipe = recipe
+    return resumed
+
+
+def _resolve_resume(arg: str, cfg: RunConfig, typed: set[str] | None = None) -> tuple[Path, Path | None]:
+    """(run folder, checkpoint folder) for ``--resume``; ``typed``: see :func:`check_same_config`."""
+    from vlmtune.train.checkpoint import checkpoint_dirs, newest_loadable_checkpoint
+
+    run, named = find_run(arg, cfg)
+    if named is not None:
+        return run, named
+    check_same_config(run, cfg, typed)
     ckpt = newest_loadable_checkpoint(run, say=lambda msg: print(msg, flush=True))
     if ckpt is None and checkpoint_dirs(run):
         raise ConfigError(f"--resume: no checkpoint of {run} can be read (see above); start a new run")
@@ -148,6 +188,13 @@ def main(args: argparse.Namespace) -> int:
         hf_logging.disable_progress_bar()  # stderr is for the one-line error
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
+    resume_arg, typed = args.resume, None
+    if args.resume:  # the run's own config, with only what is typed now on top
+        run_folder, named = find_run(args.resume, cfg)
+        cfg = resumed_config(run_folder, cfg, args.overrides)
+        if args.output_dir:
+            cfg.train.output_dir = args.output_dir
+        resume_arg, typed = str(named or run_folder), typed_keys(args.overrides)
     check_4bit(cfg)
     if cfg.train.fsdp:  # before any process starts or loads weights
         check_fsdp(cfg)
@@ -159,7 +206,7 @@ def main(args: argparse.Namespace) -> int:
     if ddp.is_main():  # one run folder for all processes
         try:
             if args.resume:
-                choice = _resolve_resume(args.resume, cfg)
+                choice = _resolve_resume(resume_arg, cfg, typed)
             else:
                 choice = (next_run_dir(cfg.train.output_dir, cfg.recipe), None)
         except ConfigError as e:

@@ -1,0 +1,69 @@
+"""``vlmtune train`` run folders (round-4 user report): ``--resume`` trains the run's own config with only the
+keys typed now on top, and a run that starts over drops the interrupted attempt's metrics rows."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from toy_models import write_vqa_records
+
+from vlmtune import cli
+from vlmtune.train.run import read_metrics
+
+RUN_ARGS = ("train.max_steps=3", "train.batch_size=2", "train.log_every=1", "adapters.language.r=4",
+            "data.max_eval_samples=2", "train.eval_at_start=false", "train.eval_at_end=false")  # fmt: skip
+
+
+def train(*argv: str) -> int:
+    return cli.main(["train", "llava-lora", *argv, "--quiet"])
+
+
+@pytest.fixture
+def interrupted(model_dir, tmp_path) -> Path:
+    """A llava-lora run (3 steps, r=4, max_eval_samples=2) as a kill before its first checkpoint leaves it:
+    config.yaml and two metrics rows, no checkpoint, no adapter."""
+    data = write_vqa_records(tmp_path / "data", 4)
+    run = tmp_path / "run"
+    common = [f"model.name_or_path={model_dir}", f"data.train={data}", f"data.image_root={data.parent}"]
+    assert train(*common, *RUN_ARGS, "--output-dir", str(run)) == 0
+    for name in ("checkpoints", "adapter", "tensorboard"):
+        shutil.rmtree(run / name)
+    (run / "eval.json").unlink()
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(rows[:2]) + "\n")
+    (run / "argv.txt").write_text("\n".join([*common, *RUN_ARGS]))  # the command line it ran with
+    return run
+
+
+def saved(run: Path, section: str, key: str):
+    return yaml.safe_load((run / "config.yaml").read_text())[section][key]
+
+
+def test_resume_without_checkpoint_trains_the_runs_own_config_and_starts_the_log_over(interrupted, capsys):
+    assert train("--resume", str(interrupted)) == 0  # nothing typed: the recipe's r=8, 400 steps do not apply
+    assert [r["step"] for r in read_metrics(interrupted)] == [1, 2, 3]
+    assert (
+        saved(interrupted, "train", "max_steps") == 3 and saved(interrupted, "data", "max_eval_samples") == 2
+    )
+    assert saved(interrupted, "adapters", "language")["r"] == 4
+    assert (interrupted / "adapter").is_dir()
+
+
+def test_resume_applies_the_typed_resumable_keys_and_refuses_typed_others(interrupted, capsys):
+    assert train("--resume", str(interrupted), "adapters.language.r=8") == 2
+    err = capsys.readouterr().err
+    assert "adapters.language.r (4 -> 8)" in err and "Traceback" not in err
+    assert train("--resume", str(interrupted), "adapters.language.r=4", "train.max_steps=4") == 0
+    assert [r["step"] for r in read_metrics(interrupted)] == [1, 2, 3, 4]
+    assert (
+        saved(interrupted, "train", "max_steps") == 4 and saved(interrupted, "data", "max_eval_samples") == 2
+    )
+
+
+def test_the_same_command_line_resumed_without_checkpoint_drops_the_interrupted_rows(interrupted):
+    typed = (interrupted / "argv.txt").read_text().splitlines()
+    assert train(*typed, "--resume", str(interrupted)) == 0
+    assert [r["step"] for r in read_metrics(interrupted)] == [1, 2, 3]  # not [1, 2, 1, 2, 3]
