@@ -67,3 +67,34 @@ def test_the_same_command_line_resumed_without_checkpoint_drops_the_interrupted_
     typed = (interrupted / "argv.txt").read_text().splitlines()
     assert train(*typed, "--resume", str(interrupted)) == 0
     assert [r["step"] for r in read_metrics(interrupted)] == [1, 2, 3]  # not [1, 2, 1, 2, 3]
+
+
+def interrupt_at_step(monkeypatch, at: int) -> None:
+    """Ctrl-C as the trainer finishes optimizer step ``at`` (a KeyboardInterrupt from inside ``fit``)."""
+    from vlmtune.train.trainer import Trainer
+
+    step = Trainer._optimizer_step
+
+    def interrupting(self, *args, **kwargs):
+        if self.step == at:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", interrupting)
+
+
+@pytest.mark.parametrize(
+    ("save_every", "says"),
+    [(0, "no checkpoint: set train.save_every=N to be able to resume"),
+     (1, "newest complete checkpoint at step 2; continue with: vlmtune train llava-lora --resume ")],
+)  # fmt: skip
+def test_ctrl_c_says_what_is_left_and_how_to_continue(interrupted, monkeypatch, capsys, save_every, says):
+    typed = (interrupted / "argv.txt").read_text().splitlines()
+    run = interrupted.parent / f"run-{save_every}"
+    interrupt_at_step(monkeypatch, 2)
+    assert train(*typed, f"train.save_every={save_every}", "--output-dir", str(run)) == 130
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == "vlmtune train: interrupted" and says in err[-2] and str(run) in err[-2], err
+    monkeypatch.undo()
+    assert train("--resume", str(run)) == 0  # the command it names continues the run
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]

@@ -141,6 +141,28 @@ def _resolve_resume(arg: str, cfg: RunConfig, typed: set[str] | None = None) -> 
     return run, ckpt
 
 
+def interrupted_note(run_dir: Path, recipe: str, save_every: int) -> str:
+    """What a Ctrl-C leaves in ``run_dir`` and the command that continues it (one line; '' when nothing was
+    written yet)."""
+    import shlex
+
+    from vlmtune.train.checkpoint import checkpoint_dirs
+
+    if not (run_dir / "config.yaml").is_file():
+        return ""
+    again = f"vlmtune train {shlex.quote(recipe)} --resume {shlex.quote(str(run_dir))}"
+    ckpts = checkpoint_dirs(run_dir)
+    if ckpts:
+        step = int(ckpts[-1].name.split("-")[-1])
+        return f"{run_dir}: newest complete checkpoint at step {step}; continue with: {again}"
+    if not save_every:
+        return (
+            f"{run_dir}: no checkpoint: set train.save_every=N to be able to resume "
+            f"(`{again} train.save_every=N` starts it over at step 0)"
+        )
+    return f"{run_dir}: no checkpoint yet (train.save_every={save_every}); `{again}` starts it over at step 0"
+
+
 def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: bool = False) -> dict:
     """Train ``cfg`` into ``run_dir`` (:func:`vlmtune.recipes.finetune` on the preset-aware builder); returns
     the eval summary written to ``eval.json``."""
@@ -171,6 +193,7 @@ def relaunch(args: argparse.Namespace, num_processes: int) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    import sys
     from contextlib import nullcontext
 
     from vlmtune.core.errors import USER_ERRORS as user_error_types_
@@ -225,5 +248,13 @@ def main(args: argparse.Namespace) -> int:
     except user_error_types_:
         if fresh and ddp.is_main():
             remove_if_empty(run_dir)  # stopped before writing anything: leave no empty run folder behind
+        raise
+    except KeyboardInterrupt:  # cli prints "interrupted" (exit 130); say what is left and how to go on
+        if ddp.is_main():
+            if fresh:
+                remove_if_empty(run_dir)
+            note = interrupted_note(run_dir, args.recipe, cfg.train.save_every)
+            if note:
+                print(f"vlmtune train: {note}", file=sys.stderr, flush=True)
         raise
     return 0
