@@ -98,3 +98,17 @@ def test_ctrl_c_says_what_is_left_and_how_to_continue(interrupted, monkeypatch, 
     monkeypatch.undo()
     assert train("--resume", str(run)) == 0  # the command it names continues the run
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
+
+
+def test_a_named_output_dir_that_is_not_empty_is_not_written_and_the_user_is_told(interrupted, capsys):
+    typed = (interrupted / "argv.txt").read_text().splitlines()
+    folder = interrupted.parent / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep")
+    assert train(*typed, "train.max_steps=1", "--output-dir", str(folder)) == 0
+    err = capsys.readouterr().err
+    assert f"{folder} is not empty" in err and f"writing to {folder}-2; use --resume {folder}" in err
+    assert (
+        sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+        and (folder.parent / "mine-2" / "adapter").is_dir()
+    )

@@ -163,6 +163,20 @@ def interrupted_note(run_dir: Path, recipe: str, save_every: int) -> str:
     return f"{run_dir}: no checkpoint yet (train.save_every={save_every}); `{again}` starts it over at step 0"
 
 
+def say_redirected(named: Path, chosen: Path) -> None:
+    """``--output-dir DIR`` names a folder that is not empty: train never writes into it (it numbers the run
+    ``DIR-2``, as for ``runs/<recipe>``) and says so on stderr, also with ``--quiet``."""
+    import sys
+
+    if chosen != named:
+        print(
+            f"vlmtune train: {named} is not empty (not a run of this recipe?); writing to {chosen}; "
+            f"use --resume {named} to continue a run there",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: bool = False) -> dict:
     """Train ``cfg`` into ``run_dir`` (:func:`vlmtune.recipes.finetune` on the preset-aware builder); returns
     the eval summary written to ``eval.json``."""
@@ -232,6 +246,8 @@ def main(args: argparse.Namespace) -> int:
                 choice = _resolve_resume(resume_arg, cfg, typed)
             else:
                 choice = (next_run_dir(cfg.train.output_dir, cfg.recipe), None)
+                if args.output_dir:
+                    say_redirected(Path(cfg.train.output_dir.format(recipe=cfg.recipe or "run")), choice[0])
         except ConfigError as e:
             choice = e
     choice = ddp.broadcast_object(choice)
