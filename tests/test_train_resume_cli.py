@@ -112,3 +112,30 @@ def test_a_named_output_dir_that_is_not_empty_is_not_written_and_the_user_is_tol
         sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
         and (folder.parent / "mine-2" / "adapter").is_dir()
     )
+
+
+def test_resume_keeps_the_data_paths_as_typed_and_reads_them_from_another_directory(model_dir, tmp_path):
+    import os
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    write_vqa_records(work / "data", 4)
+    elsewhere.mkdir()
+    run = tmp_path / "run"
+    before = Path.cwd()
+    try:
+        os.chdir(work)
+        argv = [
+            f"model.name_or_path={model_dir}",
+            "data.train=data/train.jsonl",
+            "data.image_root=data",
+            *RUN_ARGS,
+        ]
+        assert train(*argv, "--output-dir", str(run)) == 0
+        assert train("--resume", str(run), "train.max_steps=4") == 0  # same directory: config.yaml as typed
+        os.chdir(elsewhere)
+        assert train("--resume", str(run), "train.max_steps=5") == 0  # the recorded absolute paths
+    finally:
+        os.chdir(before)
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4, 5]
+    data = yaml.safe_load((run / "config.yaml").read_text())["data"]
+    assert (data["train"], data["image_root"]) == ("data/train.jsonl", "data")
