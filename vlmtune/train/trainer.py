@@ -365,7 +365,7 @@ class Trainer:
             if self.step >= self.total_steps:
                 self._log(f"nothing to do: the run is at step {self.step} of {self.total_steps}")
         elif dropped:
-            self._log(f"starting at step {self.step}{note}")
+            self._log(f"starting at step {self.step}: dropped {dropped} metrics row(s) of an earlier attempt")
         bar = tqdm(
             total=self.total_steps, initial=self.step, disable=self.quiet, desc="train", dynamic_ncols=True
         )
