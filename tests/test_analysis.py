@@ -242,3 +242,18 @@ def test_base_model_of_a_run_builds_from_any_directory(tmp_path, monkeypatch) ->
         run, {}, build=lambda cfg: seen.append(cfg) or types.SimpleNamespace(model="m")
     )
     assert model == "m" and seen[0].model == trained.model and seen[0].adapters.language.r == 4
+
+
+def test_analyze_without_out_never_overwrites_an_earlier_analysis(tmp_path, monkeypatch, capsys) -> None:
+    from vlmtune.cli import main as cli_main
+
+    monkeypatch.setattr(runs_mod, "build_base_model", lambda run, config, build=None: Toy())
+    lora, dora = (write_run(tmp_path / "runs", n, n) for n in ("lora", "dora"))
+    assert cli_main(["analyze", str(lora), str(dora)]) == 0
+    first = tmp_path / "runs" / "analysis" / "weight_decomposition.json"
+    before = first.read_bytes()
+    assert cli_main(["analyze", str(dora)]) == 0
+    assert first.read_bytes() == before  # the two-run analysis is kept
+    second = json.loads((tmp_path / "runs" / "analysis-2" / "weight_decomposition.json").read_text())
+    assert {r["run"] for r in second["fits"]} == {"dora"}
+    assert f"{tmp_path / 'runs' / 'analysis-2' / 'weight_decomposition.json'}" in capsys.readouterr().out

@@ -1,7 +1,9 @@
 """``vlmtune analyze RUN_DIR... [--out DIR] [--modules q,v]``: DoRA weight decomposition analysis.
 
 Writes ``weight_decomposition.png`` (Figure 2 style) and ``weight_decomposition.json`` (points,
-per-run fits, the paper's correlations) and prints the fits.
+per-run fits, the paper's correlations) and prints the fits. Without ``--out`` into
+``<parent of the first run>/analysis``, or ``analysis-2``, ``-3``... when that holds results (as eval: an
+earlier analysis is never overwritten).
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from vlmtune.core.io import atomic_write_json
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (FT, LoRA, DoRA ...)")
-    parser.add_argument("--out", default=None, help="output folder (default: <parent of first run>/analysis)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: <parent of first run>/analysis, or -2, -3... if it holds results already)",
+    )
     parser.add_argument("--modules", default="q,v", help="weights to analyse, comma-separated aliases (q,v)")
 
 
@@ -43,9 +49,10 @@ def format_rows(rows: list[dict]) -> str:
 def main(args: argparse.Namespace) -> int:
     modules = tuple(m.strip() for m in args.modules.split(",") if m.strip())
     from vlmtune.presets import build_pipeline
+    from vlmtune.train.run import next_free_dir
 
+    out = Path(args.out) if args.out else next_free_dir(Path(args.run_dirs[0]).resolve().parent / "analysis")
     points, rows = analyze_runs(args.run_dirs, modules, build=build_pipeline)
-    out = Path(args.out) if args.out else Path(args.run_dirs[0]).resolve().parent / "analysis"
     png = scatter(points, rows, out / "weight_decomposition.png")
     summary = {
         "paper": {"correlation_q": PAPER_CORRELATION, "source": "DoRA (ICML 2024) §4.1, VL-BART query"},

@@ -80,7 +80,12 @@ def finetune(
     from vlmtune.core.config import applied_model_defaults, to_dict
     from vlmtune.core.io import atomic_write_json
     from vlmtune.recipes.preflight import preflight, preflight_model
-    from vlmtune.recipes.run_folder import write_base_identity, write_data_paths, write_manifest
+    from vlmtune.recipes.run_folder import (
+        keep_typed_data_paths,
+        write_base_identity,
+        write_data_paths,
+        write_manifest,
+    )
     from vlmtune.train import distributed as ddp
     from vlmtune.train.checkpoint import save_final_adapter
     from vlmtune.train.evaluate import describe, evaluate, headline
@@ -106,7 +111,7 @@ def finetune(
     def before_attach(pipeline: Pipeline) -> None:
         preflight_model(pipeline, cfg, checked, say)
         if main_proc:  # all checked: the first writes into the run folder
-            write_config(run_dir, config)
+            write_config(run_dir, keep_typed_data_paths(run_dir, config))  # resumed: as the run typed them
             write_data_paths(run_dir, cfg)  # eval and merge find the data from any directory
             checked.write(run_dir)
             base_info.update(write_base_identity(run_dir, cfg.model.name_or_path, pipeline.model))

@@ -158,6 +158,19 @@ def run_data_paths(run_dir: Path) -> dict[str, tuple[str, str]]:
     return found
 
 
+def keep_typed_data_paths(run_dir: Path, config: dict) -> dict:
+    """``config`` (a :func:`~vlmtune.core.config.to_dict`) with each data path that :func:`run_config` found for
+    a resumed run (the recorded absolute one) put back as the run's ``config.yaml`` typed it, so that rewriting
+    ``config.yaml`` keeps what was typed; unchanged for a new run folder."""
+    if not (run_dir / "config.yaml").is_file():
+        return config
+    data = config.get("data") or {}
+    for key, (typed, usable) in run_data_paths(run_dir).items():
+        if usable and usable != typed and data.get(key) == usable:
+            data[key] = typed
+    return config
+
+
 def unreachable_eval_data(run_dir: Path) -> str:
     """``""``, or one line saying why the run's ``data.eval`` cannot be read from here (for eval without --data)."""
     typed, usable = run_data_paths(run_dir)["eval"]
@@ -197,16 +210,15 @@ def locate(source: str | Path) -> RunSource:
     return RunSource(adapter, None)
 
 
-def run_config(run_dir: Path) -> RunConfig:
+def run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """The validated config a run was trained with (``config.yaml``), its data paths as
-    :func:`run_data_paths` finds them from the current directory (an unreachable one blank)."""
+    :func:`run_data_paths` finds them from the current directory (an unreachable one blank), then
+    ``overrides`` (``key=value``, e.g. what ``train --resume`` typed) on top."""
     from vlmtune.core.config import load_config
 
     paths = run_data_paths(run_dir)
-    overrides = [
-        f"data.{key}={json.dumps(usable)}" for key, (typed, usable) in paths.items() if typed != usable
-    ]
-    return load_config(str(run_dir / "config.yaml"), overrides, model_defaults=False)
+    found = [f"data.{key}={json.dumps(usable)}" for key, (typed, usable) in paths.items() if typed != usable]
+    return load_config(str(run_dir / "config.yaml"), [*found, *overrides], model_defaults=False)
 
 
 def recorded_base(adapter: Path) -> str | None:

@@ -52,17 +52,31 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_same_config(run: Path, cfg: RunConfig) -> None:
+def typed_keys(overrides: list[str] | tuple[str, ...]) -> set[str]:
+    """The dotted keys of ``key=value`` overrides (``train.lr=1e-4`` -> ``train.lr``)."""
+    from vlmtune.core.config import parse_override
+
+    return {".".join(parse_override(text)[0]) for text in overrides}
+
+
+def check_same_config(run: Path, cfg: RunConfig, typed: set[str] | None = None) -> None:
     """A resumed run trains what its folder's ``config.yaml`` says: any other difference is one line naming
-    the keys (only the :data:`RESUMABLE` ones may change)."""
+    the keys (only the :data:`RESUMABLE` ones may change). ``typed``: compare only these keys (and what
+    they contain) and the recipe, for a ``cfg`` built on the run's own config (:func:`resumed_config`)."""
     import yaml
 
     saved_path = run / "config.yaml"
     if not saved_path.is_file():
         return
     saved, now = _flat(yaml.safe_load(saved_path.read_text()) or {}), _flat(to_dict(cfg))
+
+    def compared(key: str) -> bool:
+        return typed is None or key == "recipe" or any(key == t or key.startswith(t + ".") for t in typed)
+
     differ = sorted(
-        k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k) and not k.startswith(RESUMABLE)
+        k
+        for k in saved.keys() | now.keys()
+        if saved.get(k) != now.get(k) and not k.startswith(RESUMABLE) and compared(k)
     )
     if differ:
         shown = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in differ[:3])
@@ -73,9 +87,9 @@ def check_same_config(run: Path, cfg: RunConfig) -> None:
         )
 
 
-def _resolve_resume(arg: str, cfg: RunConfig) -> tuple[Path, Path | None]:
-    """(run folder, checkpoint folder) for ``--resume``."""
-    from vlmtune.train.checkpoint import checkpoint_dirs, newest_loadable_checkpoint
+def find_run(arg: str, cfg: RunConfig) -> tuple[Path, Path | None]:
+    """(run folder, the checkpoint ``arg`` names or None) for ``--resume [arg]`` (``latest``: the newest
+    run folder of ``cfg``'s recipe)."""
     from vlmtune.train.run import latest_run_dir
 
     if arg == "latest":
@@ -90,7 +104,33 @@ def _resolve_resume(arg: str, cfg: RunConfig) -> tuple[Path, Path | None]:
         return run.parent.parent, run
     if not run.is_dir():
         raise ConfigError(f"--resume: run folder {run} does not exist")
-    check_same_config(run, cfg)
+    return run, None
+
+
+def resumed_config(run: Path, cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
+    """The config ``--resume`` trains with: the run's own ``config.yaml`` (read from any directory by
+    :func:`~vlmtune.recipes.run_folder.run_config`) with only the keys typed now on top; ``cfg`` (the
+    recipe + overrides) for a run folder without one. Typed keys that change what is trained, or
+    another recipe, are refused (:func:`check_same_config`)."""
+    from vlmtune.recipes.run_folder import run_config
+
+    if not (run / "config.yaml").is_file():
+        return cfg
+    resumed = run_config(run, overrides)
+    recipe, resumed.recipe = resumed.recipe, cfg.recipe  # the recipe typed now, compared with the run's
+    check_same_config(run, resumed, typed_keys(overrides))
+    resumed.recipe = recipe
+    return resumed
+
+
+def _resolve_resume(arg: str, cfg: RunConfig, typed: set[str] | None = None) -> tuple[Path, Path | None]:
+    """(run folder, checkpoint folder) for ``--resume``; ``typed``: see :func:`check_same_config`."""
+    from vlmtune.train.checkpoint import checkpoint_dirs, newest_loadable_checkpoint
+
+    run, named = find_run(arg, cfg)
+    if named is not None:
+        return run, named
+    check_same_config(run, cfg, typed)
     ckpt = newest_loadable_checkpoint(run, say=lambda msg: print(msg, flush=True))
     if ckpt is None and checkpoint_dirs(run):
         raise ConfigError(f"--resume: no checkpoint of {run} can be read (see above); start a new run")
@@ -99,6 +139,42 @@ def _resolve_resume(arg: str, cfg: RunConfig) -> tuple[Path, Path | None]:
     elif ckpt != checkpoint_dirs(run)[-1]:
         print(f"--resume: resuming from {ckpt.name}, the newest checkpoint that loads", flush=True)
     return run, ckpt
+
+
+def interrupted_note(run_dir: Path, recipe: str, save_every: int) -> str:
+    """What a Ctrl-C leaves in ``run_dir`` and the command that continues it (one line; '' when nothing was
+    written yet)."""
+    import shlex
+
+    from vlmtune.train.checkpoint import checkpoint_dirs
+
+    if not (run_dir / "config.yaml").is_file():
+        return ""
+    again = f"vlmtune train {shlex.quote(recipe)} --resume {shlex.quote(str(run_dir))}"
+    ckpts = checkpoint_dirs(run_dir)
+    if ckpts:
+        step = int(ckpts[-1].name.split("-")[-1])
+        return f"{run_dir}: newest complete checkpoint at step {step}; continue with: {again}"
+    if not save_every:
+        return (
+            f"{run_dir}: no checkpoint: set train.save_every=N to be able to resume "
+            f"(`{again} train.save_every=N` starts it over at step 0)"
+        )
+    return f"{run_dir}: no checkpoint yet (train.save_every={save_every}); `{again}` starts it over at step 0"
+
+
+def say_redirected(named: Path, chosen: Path) -> None:
+    """``--output-dir DIR`` names a folder that is not empty: train never writes into it (it numbers the run
+    ``DIR-2``, as for ``runs/<recipe>``) and says so on stderr, also with ``--quiet``."""
+    import sys
+
+    if chosen != named:
+        print(
+            f"vlmtune train: {named} is not empty (not a run of this recipe?); writing to {chosen}; "
+            f"use --resume {named} to continue a run there",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: bool = False) -> dict:
@@ -131,6 +207,7 @@ def relaunch(args: argparse.Namespace, num_processes: int) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    import sys
     from contextlib import nullcontext
 
     from vlmtune.core.errors import USER_ERRORS as user_error_types_
@@ -148,6 +225,13 @@ def main(args: argparse.Namespace) -> int:
         hf_logging.disable_progress_bar()  # stderr is for the one-line error
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
+    resume_arg, typed = args.resume, None
+    if args.resume:  # the run's own config, with only what is typed now on top
+        run_folder, named = find_run(args.resume, cfg)
+        cfg = resumed_config(run_folder, cfg, args.overrides)
+        if args.output_dir:
+            cfg.train.output_dir = args.output_dir
+        resume_arg, typed = str(named or run_folder), typed_keys(args.overrides)
     check_4bit(cfg)
     if cfg.train.fsdp:  # before any process starts or loads weights
         check_fsdp(cfg)
@@ -159,9 +243,11 @@ def main(args: argparse.Namespace) -> int:
     if ddp.is_main():  # one run folder for all processes
         try:
             if args.resume:
-                choice = _resolve_resume(args.resume, cfg)
+                choice = _resolve_resume(resume_arg, cfg, typed)
             else:
                 choice = (next_run_dir(cfg.train.output_dir, cfg.recipe), None)
+                if args.output_dir:
+                    say_redirected(Path(cfg.train.output_dir.format(recipe=cfg.recipe or "run")), choice[0])
         except ConfigError as e:
             choice = e
     choice = ddp.broadcast_object(choice)
@@ -178,5 +264,13 @@ def main(args: argparse.Namespace) -> int:
     except user_error_types_:
         if fresh and ddp.is_main():
             remove_if_empty(run_dir)  # stopped before writing anything: leave no empty run folder behind
+        raise
+    except KeyboardInterrupt:  # cli prints "interrupted" (exit 130); say what is left and how to go on
+        if ddp.is_main():
+            if fresh:
+                remove_if_empty(run_dir)
+            note = interrupted_note(run_dir, args.recipe, cfg.train.save_every)
+            if note:
+                print(f"vlmtune train: {note}", file=sys.stderr, flush=True)
         raise
     return 0

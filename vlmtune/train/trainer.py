@@ -355,17 +355,19 @@ class Trainer:
             )
         )
         self._log(self.plan())
-        resumed_at = None
         if resume_from is not None:
             self.resume(resume_from)
-            resumed_at = self.step
-        logger = MetricsLogger(self.run_dir, resumed_at=resumed_at) if self.rank == 0 else ddp.NullLogger()
+        # rows past the step this fit starts from are an abandoned attempt's (past its last checkpoint, or
+        # all of them when a run without a checkpoint starts over): the log stays one sequence of steps
+        logger = MetricsLogger(self.run_dir, resumed_at=self.step) if self.rank == 0 else ddp.NullLogger()
+        dropped = getattr(logger, "dropped", 0)
+        note = f" (dropped {dropped} metrics row(s) logged after it)" if dropped else ""
         if resume_from is not None:
-            dropped = getattr(logger, "dropped", 0)
-            note = f" (dropped {dropped} metrics row(s) logged after it)" if dropped else ""
             self._log(f"resumed from {resume_from} at step {self.step}{note}")
             if self.step >= self.total_steps:
                 self._log(f"nothing to do: the run is at step {self.step} of {self.total_steps}")
+        elif dropped:
+            self._log(f"starting at step {self.step}: dropped {dropped} metrics row(s) of an earlier attempt")
         bar = tqdm(
             total=self.total_steps, initial=self.step, disable=self.quiet, desc="train", dynamic_ncols=True
         )
