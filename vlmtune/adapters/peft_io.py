@@ -13,7 +13,12 @@
     trainable_extras.safetensors  other trained tensors no PEFT file can hold (prompts, bottleneck
                                   adapters, a lone bias, a second adapter family) by model key
 
-The PEFT file holds one family: VeRA when every weight adapter is VeRA/DVoRA, else LoRA.
+The PEFT file holds one family: VeRA when every weight adapter is VeRA, else LoRA. Layers PEFT cannot
+represent (DVoRA: PEFT 0.21 has no DVoRA, a ``VeraConfig`` would load it as plain VeRA and ignore its
+magnitude) stay out of ``target_modules``; their tensors go to ``trainable_extras.safetensors`` and are
+listed under ``not_in_peft``. A folder of such layers only has ``target_modules: []``, which PEFT
+refuses to load; vlmtune rebuilds them from ``vlmtune_adapter.json`` (``layout`` when saved with tower
+specs) and regenerates VeRA's shared pair from its seed.
 
 **Mixed LoRA and DoRA layers** (e.g. DoRA on the language tower, LoRA on the vision tower): PEFT has
 one model-wide ``use_dora``. The folder sets it when any layer is DoRA and gives every plain LoRA
@@ -64,7 +69,8 @@ def peft_type(layer: nn.Module) -> str | None:
 
 
 def peft_family(model: nn.Module) -> str:
-    """The PEFT type of the file: ``VERA`` only when every weight adapter is VeRA/DVoRA, else ``LORA``."""
+    """The PEFT type of the file: ``VERA`` only when every weight adapter is VeRA, else ``LORA``
+    (layers without a PEFT type, e.g. DVoRA, are in neither: see the module docstring)."""
     types = {peft_type(layer) for _, layer in adapter_layers(model)}
     return "VERA" if types == {"VERA"} else "LORA"
 
@@ -194,6 +200,7 @@ def peft_config(model: nn.Module, base_name_or_path: str | None, saved: list[str
     dropout = getattr(getattr(first, "lora_dropout", None), "p", 0.0)
     return {
         **_common_config(base_name_or_path, layers, saved),
+        "target_modules": _target_modules(model, layers),
         "peft_type": "LORA",
         "r": r,
         "lora_alpha": alpha,
@@ -221,6 +228,21 @@ def vera_config(model: nn.Module, base_name_or_path: str | None, saved: list[str
         "d_initial": first.d_initial,
         "init_weights": True,
     }
+
+
+def _target_modules(model: nn.Module, layers: dict[str, nn.Module]) -> list[str] | str:
+    """The file's adapted paths; when it has none but the model has layers PEFT cannot hold (DVoRA), a
+    regex matching no module that PEFT quotes when it refuses the folder (``Target modules ... not found``)
+    instead of silently loading nothing."""
+    outside = sorted({_label(layer) for p, layer in adapter_layers(model) if p not in layers})
+    if layers or not outside:
+        return sorted(layers)
+    return f"(no PEFT layers: {' and '.join(outside)} layers exist only in vlmtune; load this folder with vlmtune)"
+
+
+def _label(layer: nn.Module) -> str:
+    method = registry.method_of(layer)
+    return layer.method if method is None else method.display
 
 
 def _common_config(base_name_or_path: str | None, layers: dict, saved: list[str] | None) -> dict:
@@ -285,6 +307,10 @@ def save_adapter(
         meta["towers"], meta["specs"] = towers, {t: asdict(s) for t, s in derived.items()}
     if extras:  # what PeftModel.from_pretrained will not restore (vlmtune's load_adapter does)
         meta["not_in_peft"] = sorted(extras)
+    outside = {p for p, _ in adapter_layers(model)} - set(_peft_layers(model))
+    if specs and outside:  # layers the PEFT file does not describe: rebuilt from here without towers
+        towers, derived = derived_layout(model, outside)
+        meta["layout"] = {"towers": towers, "specs": {t: asdict(s) for t, s in derived.items()}}
     if base_info is not None:
         meta["base"] = base_info
     atomic_write_json(meta, out / META_NAME)
@@ -333,11 +359,16 @@ def layer_spec(layer: nn.Module) -> tuple[AdapterSpec, str]:
     return spec, "targets"
 
 
-def derived_layout(model: nn.Module) -> tuple[dict[str, list[str]], dict[str, AdapterSpec]]:
-    """({group: module paths}, {group: spec}) rebuilding every attached weight adapter of ``model``:
-    each group is one set of equal settings, its "tower" prefixes are the layers' own paths."""
+def derived_layout(
+    model: nn.Module, only: set[str] | None = None
+) -> tuple[dict[str, list[str]], dict[str, AdapterSpec]]:
+    """({group: module paths}, {group: spec}) rebuilding every attached weight adapter of ``model``
+    (those at the paths in ``only`` when given): each group is one set of equal settings, its "tower"
+    prefixes are the layers' own paths."""
     groups: dict[str, tuple[AdapterSpec, str, list[str]]] = {}
     for path, layer in adapter_layers(model):
+        if only is not None and path not in only:
+            continue
         spec, field_name = layer_spec(layer)
         key = json.dumps([asdict(spec), field_name], sort_keys=True)
         groups.setdefault(key, (spec, field_name, []))[2].append(path)
@@ -459,6 +490,10 @@ def load_adapter(
     elif specs and towers is not None:
         attach(model, towers, specs)
     else:
+        model.requires_grad_(False)
+        layout = meta.get("layout")
+        if layout:  # layers outside the PEFT file (DVoRA), saved with tower specs
+            attach(model, layout["towers"], {t: _saved_spec(s) for t, s in layout["specs"].items()})
         _attach_from_peft(model, folder, tensors, cfg, meta.get("modules") or {})
     saved = resolve_modules_to_save(model, cfg.get("modules_to_save") or [])
     check_tensors(model, tensors, folder, bool(cfg.get("use_dora")), saved)
@@ -482,7 +517,6 @@ def _attach_from_peft(
     model: nn.Module, folder: Path, tensors: dict[str, torch.Tensor], cfg: dict, recorded: dict[str, str]
 ) -> None:
     """Wrap the layers named in a PEFT state dict (LORA or VERA), sizes from the tensors."""
-    model.requires_grad_(False)
     weights = folder / WEIGHTS_NAME
     found = adapter_tensors_by_path(tensors)
     bases = {path: base_linear(model, path, weights) for path in sorted(found)}
