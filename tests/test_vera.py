@@ -359,3 +359,34 @@ def test_dvora_with_lora_folder_loads_lora_exactly_in_peft(tmp_path) -> None:
     torch.manual_seed(0)
     fresh = load_adapter(Toy(), tmp_path / "a", towers=towers)
     assert_close(fresh(x), expected, rtol=1e-6)
+
+
+def test_dvora_folder_written_before_the_fix_still_loads(tmp_path) -> None:
+    """Older folders hold DVoRA tensors in adapter_model.safetensors under a VeraConfig: vlmtune reads them."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    model, spec = Toy(), vera_spec("dvora")
+    trained_dvora(model, TOWERS, spec)
+    x = torch.randn(2, 7, 32)
+    expected = model(x)
+    folder = save_adapter(model, tmp_path / "a", specs={"language": spec})
+    proj = next(m for _, m in adapter_layers(model)).vera_projection
+    old = {f"base_model.model.{k}": v for k, v in load_file(folder / "trainable_extras.safetensors").items()}
+    old |= {"base_model.vera_A": proj.vera_A, "base_model.vera_B": proj.vera_B}
+    save_file(old, folder / "adapter_model.safetensors")
+    (folder / "trainable_extras.safetensors").unlink()
+    paths = sorted(p for p, _ in adapter_layers(model))
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "VERA", "r": R, "target_modules": paths})
+    )
+    meta = json.loads((folder / "vlmtune_adapter.json").read_text())
+    for key in ("not_in_peft", "layout"):
+        meta.pop(key)
+    (folder / "vlmtune_adapter.json").write_text(json.dumps(meta))
+    torch.manual_seed(0)
+    fresh = load_adapter(Toy(), folder, towers=TOWERS)
+    assert all(isinstance(m, DVoraLinear) for _, m in adapter_layers(fresh))
+    assert_close(fresh(x), expected, rtol=1e-6)
+    with pytest.raises(AdapterError, match="older vlmtune with DVoRA layers"):
+        load_adapter(Toy(), folder)

@@ -481,6 +481,7 @@ def load_adapter(
     tensors = read_safetensors(folder / WEIGHTS_NAME)
     cfg = read_peft_config(folder)
     meta = read_meta(folder)
+    legacy = _split_legacy_outside(tensors, meta.get("modules") or {})
     specs = {t: _saved_spec(s) for t, s in (meta.get("specs") or {}).items()}
     if specs and "towers" in meta:  # saved without tower specs: the layers' own paths
         for paths in meta["towers"].values():
@@ -490,6 +491,11 @@ def load_adapter(
     elif specs and towers is not None:
         attach(model, towers, specs)
     else:
+        if legacy and not towers:
+            raise AdapterError(
+                f"{folder}: written by an older vlmtune with DVoRA layers in {WEIGHTS_NAME}; load it with "
+                "the towers it was trained with (load_adapter(..., towers=...) or the run folder)"
+            )
         model.requires_grad_(False)
         layout = meta.get("layout")
         if layout:  # layers outside the PEFT file (DVoRA), saved with tower specs
@@ -500,7 +506,28 @@ def load_adapter(
     _load_peft_tensors(model, tensors, folder, saved)
     if (folder / EXTRAS_NAME).is_file():
         _load_extras(model, read_safetensors(folder / EXTRAS_NAME), folder)
+    if legacy:
+        _load_extras(model, legacy, folder)
     return model
+
+
+def _split_legacy_outside(
+    tensors: dict[str, torch.Tensor], recorded: dict[str, str]
+) -> dict[str, torch.Tensor]:
+    """Remove from ``tensors`` (in place) and return by model key the tensors of layers without a PEFT
+    type (DVoRA) that folders written before they left the PEFT file hold in it (``recorded``: vlmtune's
+    {path: method}). VeRA's saved pair stays: it loads into the shared projection."""
+    outside = {
+        path
+        for path, name in recorded.items()
+        if name in registry.METHODS and any(p.peft_type is None for p in registry.METHODS[name].peft)
+    }
+    moved: dict[str, torch.Tensor] = {}
+    for path, found in adapter_tensors_by_path(tensors).items():
+        if path in outside:
+            for leaf in found:
+                moved[f"{path}.{leaf}"] = tensors.pop(f"{PEFT_PREFIX}{path}.{leaf}")
+    return moved
 
 
 def _saved_spec(fields: dict) -> AdapterSpec:
