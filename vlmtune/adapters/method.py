@@ -84,6 +84,7 @@ class Method:
     magnitude: bool = False  # accepts ``magnitude_only`` targets (DoRA §5.6)
     after_attach: Callable[[nn.Module, AdapterSpec, Any], None] | None = None  # e.g. DyLoRA's rank sampler
     uses_alpha: bool = True  # False (VeRA, DVoRA): setting ``adapters.<tower>.alpha`` is an error
+    uses_r: bool = True  # False (VPT, PIN, BitFit): ``adapters.<tower>.r`` sets nothing (sizes are options)
     layer_options: Callable[[nn.Module], dict] | None = None  # options that rebuild an attached layer
 
     @property
