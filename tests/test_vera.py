@@ -294,6 +294,7 @@ def test_mixed_families_lora_and_vera_roundtrip(tmp_path) -> None:
 
 # ---- DVoRA in a PEFT folder: PEFT 0.21 has no DVoRA, so it must never load it as plain VeRA --------------
 DVORA_TENSORS = ("lora_magnitude_vector", "vera_lambda_b", "vera_lambda_d")
+VERA_PAIR = ("base_model.vera_A", "base_model.vera_B")  # saved with the DVoRA tensors (save_projection)
 
 
 def trained_dvora(model: nn.Module, towers: dict, spec: AdapterSpec) -> None:
@@ -317,7 +318,7 @@ def test_dvora_folder_is_refused_by_peft_and_exact_in_vlmtune(tmp_path) -> None:
     meta = json.loads((tmp_path / "a" / "vlmtune_adapter.json").read_text())
     paths = [p for p, _ in adapter_layers(model)]
     assert cfg["peft_type"] == "LORA" and not any(p in cfg["target_modules"] for p in paths)
-    assert meta["not_in_peft"] == sorted(f"{p}.{t}" for p in paths for t in DVORA_TENSORS)
+    assert meta["not_in_peft"] == sorted([*(f"{p}.{t}" for p in paths for t in DVORA_TENSORS), *VERA_PAIR])
     torch.manual_seed(0)
     with pytest.raises(ValueError, match="DVoRA layers exist only in vlmtune"):
         peft.PeftModel.from_pretrained(Toy(), tmp_path / "a")  # never a silent VeRA without magnitude
@@ -348,7 +349,8 @@ def test_dvora_with_lora_folder_loads_lora_exactly_in_peft(tmp_path) -> None:
     meta = json.loads((tmp_path / "a" / "vlmtune_adapter.json").read_text())
     assert cfg["target_modules"] == ["layers.1.q_proj", "layers.1.up_proj"] and not cfg["use_dora"]
     dvora = [p for p, m in adapter_layers(model) if isinstance(m, DVoraLinear)]
-    assert len(dvora) == 4 and meta["not_in_peft"] == sorted(f"{p}.{t}" for p in dvora for t in DVORA_TENSORS)
+    assert len(dvora) == 4
+    assert meta["not_in_peft"] == sorted([*(f"{p}.{t}" for p in dvora for t in DVORA_TENSORS), *VERA_PAIR])
     lora_only = copy.deepcopy(model)  # what PEFT can compute: the LoRA block, DVoRA block as the base
     for path in dvora:
         replace_module(lora_only, path, lora_only.get_submodule(path).base_layer)
@@ -372,7 +374,8 @@ def test_dvora_folder_written_before_the_fix_still_loads(tmp_path) -> None:
     expected = model(x)
     folder = save_adapter(model, tmp_path / "a", specs={"language": spec})
     proj = next(m for _, m in adapter_layers(model)).vera_projection
-    old = {f"base_model.model.{k}": v for k, v in load_file(folder / "trainable_extras.safetensors").items()}
+    extras = load_file(folder / "trainable_extras.safetensors")
+    old = {f"base_model.model.{k}": v for k, v in extras.items() if k not in VERA_PAIR}
     old |= {"base_model.vera_A": proj.vera_A, "base_model.vera_B": proj.vera_B}
     save_file(old, folder / "adapter_model.safetensors")
     (folder / "trainable_extras.safetensors").unlink()
@@ -390,3 +393,20 @@ def test_dvora_folder_written_before_the_fix_still_loads(tmp_path) -> None:
     assert_close(fresh(x), expected, rtol=1e-6)
     with pytest.raises(AdapterError, match="older vlmtune with DVoRA layers"):
         load_adapter(Toy(), folder)
+
+
+def test_dvora_tuned_weights_for_analysis_from_a_subset_of_bases(tmp_path) -> None:
+    """``vlmtune analyze`` rebuilds W_t of DVoRA layers (now in trainable_extras) from the q/v bases alone:
+    the saved shared pair, not one regenerated for the subset, gives the merged weights."""
+    from vlmtune.analysis import finetuned_weights
+
+    torch.manual_seed(0)
+    model, spec = Toy(), vera_spec("dvora")
+    trained_dvora(model, TOWERS, spec)
+    folder = save_adapter(model, tmp_path / "a", specs={"language": spec})
+    layers = dict(adapter_layers(model))
+    w0 = {p: m.base_layer.weight.detach() for p, m in layers.items() if p.endswith(("q_proj", "v_proj"))}
+    got = finetuned_weights(folder, w0)
+    assert sorted(got) == sorted(w0)
+    for path, wt in got.items():
+        assert_close(wt, layers[path].merged_linear().weight.detach().float(), rtol=1e-6)

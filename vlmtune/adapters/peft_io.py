@@ -181,9 +181,13 @@ def extras_state_dict(model: nn.Module, saved: list[str] | None = None) -> dict[
     """Trainable tensors neither in the PEFT file's adapter layers nor under ``saved`` (modules_to_save)."""
     in_peft = {id(t) for layer in _peft_layers(model).values() for t in layer._adapter_tensors().values()}
     in_peft |= {id(p) for p in _params_under(model, saved or []).values()}
-    return {
+    out = {
         name: p.detach() for name, p in model.named_parameters() if p.requires_grad and id(p) not in in_peft
     }
+    proj = vera_projection(model)
+    if out and peft_family(model) != "VERA" and proj is not None and proj.save_projection:
+        out[VERA_A_KEY], out[VERA_B_KEY] = proj.vera_A.contiguous(), proj.vera_B.contiguous()  # DVoRA's pair
+    return out
 
 
 # ---------------------------------------------------------------- configs
@@ -517,17 +521,49 @@ def _split_legacy_outside(
     """Remove from ``tensors`` (in place) and return by model key the tensors of layers without a PEFT
     type (DVoRA) that folders written before they left the PEFT file hold in it (``recorded``: vlmtune's
     {path: method}). VeRA's saved pair stays: it loads into the shared projection."""
-    outside = {
-        path
-        for path, name in recorded.items()
-        if name in registry.METHODS and any(p.peft_type is None for p in registry.METHODS[name].peft)
-    }
+    outside = {path for path, name in recorded.items() if not _has_peft_type(name)}
     moved: dict[str, torch.Tensor] = {}
     for path, found in adapter_tensors_by_path(tensors).items():
         if path in outside:
             for leaf in found:
                 moved[f"{path}.{leaf}"] = tensors.pop(f"{PEFT_PREFIX}{path}.{leaf}")
     return moved
+
+
+def _has_peft_type(method: str) -> bool:
+    m = registry.METHODS.get(method)
+    return m is None or all(p.peft_type is not None for p in m.peft)
+
+
+def outside_layers(folder: str | Path, bases: dict[str, nn.Linear]) -> dict[str, nn.Module]:
+    """{path: loaded layer} around ``bases`` (unloaded ``nn.Linear`` at some paths) for the layers of a
+    vlmtune folder that have no PEFT type (DVoRA), from ``trainable_extras.safetensors``; VeRA's shared
+    pair must be saved there (``save_projection``), since a subset of bases cannot regenerate it."""
+    folder = Path(folder)
+    recorded = read_meta(folder).get("modules") or {}
+    paths = sorted(p for p, name in recorded.items() if p in bases and not _has_peft_type(name))
+    if not paths:
+        return {}
+    where = folder / EXTRAS_NAME
+    extras = read_safetensors(where) if where.is_file() else {}
+    if VERA_A_KEY not in extras or VERA_B_KEY not in extras:
+        raise AdapterError(f"{where}: no saved VeRA projection for the DVoRA layers (save_projection=false?)")
+    a, b = extras[VERA_A_KEY], extras[VERA_B_KEY]
+    proj = shared_projection(a.shape[0], 0, [(b.shape[0], a.shape[1])], True, (a, b), str(where))
+    layers: dict[str, nn.Module] = {}
+    for path in paths:
+        p = registry.METHODS[recorded[path]].peft[0]
+        found = {leaf: extras[f"{path}.{leaf}"] for leaf in p.tensors if f"{path}.{leaf}" in extras}
+        if len(found) != len(p.tensors):
+            raise AdapterError(
+                f"{where}: {path}: needs {', '.join(sorted(p.tensors))}; the folder is incomplete"
+            )
+        shapes = {k: tuple(v.shape) for k, v in found.items()}
+        layer = p.from_peft(bases[path], PeftLayerInfo(path, {}, shapes, proj))
+        for leaf, value in found.items():
+            layer.load_adapter_tensor(leaf, value, where=f"{where}: module {path!r}")
+        layers[path] = layer
+    return layers
 
 
 def _saved_spec(fields: dict) -> AdapterSpec:
@@ -631,6 +667,14 @@ def _check_identity_magnitude(layer: nn.Module, value: torch.Tensor, where: str)
 
 def _load_extras(model: nn.Module, tensors: dict[str, torch.Tensor], folder: Path) -> None:
     params = dict(model.named_parameters())
+    pair = [tensors.pop(k) for k in (VERA_A_KEY, VERA_B_KEY) if k in tensors]
+    if pair:  # VeRA's shared pair of layers outside the PEFT file (DVoRA)
+        proj = vera_projection(model)
+        if proj is None or len(pair) != 2:
+            raise AdapterError(
+                f"{folder / EXTRAS_NAME}: has a VeRA projection but this model has no VeRA layers"
+            )
+        proj.load(*pair, where=str(folder / EXTRAS_NAME))
     for key, value in tensors.items():
         if key not in params:
             raise AdapterError(f"{folder / EXTRAS_NAME}: '{key}' is not a parameter of this model")

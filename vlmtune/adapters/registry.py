@@ -110,7 +110,7 @@ def peft_layer_for(
     """
     if method is not None and method in METHODS:
         for p in METHODS[method].peft:
-            if p.peft_type == peft_type and (
+            if p.peft_type in (peft_type, None) and (  # None: a folder from before it left PEFT (DVoRA)
                 p.tensors == tensors or p.tensors | {"lora_magnitude_vector"} == tensors
             ):
                 return p
