@@ -11,7 +11,8 @@
                                   module, the base as given (a preset name stays a name) and its
                                   folder, and ``base`` (the caller's ``base_info``, e.g. a fingerprint)
     trainable_extras.safetensors  other trained tensors no PEFT file can hold (prompts, bottleneck
-                                  adapters, a lone bias, a second adapter family) by model key
+                                  adapters, a lone bias, a second adapter family, DVoRA layers) by
+                                  model key, + base_model.vera_A / vera_B for DVoRA (save_projection)
 
 The PEFT file holds one family: VeRA when every weight adapter is VeRA, else LoRA. Layers PEFT cannot
 represent (DVoRA: PEFT 0.21 has no DVoRA, a ``VeraConfig`` would load it as plain VeRA and ignore its
