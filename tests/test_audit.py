@@ -12,7 +12,7 @@ from vlmtune.core.config import load_config
 from vlmtune.core.errors import AdapterError
 from vlmtune.data.records import load_records
 from vlmtune.models import build_pipeline
-from vlmtune.train.audit import dead_adapter_tensors, tower_inputs_require_grad
+from vlmtune.train.audit import check_placement, dead_adapter_tensors, tower_inputs_require_grad
 from vlmtune.train.trainer import Trainer, seed_everything
 
 VISION_LORA = ["adapters.vision.method=lora", "adapters.vision.r=4", "adapters.vision.targets=[q,v]"]
@@ -133,3 +133,17 @@ def test_all_zero_gradients_everywhere_wait_for_the_next_step() -> None:
     assert dead_adapter_tensors(model) == ([], False)
     model[0].lora_A.weight.grad = None
     assert dead_adapter_tensors(model) == (["0.lora_A.weight"], False)
+
+
+@pytest.mark.parametrize(
+    ("method", "listed"),
+    [("houlsby", "down_proj x1, gate_proj x1, k_proj x1, o_proj x1, q_proj x1, up_proj x1, v_proj x1"),
+     ("prompt", "soft_prompt x1")],
+)  # fmt: skip
+def test_placement_lists_where_tower_methods_put_their_modules(model_dir, method, listed) -> None:
+    """Bottleneck adapters and soft prompts are listed at the modules they wrap / the decoder they sit
+    on, not as the tower's prefixes (``language_model x1, lm_head x1``)."""
+    cfg, pipe = make(model_dir, f"adapters.language.method={method}", "adapters.language.alpha=null")
+    table = check_placement(pipe.model, pipe.towers, cfg.adapters.specs())
+    line = next(row for row in table.splitlines() if row.strip().startswith("language"))
+    assert line.split()[1] == method and f"{method:<7} {listed}   (prefixes:" in line, line

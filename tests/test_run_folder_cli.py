@@ -177,3 +177,25 @@ def test_quiet_help_says_what_it_hides(capsys):
     with pytest.raises(SystemExit):
         cli.main(["eval", "--help"])
     assert "no progress bars (the results still print)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_info_shows_rank_and_alpha_only_where_the_method_has_them(tmp_path):
+    """``full`` has no rank, VeRA/DVoRA no alpha, LoRA's unset alpha is the default it trains with."""
+    from vlmtune.info import describe_adapter
+
+    specs = {
+        "language": {"method": "dvora", "r": 8, "alpha": None},
+        "vision": {"method": "lora", "r": 4, "alpha": None},
+        "projector": {"method": "full", "r": 8, "alpha": None},
+        "prompts": {"method": "vpt", "r": 8, "alpha": None},
+        "adapters": {"method": "houlsby", "r": 16, "alpha": None},
+    }
+    (tmp_path / "vlmtune_adapter.json").write_text(json.dumps({"specs": specs}))
+    lines = describe_adapter(tmp_path).splitlines()[2:]
+    assert lines == [
+        "  language: dvora r=8",
+        "  vision: lora r=4 alpha=16",
+        "  projector: full",
+        "  prompts: vpt",
+        "  adapters: houlsby r=16",
+    ]

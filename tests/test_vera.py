@@ -22,6 +22,7 @@ from vlmtune.adapters import (
     param_report,
     save_adapter,
 )
+from vlmtune.adapters.targets import replace_module
 from vlmtune.adapters.vera import VeraProjection
 
 peft = pytest.importorskip("peft")
@@ -289,3 +290,123 @@ def test_mixed_families_lora_and_vera_roundtrip(tmp_path) -> None:
     assert cfg["peft_type"] == "LORA" and cfg["target_modules"] == ["a.q_proj"]
     fresh = load_adapter(Two(), tmp_path / "a", towers=towers)
     assert_close(fresh(x), expected)
+
+
+# ---- DVoRA in a PEFT folder: PEFT 0.21 has no DVoRA, so it must never load it as plain VeRA --------------
+DVORA_TENSORS = ("lora_magnitude_vector", "vera_lambda_b", "vera_lambda_d")
+VERA_PAIR = ("base_model.vera_A", "base_model.vera_B")  # saved with the DVoRA tensors (save_projection)
+
+
+def trained_dvora(model: nn.Module, towers: dict, spec: AdapterSpec) -> None:
+    """Attach DVoRA and move its vectors and magnitude away from their (identity) init."""
+    attach(model, towers, {"language": spec})
+    with torch.no_grad():
+        for _, m in adapter_layers(model):
+            if isinstance(m, DVoraLinear):
+                m.vera_lambda_b.normal_()
+                m.lora_magnitude_vector.mul_(1.5)
+
+
+def test_dvora_folder_is_refused_by_peft_and_exact_in_vlmtune(tmp_path) -> None:
+    torch.manual_seed(0)
+    model, spec = Toy(), vera_spec("dvora")
+    trained_dvora(model, TOWERS, spec)
+    x = torch.randn(2, 7, 32)
+    expected = model(x)
+    save_adapter(model, tmp_path / "a", specs={"language": spec})
+    cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    meta = json.loads((tmp_path / "a" / "vlmtune_adapter.json").read_text())
+    paths = [p for p, _ in adapter_layers(model)]
+    assert cfg["peft_type"] == "LORA" and not any(p in cfg["target_modules"] for p in paths)
+    assert meta["not_in_peft"] == sorted([*(f"{p}.{t}" for p in paths for t in DVORA_TENSORS), *VERA_PAIR])
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="DVoRA layers exist only in vlmtune"):
+        peft.PeftModel.from_pretrained(Toy(), tmp_path / "a")  # never a silent VeRA without magnitude
+    for towers in (TOWERS, None):
+        torch.manual_seed(0)
+        fresh = load_adapter(Toy(), tmp_path / "a", towers=towers)
+        assert all(isinstance(m, DVoraLinear) for _, m in adapter_layers(fresh))
+        assert_close(fresh(x), expected, rtol=1e-6)
+
+
+def test_dvora_with_lora_folder_loads_lora_exactly_in_peft(tmp_path) -> None:
+    """DVoRA on one block, LoRA on the other: PEFT gets the LoRA layers (exact), DVoRA is not_in_peft."""
+    towers = {"language": ["layers.0"], "vision": ["layers.1"]}
+    lora = AdapterSpec(method="lora", r=2, alpha=4, targets=["q_proj", "up_proj"])
+    specs = {"language": vera_spec("dvora"), "vision": lora}
+    torch.manual_seed(0)
+    model = Toy()
+    attach(model, towers, specs)
+    with torch.no_grad():
+        for _, m in adapter_layers(model):
+            for name, p in m.named_parameters():
+                if not name.startswith("base_layer"):
+                    p.normal_()
+    x = torch.randn(2, 7, 32)
+    expected = model(x)
+    save_adapter(model, tmp_path / "a", specs=specs)
+    cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    meta = json.loads((tmp_path / "a" / "vlmtune_adapter.json").read_text())
+    assert cfg["target_modules"] == ["layers.1.q_proj", "layers.1.up_proj"] and not cfg["use_dora"]
+    dvora = [p for p, m in adapter_layers(model) if isinstance(m, DVoraLinear)]
+    assert len(dvora) == 4
+    assert meta["not_in_peft"] == sorted([*(f"{p}.{t}" for p in dvora for t in DVORA_TENSORS), *VERA_PAIR])
+    lora_only = copy.deepcopy(model)  # what PEFT can compute: the LoRA block, DVoRA block as the base
+    for path in dvora:
+        replace_module(lora_only, path, lora_only.get_submodule(path).base_layer)
+    torch.manual_seed(0)
+    loaded = peft.PeftModel.from_pretrained(Toy(), tmp_path / "a")
+    assert_close(loaded(x), lora_only(x))
+    assert (loaded(x) - expected).abs().max() > 1e-3  # the DVoRA block is really missing in PEFT
+    torch.manual_seed(0)
+    fresh = load_adapter(Toy(), tmp_path / "a", towers=towers)
+    assert_close(fresh(x), expected, rtol=1e-6)
+
+
+def test_dvora_folder_written_before_the_fix_still_loads(tmp_path) -> None:
+    """Older folders hold DVoRA tensors in adapter_model.safetensors under a VeraConfig: vlmtune reads them."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    model, spec = Toy(), vera_spec("dvora")
+    trained_dvora(model, TOWERS, spec)
+    x = torch.randn(2, 7, 32)
+    expected = model(x)
+    folder = save_adapter(model, tmp_path / "a", specs={"language": spec})
+    proj = next(m for _, m in adapter_layers(model)).vera_projection
+    extras = load_file(folder / "trainable_extras.safetensors")
+    old = {f"base_model.model.{k}": v for k, v in extras.items() if k not in VERA_PAIR}
+    old |= {"base_model.vera_A": proj.vera_A, "base_model.vera_B": proj.vera_B}
+    save_file(old, folder / "adapter_model.safetensors")
+    (folder / "trainable_extras.safetensors").unlink()
+    paths = sorted(p for p, _ in adapter_layers(model))
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "VERA", "r": R, "target_modules": paths})
+    )
+    meta = json.loads((folder / "vlmtune_adapter.json").read_text())
+    for key in ("not_in_peft", "layout"):
+        meta.pop(key)
+    (folder / "vlmtune_adapter.json").write_text(json.dumps(meta))
+    torch.manual_seed(0)
+    fresh = load_adapter(Toy(), folder, towers=TOWERS)
+    assert all(isinstance(m, DVoraLinear) for _, m in adapter_layers(fresh))
+    assert_close(fresh(x), expected, rtol=1e-6)
+    with pytest.raises(AdapterError, match="older vlmtune with DVoRA layers"):
+        load_adapter(Toy(), folder)
+
+
+def test_dvora_tuned_weights_for_analysis_from_a_subset_of_bases(tmp_path) -> None:
+    """``vlmtune analyze`` rebuilds W_t of DVoRA layers (now in trainable_extras) from the q/v bases alone:
+    the saved shared pair, not one regenerated for the subset, gives the merged weights."""
+    from vlmtune.analysis import finetuned_weights
+
+    torch.manual_seed(0)
+    model, spec = Toy(), vera_spec("dvora")
+    trained_dvora(model, TOWERS, spec)
+    folder = save_adapter(model, tmp_path / "a", specs={"language": spec})
+    layers = dict(adapter_layers(model))
+    w0 = {p: m.base_layer.weight.detach() for p, m in layers.items() if p.endswith(("q_proj", "v_proj"))}
+    got = finetuned_weights(folder, w0)
+    assert sorted(got) == sorted(w0)
+    for path, wt in got.items():
+        assert_close(wt, layers[path].merged_linear().weight.detach().float(), rtol=1e-6)

@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def describe_adapter(folder: Path) -> str:
+    from vlmtune.adapters.registry import size_summary
     from vlmtune.core.io import safetensors_shapes
 
     lines = [f"adapter folder {folder}"]
@@ -30,7 +31,8 @@ def describe_adapter(folder: Path) -> str:
         lines.append(f"  base model: {m.get('base_model_name_or_path')}")
         for tower, spec in m.get("specs", {}).items():
             if spec.get("method") != "frozen":
-                lines.append(f"  {tower}: {spec.get('method')} r={spec.get('r')} alpha={spec.get('alpha')}")
+                sizes = size_summary(spec)
+                lines.append(f"  {tower}: {spec.get('method')}" + (f" {sizes}" if sizes else ""))
     for name in ("adapter_model.safetensors", "trainable_extras.safetensors"):
         path = folder / name
         if path.is_file():

@@ -16,6 +16,7 @@ from torch import nn
 from vlmtune.adapters import registry
 from vlmtune.adapters.dora.magnitude import MagnitudeOnlyLinear
 from vlmtune.adapters.method import Method, parse_options
+from vlmtune.adapters.report import adapter_module_paths
 from vlmtune.adapters.targets import (
     replace_module,
     resolve_magnitude_only,
@@ -141,7 +142,8 @@ def _hook_tower(
         method.hook(model, model.get_submodule(p), spec, options, tower)
     if method.check is not None:
         method.check(model, prefixes, spec, tower)
-    return {p: method.name for p in prefixes}
+    placed = adapter_module_paths(model, prefixes) or prefixes  # BitFit adds no module: its tower
+    return {p: method.name for p in placed}
 
 
 def _wrap_layers(model: nn.Module, plans: list[_LayerPlan]) -> dict[str, str]:

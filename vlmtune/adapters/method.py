@@ -35,7 +35,8 @@ from vlmtune.core.errors import AdapterError
 class PeftLayer:
     """How one layer class maps onto a PEFT layer.
 
-    ``peft_type``: ``LORA`` or ``VERA`` (``adapter_config.json``); ``tensors``: the leaf names under
+    ``peft_type``: ``LORA`` or ``VERA`` (``adapter_config.json``), or None when PEFT has no such layer
+    (DVoRA: its tensors go to ``trainable_extras``, listed under ``not_in_peft``); ``tensors``: the leaf names under
     ``base_model.model.<path>.`` it writes (and a plain PEFT folder has for it); ``dora``: PEFT builds
     it with ``use_dora`` (it carries ``lora_magnitude_vector``); ``from_peft(base, info)`` rebuilds the
     layer from a folder's config and tensor shapes (``info``: :class:`PeftLayerInfo`); ``loadable``:
@@ -43,7 +44,7 @@ class PeftLayer:
     """
 
     layer_class: type[nn.Module]
-    peft_type: str
+    peft_type: str | None
     tensors: frozenset[str]
     dora: bool
     from_peft: Callable[[nn.Linear, PeftLayerInfo], nn.Module]
@@ -83,6 +84,7 @@ class Method:
     magnitude: bool = False  # accepts ``magnitude_only`` targets (DoRA §5.6)
     after_attach: Callable[[nn.Module, AdapterSpec, Any], None] | None = None  # e.g. DyLoRA's rank sampler
     uses_alpha: bool = True  # False (VeRA, DVoRA): setting ``adapters.<tower>.alpha`` is an error
+    uses_r: bool = True  # False (VPT, PIN, BitFit): ``adapters.<tower>.r`` sets nothing (sizes are options)
     layer_options: Callable[[nn.Module], dict] | None = None  # options that rebuild an attached layer
 
     @property

@@ -11,9 +11,15 @@
                                   module, the base as given (a preset name stays a name) and its
                                   folder, and ``base`` (the caller's ``base_info``, e.g. a fingerprint)
     trainable_extras.safetensors  other trained tensors no PEFT file can hold (prompts, bottleneck
-                                  adapters, a lone bias, a second adapter family) by model key
+                                  adapters, a lone bias, a second adapter family, DVoRA layers) by
+                                  model key, + base_model.vera_A / vera_B for DVoRA (save_projection)
 
-The PEFT file holds one family: VeRA when every weight adapter is VeRA/DVoRA, else LoRA.
+The PEFT file holds one family: VeRA when every weight adapter is VeRA, else LoRA. Layers PEFT cannot
+represent (DVoRA: PEFT 0.21 has no DVoRA, a ``VeraConfig`` would load it as plain VeRA and ignore its
+magnitude) stay out of ``target_modules``; their tensors go to ``trainable_extras.safetensors`` and are
+listed under ``not_in_peft``. A folder of such layers only has ``target_modules: []``, which PEFT
+refuses to load; vlmtune rebuilds them from ``vlmtune_adapter.json`` (``layout`` when saved with tower
+specs) and regenerates VeRA's shared pair from its seed.
 
 **Mixed LoRA and DoRA layers** (e.g. DoRA on the language tower, LoRA on the vision tower): PEFT has
 one model-wide ``use_dora``. The folder sets it when any layer is DoRA and gives every plain LoRA
@@ -64,7 +70,8 @@ def peft_type(layer: nn.Module) -> str | None:
 
 
 def peft_family(model: nn.Module) -> str:
-    """The PEFT type of the file: ``VERA`` only when every weight adapter is VeRA/DVoRA, else ``LORA``."""
+    """The PEFT type of the file: ``VERA`` only when every weight adapter is VeRA, else ``LORA``
+    (layers without a PEFT type, e.g. DVoRA, are in neither: see the module docstring)."""
     types = {peft_type(layer) for _, layer in adapter_layers(model)}
     return "VERA" if types == {"VERA"} else "LORA"
 
@@ -175,9 +182,13 @@ def extras_state_dict(model: nn.Module, saved: list[str] | None = None) -> dict[
     """Trainable tensors neither in the PEFT file's adapter layers nor under ``saved`` (modules_to_save)."""
     in_peft = {id(t) for layer in _peft_layers(model).values() for t in layer._adapter_tensors().values()}
     in_peft |= {id(p) for p in _params_under(model, saved or []).values()}
-    return {
+    out = {
         name: p.detach() for name, p in model.named_parameters() if p.requires_grad and id(p) not in in_peft
     }
+    proj = vera_projection(model)
+    if out and peft_family(model) != "VERA" and proj is not None and proj.save_projection:
+        out[VERA_A_KEY], out[VERA_B_KEY] = proj.vera_A.contiguous(), proj.vera_B.contiguous()  # DVoRA's pair
+    return out
 
 
 # ---------------------------------------------------------------- configs
@@ -194,6 +205,7 @@ def peft_config(model: nn.Module, base_name_or_path: str | None, saved: list[str
     dropout = getattr(getattr(first, "lora_dropout", None), "p", 0.0)
     return {
         **_common_config(base_name_or_path, layers, saved),
+        "target_modules": _target_modules(model, layers),
         "peft_type": "LORA",
         "r": r,
         "lora_alpha": alpha,
@@ -221,6 +233,21 @@ def vera_config(model: nn.Module, base_name_or_path: str | None, saved: list[str
         "d_initial": first.d_initial,
         "init_weights": True,
     }
+
+
+def _target_modules(model: nn.Module, layers: dict[str, nn.Module]) -> list[str] | str:
+    """The file's adapted paths; when it has none but the model has layers PEFT cannot hold (DVoRA), a
+    regex matching no module that PEFT quotes when it refuses the folder (``Target modules ... not found``)
+    instead of silently loading nothing."""
+    outside = sorted({_label(layer) for p, layer in adapter_layers(model) if p not in layers})
+    if layers or not outside:
+        return sorted(layers)
+    return f"(no PEFT layers: {' and '.join(outside)} layers exist only in vlmtune; load this folder with vlmtune)"
+
+
+def _label(layer: nn.Module) -> str:
+    method = registry.method_of(layer)
+    return layer.method if method is None else method.display
 
 
 def _common_config(base_name_or_path: str | None, layers: dict, saved: list[str] | None) -> dict:
@@ -285,6 +312,10 @@ def save_adapter(
         meta["towers"], meta["specs"] = towers, {t: asdict(s) for t, s in derived.items()}
     if extras:  # what PeftModel.from_pretrained will not restore (vlmtune's load_adapter does)
         meta["not_in_peft"] = sorted(extras)
+    outside = {p for p, _ in adapter_layers(model)} - set(_peft_layers(model))
+    if specs and outside:  # layers the PEFT file does not describe: rebuilt from here without towers
+        towers, derived = derived_layout(model, outside)
+        meta["layout"] = {"towers": towers, "specs": {t: asdict(s) for t, s in derived.items()}}
     if base_info is not None:
         meta["base"] = base_info
     atomic_write_json(meta, out / META_NAME)
@@ -333,11 +364,16 @@ def layer_spec(layer: nn.Module) -> tuple[AdapterSpec, str]:
     return spec, "targets"
 
 
-def derived_layout(model: nn.Module) -> tuple[dict[str, list[str]], dict[str, AdapterSpec]]:
-    """({group: module paths}, {group: spec}) rebuilding every attached weight adapter of ``model``:
-    each group is one set of equal settings, its "tower" prefixes are the layers' own paths."""
+def derived_layout(
+    model: nn.Module, only: set[str] | None = None
+) -> tuple[dict[str, list[str]], dict[str, AdapterSpec]]:
+    """({group: module paths}, {group: spec}) rebuilding every attached weight adapter of ``model``
+    (those at the paths in ``only`` when given): each group is one set of equal settings, its "tower"
+    prefixes are the layers' own paths."""
     groups: dict[str, tuple[AdapterSpec, str, list[str]]] = {}
     for path, layer in adapter_layers(model):
+        if only is not None and path not in only:
+            continue
         spec, field_name = layer_spec(layer)
         key = json.dumps([asdict(spec), field_name], sort_keys=True)
         groups.setdefault(key, (spec, field_name, []))[2].append(path)
@@ -450,6 +486,7 @@ def load_adapter(
     tensors = read_safetensors(folder / WEIGHTS_NAME)
     cfg = read_peft_config(folder)
     meta = read_meta(folder)
+    legacy = _split_legacy_outside(tensors, meta.get("modules") or {})
     specs = {t: _saved_spec(s) for t, s in (meta.get("specs") or {}).items()}
     if specs and "towers" in meta:  # saved without tower specs: the layers' own paths
         for paths in meta["towers"].values():
@@ -459,13 +496,75 @@ def load_adapter(
     elif specs and towers is not None:
         attach(model, towers, specs)
     else:
+        if legacy and not towers:
+            raise AdapterError(
+                f"{folder}: written by an older vlmtune with DVoRA layers in {WEIGHTS_NAME}; load it with "
+                "the towers it was trained with (load_adapter(..., towers=...) or the run folder)"
+            )
+        model.requires_grad_(False)
+        layout = meta.get("layout")
+        if layout:  # layers outside the PEFT file (DVoRA), saved with tower specs
+            attach(model, layout["towers"], {t: _saved_spec(s) for t, s in layout["specs"].items()})
         _attach_from_peft(model, folder, tensors, cfg, meta.get("modules") or {})
     saved = resolve_modules_to_save(model, cfg.get("modules_to_save") or [])
     check_tensors(model, tensors, folder, bool(cfg.get("use_dora")), saved)
     _load_peft_tensors(model, tensors, folder, saved)
     if (folder / EXTRAS_NAME).is_file():
         _load_extras(model, read_safetensors(folder / EXTRAS_NAME), folder)
+    if legacy:
+        _load_extras(model, legacy, folder)
     return model
+
+
+def _split_legacy_outside(
+    tensors: dict[str, torch.Tensor], recorded: dict[str, str]
+) -> dict[str, torch.Tensor]:
+    """Remove from ``tensors`` (in place) and return by model key the tensors of layers without a PEFT
+    type (DVoRA) that folders written before they left the PEFT file hold in it (``recorded``: vlmtune's
+    {path: method}). VeRA's saved pair stays: it loads into the shared projection."""
+    outside = {path for path, name in recorded.items() if not _has_peft_type(name)}
+    moved: dict[str, torch.Tensor] = {}
+    for path, found in adapter_tensors_by_path(tensors).items():
+        if path in outside:
+            for leaf in found:
+                moved[f"{path}.{leaf}"] = tensors.pop(f"{PEFT_PREFIX}{path}.{leaf}")
+    return moved
+
+
+def _has_peft_type(method: str) -> bool:
+    m = registry.METHODS.get(method)
+    return m is None or all(p.peft_type is not None for p in m.peft)
+
+
+def outside_layers(folder: str | Path, bases: dict[str, nn.Linear]) -> dict[str, nn.Module]:
+    """{path: loaded layer} around ``bases`` (unloaded ``nn.Linear`` at some paths) for the layers of a
+    vlmtune folder that have no PEFT type (DVoRA), from ``trainable_extras.safetensors``; VeRA's shared
+    pair must be saved there (``save_projection``), since a subset of bases cannot regenerate it."""
+    folder = Path(folder)
+    recorded = read_meta(folder).get("modules") or {}
+    paths = sorted(p for p, name in recorded.items() if p in bases and not _has_peft_type(name))
+    if not paths:
+        return {}
+    where = folder / EXTRAS_NAME
+    extras = read_safetensors(where) if where.is_file() else {}
+    if VERA_A_KEY not in extras or VERA_B_KEY not in extras:
+        raise AdapterError(f"{where}: no saved VeRA projection for the DVoRA layers (save_projection=false?)")
+    a, b = extras[VERA_A_KEY], extras[VERA_B_KEY]
+    proj = shared_projection(a.shape[0], 0, [(b.shape[0], a.shape[1])], True, (a, b), str(where))
+    layers: dict[str, nn.Module] = {}
+    for path in paths:
+        p = registry.METHODS[recorded[path]].peft[0]
+        found = {leaf: extras[f"{path}.{leaf}"] for leaf in p.tensors if f"{path}.{leaf}" in extras}
+        if len(found) != len(p.tensors):
+            raise AdapterError(
+                f"{where}: {path}: needs {', '.join(sorted(p.tensors))}; the folder is incomplete"
+            )
+        shapes = {k: tuple(v.shape) for k, v in found.items()}
+        layer = p.from_peft(bases[path], PeftLayerInfo(path, {}, shapes, proj))
+        for leaf, value in found.items():
+            layer.load_adapter_tensor(leaf, value, where=f"{where}: module {path!r}")
+        layers[path] = layer
+    return layers
 
 
 def _saved_spec(fields: dict) -> AdapterSpec:
@@ -482,7 +581,6 @@ def _attach_from_peft(
     model: nn.Module, folder: Path, tensors: dict[str, torch.Tensor], cfg: dict, recorded: dict[str, str]
 ) -> None:
     """Wrap the layers named in a PEFT state dict (LORA or VERA), sizes from the tensors."""
-    model.requires_grad_(False)
     weights = folder / WEIGHTS_NAME
     found = adapter_tensors_by_path(tensors)
     bases = {path: base_linear(model, path, weights) for path in sorted(found)}
@@ -570,6 +668,14 @@ def _check_identity_magnitude(layer: nn.Module, value: torch.Tensor, where: str)
 
 def _load_extras(model: nn.Module, tensors: dict[str, torch.Tensor], folder: Path) -> None:
     params = dict(model.named_parameters())
+    pair = [tensors.pop(k) for k in (VERA_A_KEY, VERA_B_KEY) if k in tensors]
+    if pair:  # VeRA's shared pair of layers outside the PEFT file (DVoRA)
+        proj = vera_projection(model)
+        if proj is None or len(pair) != 2:
+            raise AdapterError(
+                f"{folder / EXTRAS_NAME}: has a VeRA projection but this model has no VeRA layers"
+            )
+        proj.load(*pair, where=str(folder / EXTRAS_NAME))
     for key, value in tensors.items():
         if key not in params:
             raise AdapterError(f"{folder / EXTRAS_NAME}: '{key}' is not a parameter of this model")

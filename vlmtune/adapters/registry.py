@@ -19,7 +19,7 @@ from vlmtune.adapters.pin.method import METHOD as PIN
 from vlmtune.adapters.prompt_tuning.method import METHOD as PROMPT
 from vlmtune.adapters.vera.method import DVORA, VERA
 from vlmtune.adapters.vpt.method import METHOD as VPT
-from vlmtune.core.adapter_spec import WHOLE_TOWER_METHODS
+from vlmtune.core.adapter_spec import DEFAULT_LORA_ALPHA, WHOLE_TOWER_METHODS
 from vlmtune.core.errors import AdapterError
 
 REGISTERED: tuple[Method, ...] = (
@@ -64,6 +64,20 @@ def get(name: str, tower: str) -> Method:
     return METHODS[name]
 
 
+def size_summary(spec: dict) -> str:
+    """``r=8 alpha=16`` for a saved spec (``vlmtune_adapter.json``), naming only what its method uses:
+    nothing for full / frozen, ``r`` alone for VeRA/DVoRA and the bottleneck / prompt sizes, ``alpha``
+    (the recipe's, or the default it falls back to) for LoRA-type layers."""
+    method = METHODS.get(spec.get("method", ""))
+    if method is None:
+        return ""
+    parts = [f"r={spec.get('r')}"] if method.uses_r else []
+    if method.kind == "layer" and method.uses_alpha:
+        alpha = spec.get("alpha")
+        parts.append(f"alpha={DEFAULT_LORA_ALPHA if alpha is None else alpha:g}")
+    return " ".join(parts)
+
+
 def _peft_layers() -> list[tuple[Method, PeftLayer]]:
     return [(m, p) for m in METHODS.values() for p in m.peft]
 
@@ -96,7 +110,7 @@ def peft_layer_for(
     """
     if method is not None and method in METHODS:
         for p in METHODS[method].peft:
-            if p.peft_type == peft_type and (
+            if p.peft_type in (peft_type, None) and (  # None: a folder from before it left PEFT (DVoRA)
                 p.tensors == tensors or p.tensors | {"lora_magnitude_vector"} == tensors
             ):
                 return p

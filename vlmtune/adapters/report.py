@@ -33,6 +33,20 @@ def adapter_param_ids(model: nn.Module) -> set[int]:
     return ids
 
 
+def adapter_module_paths(model: nn.Module, prefixes: list[str]) -> list[str]:
+    """Paths of the outermost added modules (``adapter_module``: bottleneck adapters, soft prompts, VPT,
+    PIN...) under ``prefixes``, where a tower method put them (``...self_attn.o_proj``, ``...soft_prompt``)."""
+    found: list[str] = []
+    for name, module in model.named_modules():
+        if (
+            getattr(module, "adapter_module", False)
+            and any(name == q or name.startswith(q + ".") for q in prefixes)
+            and not any(name.startswith(f + ".") for f in found)
+        ):
+            found.append(name)
+    return found
+
+
 def _count(name: str, params: list[nn.Parameter], extra: set[int]) -> ParamCount:
     return ParamCount(
         name=name,

@@ -25,6 +25,7 @@ from vlmtune.adapters.peft_io import (
     WEIGHTS_NAME,
     adapter_tensors_by_path,
     build_peft_layers,
+    outside_layers,
     read_meta,
     read_peft_config,
 )
@@ -51,6 +52,8 @@ def finetuned_weights(adapter_dir: str | Path, base: Mapping[str, torch.Tensor])
         for path in base:
             if f"{path}.weight" in extras:
                 out[path] = extras[f"{path}.weight"].float()
+    for path, layer in outside_layers(folder, {p: _linear(w) for p, w in base.items()}).items():  # DVoRA
+        out[path] = layer.merged_linear().weight.detach()
     if not (folder / WEIGHTS_NAME).is_file():
         if out:
             return out

@@ -26,7 +26,7 @@ from torch import nn
 
 from vlmtune.adapters.attach import adapter_layers
 from vlmtune.adapters.registry import layer_method_names
-from vlmtune.adapters.report import placement_lines
+from vlmtune.adapters.report import adapter_module_paths, placement_lines
 from vlmtune.core.adapter_spec import AdapterSpec
 from vlmtune.core.errors import AdapterError
 
@@ -48,11 +48,12 @@ def adapted_prefixes(towers: dict[str, list[str]], specs: dict[str, AdapterSpec]
 
 
 def adapted_paths(model: nn.Module, towers: dict[str, list[str]], specs: dict[str, AdapterSpec]) -> list[str]:
-    """Weight-adapter layer paths, plus the prefixes of towers adapted as a whole (full, prompts...)."""
+    """Weight-adapter layer paths, the modules tower methods added (bottleneck adapters at the modules they
+    wrap, soft prompts...), and the prefixes of towers adapted as a whole (full, BitFit)."""
     paths = [path for path, _ in adapter_layers(model)]
     for tower, spec in specs.items():
         if spec is not None and spec.method not in ("frozen", *layer_method_names()) and tower in towers:
-            paths.extend(towers[tower])
+            paths.extend(adapter_module_paths(model, towers[tower]) or towers[tower])
     return paths
 
 

@@ -25,4 +25,4 @@ def bitfit_hook(model: nn.Module, tower: nn.Module, spec: AdapterSpec, options, 
         p.requires_grad_(True)
 
 
-METHOD = Method(name="bitfit", kind="tower", label="BitFit", hook=bitfit_hook)
+METHOD = Method(name="bitfit", kind="tower", label="BitFit", hook=bitfit_hook, uses_r=False)

@@ -39,4 +39,4 @@ def pin_hook(
     add_pin(tower, options.freq_dim, tuple(options.hidden))
 
 
-METHOD = Method(name="pin", kind="tower", label="PIN", options=PinOptions, hook=pin_hook)
+METHOD = Method(name="pin", kind="tower", label="PIN", options=PinOptions, hook=pin_hook, uses_r=False)

@@ -4,8 +4,10 @@ Options: ``projection_prng_key`` (int seed of the shared pair, default 0), ``sav
 write the pair into the folder, default true), ``d_initial`` (float init of Λ_d, default 0.1).
 VeRA has no ``alpha`` (the scale is learned in Λ_b, Λ_d): setting ``adapters.<tower>.alpha`` is an
 error. PEFT: ``VeraConfig`` layer; tensors ``vera_lambda_b`` (out,), ``vera_lambda_d`` (r,), plus
-``base_model.vera_A`` / ``base_model.vera_B`` once per model; DVoRA adds ``lora_magnitude_vector``
-(vlmtune only: PEFT has no DVoRA).
+``base_model.vera_A`` / ``base_model.vera_B`` once per model. DVoRA adds ``lora_magnitude_vector``;
+PEFT 0.21 has no DVoRA (``VeraConfig`` has no DoRA option, its VeRA layer would ignore the magnitude), so
+its PEFT type is None: its tensors go to ``trainable_extras.safetensors`` (``not_in_peft``), never into
+a ``VeraConfig`` a PEFT reader would load as plain VeRA.
 """
 
 from __future__ import annotations
@@ -94,10 +96,11 @@ DVORA = Method(
     peft=(
         PeftLayer(
             DVoraLinear,
-            "VERA",
+            None,
             VERA_TENSORS | {"lora_magnitude_vector"},
             True,
             lambda b, i: DVoraLinear(b, i.shared, **_peft_kwargs(i)),
+            loadable=False,
         ),
     ),
 )

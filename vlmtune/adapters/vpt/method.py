@@ -27,4 +27,4 @@ def vpt_hook(
     add_vpt(tower, options.length, options.deep, spec.dropout)
 
 
-METHOD = Method(name="vpt", kind="tower", label="VPT", options=VptOptions, hook=vpt_hook)
+METHOD = Method(name="vpt", kind="tower", label="VPT", options=VptOptions, hook=vpt_hook, uses_r=False)
