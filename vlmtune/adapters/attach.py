@@ -123,7 +123,7 @@ def _checked_options(method: Method, spec: AdapterSpec, tower: str) -> Any:
     if not method.uses_alpha and spec.alpha is not None:
         raise AdapterError(
             f"adapters.{tower}.alpha={spec.alpha}: {method.display} has no alpha (its scale is learned); "
-            "remove it (or set it to null)"
+            f"add adapters.{tower}.alpha=null (a recipe's alpha is for the LoRA family; typed, remove it)"
         )
     if spec.magnitude_only and not method.magnitude:
         magnitude_methods = [n for n, m in registry.METHODS.items() if m.magnitude]
