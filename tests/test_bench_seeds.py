@@ -80,6 +80,20 @@ def test_bench_llava_table_json_plot(tmp_path, monkeypatch, capsys) -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+def test_bench_llava_says_the_users_overrides_in_its_header_and_plot(tmp_path, monkeypatch, capsys) -> None:
+    """The suite's description is of its defaults (50 steps, 200 questions): overrides are said next to it."""
+    monkeypatch.setattr(sweep, "one_run", fake_runner([]))
+    titles = []
+    monkeypatch.setattr(
+        "vlmtune.analysis.compare.plot_vs_rank",
+        lambda summary, path, title, metric: titles.append(title) or path,
+    )
+    argv = ["bench", "llava", "train.max_steps=3", "--methods", "lora", "--ranks", "2", "--seeds", "1"]
+    assert cli_main([*argv, "--out", str(tmp_path)]) == 0
+    assert "your settings on top of it: train.max_steps=3" in capsys.readouterr().out
+    assert titles == [sweep.SUITES["llava"].title + "\nwith train.max_steps=3"]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

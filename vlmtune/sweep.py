@@ -227,6 +227,8 @@ def main_sweep(args, methods: list[str]) -> int:
         raise ConfigError(f"--ranks must be positive integers, got {args.ranks}")
     name, out = args.suite, Path(args.out or f"runs/bench-{args.suite}")
     print(f"{name} sweep: {SUITES[name].note}")
+    if args.overrides:  # the suite's description above is of its defaults
+        print(f"your settings on top of it: {' '.join(args.overrides)}")
     print(f"{len(methods)} methods x {len(args.ranks)} ranks x {args.seeds} seeds -> {out}")
     t0 = time.perf_counter()
     rows, info = run_sweep(
@@ -241,6 +243,7 @@ def main_sweep(args, methods: list[str]) -> int:
     base = out / f"bench_{name}"
     atomic_write_json({"setting": info, "rows": rows, "summary": as_json(summary)}, base.with_suffix(".json"))
     base.with_suffix(".md").write_text(text.strip() + "\n")
-    png = plot_vs_rank(summary, base.with_suffix(".png"), SUITES[name].title, metric)
+    plot_title = SUITES[name].title + (f"\nwith {' '.join(args.overrides)}" if args.overrides else "")
+    png = plot_vs_rank(summary, base.with_suffix(".png"), plot_title, metric)
     print(f"wrote {base.with_suffix('.json')}, {base.with_suffix('.md')} and {png}")
     return 0
