@@ -106,8 +106,13 @@ class LlavaPipeline:
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
         self.truncated_answers = 0  # training sequences whose answer tokens data.max_length cut
-        self.feature_cache = None  # frozen-tower feature cache (data.cache_vision_features)
-        if cfg.data.packing:  # one causal SDPA call per packed sample (models/packed_attention.py)
+        self._set_up_speed(cfg)
+
+    def _set_up_speed(self, cfg: RunConfig) -> None:
+        """``data.packing``: one causal SDPA call per packed sample (models/packed_attention.py);
+        ``data.cache_vision_features``: the frozen-tower feature cache (models/feature_cache.py)."""
+        self.feature_cache = None
+        if cfg.data.packing:
             use_packed_attention(self.model.config.text_config)
         if cfg.data.cache_vision_features:
             from vlmtune.models.feature_cache import open_feature_cache

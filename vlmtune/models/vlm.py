@@ -46,7 +46,6 @@ from vlmtune.models.families import (
 )
 from vlmtune.models.llava import LlavaPipeline, load_image, resolve_dtype
 from vlmtune.models.loading import first_line, load_strict, read_model_type
-from vlmtune.models.packed_attention import use_packed_attention
 
 # Processor outputs aligned with the token sequence (dim 1 = tokens): padded along dim 1.
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "cross_attention_mask")
@@ -208,17 +207,7 @@ class FamilyPipeline(LlavaPipeline):
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
         self.truncated_answers = 0
-        self.feature_cache = None
-        if cfg.data.packing:
-            use_packed_attention(self.model.config.text_config)
-        if (
-            cfg.data.cache_vision_features
-        ):  # model types in CACHE_FEATURES (build_llava_style refuses the rest)
-            from vlmtune.models.feature_cache import open_feature_cache
-
-            self.feature_cache = open_feature_cache(
-                self.model, self.image_processor, cfg.data.vision_cache_dir
-            )
+        self._set_up_speed(cfg)  # build_llava_style refused what this family cannot pack or cache
         if self.family.model_type != "paligemma" and not self.processor.chat_template:
             raise ConfigError(
                 f"model.name_or_path='{cfg.model.name_or_path}' ({self.family.model_type}) has no chat template; "
