@@ -275,11 +275,17 @@ def epoch_totals(pipe, records: list[dict]) -> dict:
     }
 
 
-def median_ratio(rows: list[dict], a: str, b: str, key: str = "cpu_s") -> float:
+def round_ratios(rows: list[dict], a: str, b: str, key: str = "cpu_s") -> list[float]:
+    """``key`` of variant ``a`` over variant ``b``, per round (both ran in it)."""
     by_round: dict[int, dict[str, float]] = {}
     for r in rows:
-        by_round.setdefault(r["round"], {})[r["variant"]] = r[key]
-    return statistics.median(v[a] / v[b] for v in by_round.values() if a in v and b in v)
+        if key in r:
+            by_round.setdefault(r["round"], {})[r["variant"]] = r[key]
+    return [v[a] / v[b] for v in by_round.values() if a in v and b in v]
+
+
+def median_ratio(rows: list[dict], a: str, b: str, key: str = "cpu_s") -> float:
+    return statistics.median(round_ratios(rows, a, b, key))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -388,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                     for clock in ("cpu_s", "wall_s"):
                         steps = res[f"step_{clock}"]
                         per = len(steps) // 2
+                        row[f"epoch2_{clock}"] = sum(steps[per:])
                         row[f"epoch2_over_epoch1_{clock}"] = sum(steps[per:]) / sum(steps[:per])
                 print(json.dumps(row), flush=True)
                 rows.append(row)
@@ -437,15 +444,9 @@ def summarize(rows: list[dict], args) -> None:
                         f"epoch 2 / epoch 1 {clock[:-2]} time, {v}: {statistics.median(ratios):.3f} "
                         f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)})"
                     )
-            by_round: dict[int, dict[str, dict]] = {}
-            for r in rows:
-                by_round.setdefault(r["round"], {})[r["variant"]] = r
-            paired = [
-                sum(v[f"vlmtune-2ep-cached-{method}"]["step_cpu_s"][n // 2 :])
-                / sum(v[f"vlmtune-2ep-{method}"]["step_cpu_s"][n // 2 :])
-                for v in by_round.values()
-                if (n := len(v[f"vlmtune-2ep-{method}"]["step_cpu_s"]))
-            ]
+            paired = round_ratios(
+                rows, f"vlmtune-2ep-cached-{method}", f"vlmtune-2ep-{method}", "epoch2_cpu_s"
+            )
             print(
                 f"epoch 2 CPU time, cached / uncached (the same batches; epochs differ in their batches): "
                 f"{statistics.median(paired):.3f} (rounds: {', '.join(f'{x:.3f}' for x in paired)})"
