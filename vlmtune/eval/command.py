@@ -115,12 +115,12 @@ def load_model(model: str, force: bool = False, base: str | None = None):
 
 def merged_pipeline(path: Path) -> str | None:
     """``vit`` / ``vlbart`` for a folder ``vlmtune merge`` wrote from those pipelines, else None (LLaVA-style)."""
-    from vlmtune.models.vit import saved_classifier
+    from vlmtune.models.vit import saved_classes
     from vlmtune.models.vlbart import META_FILE
 
     if (path / META_FILE).is_file():
         return "vlbart"
-    if path.is_dir() and saved_classifier(path) is not None:
+    if path.is_dir() and saved_classes(path) is not None:
         return "vit"
     return None
 

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -239,9 +238,9 @@ class ViTPipeline:
         return out
 
 
-def saved_classifier(folder: str | Path) -> tuple[list[str], dict[str, torch.Tensor]] | None:
-    """``(classes, head tensors)`` of a classifier written by :meth:`ViTPipeline.save_merged` (its
-    ``config.json`` names the classes, its weights hold ``head.*``), else None."""
+def saved_classes(folder: str | Path) -> list[str] | None:
+    """The class names of a classifier written by :meth:`ViTPipeline.save_merged` (``config.json``
+    ``classes`` beside ``model.safetensors``, which holds its ``head.*``), else None."""
     folder = Path(folder)
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         return None
@@ -249,11 +248,19 @@ def saved_classifier(folder: str | Path) -> tuple[list[str], dict[str, torch.Ten
         classes = json.loads((folder / "config.json").read_text()).get("classes")
     except (json.JSONDecodeError, AttributeError):
         return None
-    if not classes:
-        return None
-    with safe_open(str(folder / "model.safetensors"), "pt") as f:
-        head = {k[len("head.") :]: f.get_tensor(k) for k in f.keys() if k.startswith("head.")}
-    return ([str(c) for c in classes], head) if head else None
+    return [str(c) for c in classes] if classes else None
+
+
+def training_classes(cfg: RunConfig) -> list[str]:
+    """Class names from ``data.train``, padded to ``model.num_classes``."""
+    classes = class_names(read_classification(cfg.data.train, "train"))
+    if cfg.model.num_classes:
+        if cfg.model.num_classes < len(classes):
+            raise DataError(
+                f"model.num_classes={cfg.model.num_classes} but data.train has labels up to {len(classes) - 1}"
+            )
+        classes += [str(i) for i in range(len(classes), cfg.model.num_classes)]
+    return classes
 
 
 def build_vit_pipeline(cfg: RunConfig, folder: str | None = None) -> ViTPipeline:
@@ -261,25 +268,15 @@ def build_vit_pipeline(cfg: RunConfig, folder: str | None = None) -> ViTPipeline
     from ``model.num_classes`` or the training data. A merged classifier folder (``vlmtune merge``)
     keeps its trained head when its classes are the data's, or when there is no ``data.train``."""
     path = folder or cfg.model.name_or_path
-    saved = saved_classifier(path) if Path(path).is_dir() else None
-    if saved is not None and not cfg.data.train:
-        classes, head = saved
-        vit, preset = load_backbone(path, cfg.train.seed)
-        pipeline = ViTPipeline(vit, preset, classes, cfg.model.name_or_path)
-        pipeline.model.head.load_state_dict(head)
-        return pipeline
-    records = read_classification(cfg.data.train, "train")
-    classes = class_names(records)
-    if cfg.model.num_classes:
-        if cfg.model.num_classes < len(classes):
-            raise DataError(
-                f"model.num_classes={cfg.model.num_classes} but data.train has labels up to {len(classes) - 1}"
-            )
-        classes += [str(i) for i in range(len(classes), cfg.model.num_classes)]
-    vit, preset = load_backbone(path, cfg.train.seed)
+    saved = saved_classes(path) if Path(path).is_dir() else None
+    classes = saved if saved is not None and not cfg.data.train else training_classes(cfg)
+    if saved is not None:  # a merged classifier: backbone and head from its one weights file
+        vit, preset, head = load_vit_folder(Path(path))
+    else:
+        (vit, preset), head = load_backbone(path, cfg.train.seed), {}
     pipeline = ViTPipeline(vit, preset, classes, cfg.model.name_or_path)
-    if saved is not None and saved[0] == classes:  # the merged classifier's own head, not a fresh one
-        pipeline.model.head.load_state_dict(saved[1])
+    if head and saved == classes:  # the merged classifier's own head, not a fresh one
+        pipeline.model.head.load_state_dict(head)
     return pipeline
 
 
