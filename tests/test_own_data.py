@@ -170,7 +170,12 @@ def test_content_parts_system_prompt_and_column_mapping(tmp_path):
     ],
 )  # fmt: skip
 def test_bad_conversations_stop_at_load_time_with_one_line(tmp_path, row, message):
-    write_images(tmp_path, 1)
+    assert_refused_in_one_line(tmp_path, row, message, images=1)
+
+
+def assert_refused_in_one_line(tmp_path, row: dict, message: str, images: int) -> None:
+    """``row`` as own.jsonl (beside ``images`` PNGs) stops loading with one line containing ``message``."""
+    write_images(tmp_path, images)
     (tmp_path / "own.jsonl").write_text(json.dumps(row) + "\n")
     with pytest.raises(DataError) as err:
         load_records(str(tmp_path / "own.jsonl"))
@@ -235,11 +240,7 @@ CONFLICT = (
     ],
 )  # fmt: skip
 def test_image_parts_that_conflict_with_images_are_refused_with_one_line(tmp_path, row, message):
-    write_images(tmp_path, 2)
-    (tmp_path / "own.jsonl").write_text(json.dumps(row) + "\n")
-    with pytest.raises(DataError) as err:
-        load_records(str(tmp_path / "own.jsonl"))
-    assert message in str(err.value) and "\n" not in str(err.value)
+    assert_refused_in_one_line(tmp_path, row, message, images=2)
 
 
 @pytest.mark.parametrize(
