@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -301,6 +302,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--keep-work", action="store_true", help="keep the work folder (models, data, runs; ~0.5 GB on small)"
+    )
+    p.add_argument(
         "--model", choices=["tiny", "small", "1b"], default=None, help="default: 1b on CUDA, small on CPU"
     )
     p.add_argument(
@@ -320,9 +324,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(args.threads or 1)
+    work = Path(tempfile.mkdtemp(prefix="bench-trainer-"))
+    try:
+        return run_benchmark(args, work)
+    finally:
+        if args.keep_work:
+            print(f"work folder kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run_benchmark(args: argparse.Namespace, work: Path) -> int:
+    """Every round of every variant, then the summary; models, data and runs live under ``work``."""
     from vlmtune.data.records import load_records
 
-    work = Path(tempfile.mkdtemp(prefix="bench-trainer-"))
     data = write_mix(work, args.samples, args.seed, work / "shapes")
     texts = [
         t["value"].replace("<image>\n", "") for r in json.loads(data.read_text()) for t in r["conversations"]

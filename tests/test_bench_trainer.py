@@ -46,3 +46,5 @@ def test_trainer_benchmark_smoke(capsys, monkeypatch, tmp_path) -> None:
     assert "epoch 2 / epoch 1 wall time, vlmtune-2ep-cached-dora:" in out
     assert "no cache takes a warm epoch below" in out
     assert "epoch 2 CPU time, cached / uncached (the same batches" in out
+    # The work folder (~0.5 GB per run on `small`) is removed unless --keep-work.
+    assert not list(tmp_path.glob("bench-trainer-*"))
