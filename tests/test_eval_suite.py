@@ -45,6 +45,7 @@ def test_mme_parser(text, parsed):
 
 ANIMALS = ["cow", "horse", "sheep", "pig"]
 YES_NO = ["yes", "no"]
+BLOOD = ["AB blood", "O blood", "cat", "dog"]
 # eval_mmbench.py auto_parse_answer: strip(".").strip().upper() is a letter; else "the answer is x."
 # in the lower-cased text (first letter A..D that fits); else the ONLY option containing the answer
 MMBENCH_CASES = [
@@ -70,6 +71,10 @@ MMBENCH_CASES = [
     ("y", YES_NO, "A"), ("n", YES_NO, "B"), ("e", YES_NO, "A"), ("o", YES_NO, "B"), ("", YES_NO, ""),
     ("cat", ["A cat", "A dog"], "A"), ("A", ["A cat", "A dog"], "A"), ("dog", ["A cat", "A dog"], "B"),
     ("a", ["A cat", "A dog"], "A"),  # the letter rule comes first
+    # auto_parse_answer tests membership in the list of option letters, not a substring of "ABCD":
+    ("AB", BLOOD, "A"),  # not a letter; the only option containing "ab" is "AB blood"
+    ("BC", BLOOD, ""), ("abcd", BLOOD, ""), ("ABC", BLOOD, ""), ("ab.", BLOOD, ""),
+    ("CD", ANIMALS, ""), ("AB", YES_NO, ""),
 ]  # fmt: skip
 
 

@@ -37,11 +37,14 @@ def mmbench_prompt(record: dict) -> str:
 
 
 def parse_letter(text: str, choices: list[str]) -> str:
-    """eval_mmbench.py ``auto_parse_answer``: a displayed option letter or ``""``."""
-    letters = OPTION_LETTERS[: len(choices)]
+    """eval_mmbench.py ``auto_parse_answer``: a displayed option letter or ``""``.
+
+    The letter rule is membership in the list of option letters (one letter), not a substring of "ABCD":
+    "AB" is no letter and falls through to the option-text rule."""
+    letters = list(OPTION_LETTERS[: len(choices)])
     answer = str(text)
     head = answer.strip(".").strip().upper()
-    if head and head in letters:
+    if head in letters:
         return head
     lowered = answer.lower()
     for letter in letters:
