@@ -10,7 +10,7 @@ import pytest
 from test_data_prep import FIXTURES, evaluate, prep
 
 from vlmtune import cli
-from vlmtune.eval.mmbench import parse_letter
+from vlmtune.eval.mmbench import parse_letter, score_mmbench
 from vlmtune.eval.mme import parse_yes_no_other
 from vlmtune.eval.seed import score_seed
 
@@ -234,6 +234,46 @@ def test_mmbench_rotate_matches_the_released_copies(tmp_path, capsys):
     ]
     m = evaluate("mmbench", out, answers, tmp_path)  # "B" everywhere: only round 0 of question 1 is right
     assert (m["accuracy"], m["vanilla_accuracy"]) == (0.0, 50.0)
+
+
+def _mmbench_rows(rounds: dict[int, list[int]], right: bool = True) -> list[dict]:
+    """Rows of ``score_mmbench`` for questions ``{group: [rounds present]}`` over 2 options; all right."""
+    rows = []
+    for group, present in rounds.items():
+        for r in present:
+            answer = "AB"[r % 2]
+            pred = answer if right else "AB"[(r + 1) % 2]
+            rows.append({"prediction": pred, "choices": ["x", "y"], "answer": answer, "group": group, "round": r,
+                         "category": f"c{group}"})  # fmt: skip
+    return rows
+
+
+def test_mmbench_incomplete_rotations_are_left_out_of_circular_eval_and_counted():
+    # question 1 has both its rotations (right), question 2 only round 0 (right): CircularEval needs every
+    # rotation, so question 2 has no CircularEval verdict; it is counted, not scored as circular-correct
+    rows = _mmbench_rows({1: [0, 1], 2: [0]}) + _mmbench_rows({3: [0, 1]}, right=False)
+    m = score_mmbench(rows)
+    assert (m["accuracy"], m["vanilla_accuracy"], m["questions"], m["incomplete_questions"]) == (
+        50.0,
+        66.67,
+        2,
+        1,
+    )
+    assert m["circular"] is True and m["per_category"] == {"c1": 100.0, "c3": 0.0}
+    assert "1 question(s)" in m["note"] and "left out" in m["note"]
+    m = score_mmbench(_mmbench_rows({1: [0, 1], 2: [0, 1]}))
+    assert (m["accuracy"], m["incomplete_questions"], m["circular"], "note" in m) == (100.0, 0, True, False)
+
+
+def test_mmbench_without_rotations_says_accuracy_is_not_circular():
+    m = score_mmbench(_mmbench_rows({1: [0], 2: [0]}))  # prepared without --rotate
+    assert (m["accuracy"], m["vanilla_accuracy"], m["circular"], m["incomplete_questions"]) == (
+        100.0,
+        100.0,
+        False,
+        2,
+    )
+    assert "not CircularEval" in m["note"] and "--rotate" in m["note"]
 
 
 def test_seed_prep_eval_and_submission(tmp_path, capsys):
