@@ -159,6 +159,17 @@ def test_scienceqa_prep_then_eval(tmp_path, capsys):
     assert m["accuracy"] == 50.0 and m["per_group"]["IMG"] == 100.0 and m["per_group"]["LAN"] == 0.0
 
 
+def test_scienceqa_llava_answers_file_matches_by_pid(tmp_path, capsys):
+    out = tmp_path / "sqa.jsonl"
+    argv = [str(FIXTURES / "problems.json"), str(FIXTURES / "pid_splits.json"), "--out", str(out)]
+    records, _ = prep("prep_scienceqa", argv, capsys)
+    assert [r["meta"]["question_id"] for r in records] == ["1", "2"]
+    # LLaVA's model_vqa_science.py answers file: question_id = the ScienceQA pid (as eval_science_qa.py keys it)
+    answers = [{"question_id": "2", "prompt": "<image>\n...", "text": "A"}, {"question_id": "1", "text": "B"}]
+    m = evaluate("scienceqa", out, answers, tmp_path)
+    assert (m["accuracy"], m["count"], m["per_group"]["IMG"]) == (50.0, 2, 100.0)
+
+
 def test_scienceqa_prompt_is_llava_format(tmp_path, capsys):
     from vlmtune.eval.benchmarks import get_benchmark
 
@@ -237,7 +248,9 @@ def test_nothing_left_is_an_error(tmp_path, capsys):
 
 def test_input_that_is_not_utf8_is_one_line_and_writes_nothing(tmp_path, capsys):
     questions = tmp_path / "coco_pope_random.json"
-    questions.write_bytes(b'{"question_id": 1, "image": "a.jpg", "text": "Is there a \xff?", "label": "yes"}\n')
+    questions.write_bytes(
+        b'{"question_id": 1, "image": "a.jpg", "text": "Is there a \xff?", "label": "yes"}\n'
+    )
     out = tmp_path / "pope.jsonl"
     module = script("prep_pope")
     assert module.run(module.main, [str(questions), "--out", str(out)]) == 2
