@@ -130,6 +130,35 @@ def test_textvqa_prep_then_llava_answers(tmp_path, capsys):
     assert textvqa_prompt(records[0]) == answers[0]["prompt"]  # LLaVA-1.5's OCR prompt, byte for byte
 
 
+def test_textvqa_llava_answers_for_one_question_asked_twice_on_an_image(tmp_path):
+    # two TextVQA questions with the same image and text (ids 1, 2): eval_textvqa.py keys by (image,
+    # question) and scores both answers. Record 1: 10 x "nokia"; record 2: 8 x "nokia", 2 x "samsung".
+    # "Nokia" -> 1.0 on either; "Samsung" -> min(1, 2/3) left-one-out mean on record 2 = 0.6 (LLaVA's
+    # dict keeps record 2 for the key, so it scores "Samsung" there too). Mean 1.6 / 2 -> 80.00
+    records = [
+        {"id": f"textvqa-{i}", "task": "vqa", "image": "img1.jpg", "question": "What brand?", "answers": answers,
+         "meta": {"question_id": i, "image_id": "img1"}}
+        for i, answers in ((1, ["nokia"] * 10), (2, ["nokia"] * 8 + ["samsung"] * 2))
+    ]  # fmt: skip
+    data = tmp_path / "tv.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    prompt = "what brand?\nAnswer the question using a single word or phrase."
+    answers = [{"question_id": "img1", "prompt": prompt, "text": t} for t in ("Nokia", "Samsung")]
+    m = evaluate("textvqa", data, answers, tmp_path)
+    assert (m["accuracy"], m["count"]) == (80.0, 2)
+    rows = [json.loads(x) for x in (tmp_path / "textvqa_eval" / "predictions.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["prediction"]) for r in rows] == [("textvqa-1", "Nokia"), ("textvqa-2", "Samsung")]
+    # a third answer for the pair has no record left: refused in one line
+    assert cli.main(["eval", "textvqa", "--predictions", str(_jsonl(tmp_path, answers + answers[:1])),
+                     "--data", str(data), "--out", str(tmp_path / "x")]) == 2  # fmt: skip
+
+
+def _jsonl(tmp_path: Path, rows: list[dict]) -> Path:
+    path = tmp_path / "answers.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def test_vizwiz_prep_eval_and_submission(tmp_path, capsys):
     out = tmp_path / "vizwiz.jsonl"
     records, _ = prep("prep_vizwiz", [str(FIXTURES / "vizwiz_val.json"), "--out", str(out)], capsys)
