@@ -7,12 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-from test_data_prep import FIXTURES, evaluate, prep
+from test_data_prep import FIXTURES, evaluate, prep, script
 
 from vlmtune import cli
 from vlmtune.eval.mmbench import parse_letter, score_mmbench
 from vlmtune.eval.mme import parse_yes_no_other
 from vlmtune.eval.seed import score_seed
+from vlmtune.eval.textvqa import textvqa_prompt
 
 # calculation.py parse_pred_ans on the lower-cased answer: exactly yes/no, else "yes" in the first 4
 # characters, else "no" in them, else "other"
@@ -125,9 +126,31 @@ def test_textvqa_prep_then_llava_answers(tmp_path, capsys):
     ]
     m = evaluate("textvqa", out, answers, tmp_path)
     assert (m["accuracy"], m["count"]) == (86.67, 3)
-    from vlmtune.eval.textvqa import textvqa_prompt
-
     assert textvqa_prompt(records[0]) == answers[0]["prompt"]  # LLaVA-1.5's OCR prompt, byte for byte
+
+
+def test_textvqa_ocr_tokens_from_the_rosetta_file_or_refused(tmp_path, capsys):
+    # the TextVQA_0.5.1 release entries carry no ocr_tokens: they are in TextVQA_Rosetta_OCR_v0.2_*.json
+    release = json.loads((FIXTURES / "TextVQA_0.5.1_val.json").read_text())
+    for q in release["data"]:
+        q.pop("ocr_tokens", None)
+    ann = tmp_path / "TextVQA_0.5.1_val.json"
+    ann.write_text(json.dumps(release))
+    out = tmp_path / "tv.jsonl"
+    module = script("prep_textvqa")
+    assert module.run(module.main, [str(ann), "--ocr", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "ocr_tokens" in err and "--ocr-file" in err
+    assert not out.exists()
+    rosetta = tmp_path / "TextVQA_Rosetta_OCR_v0.2_val.json"
+    rosetta.write_text(json.dumps({"data": [
+        {"image_id": "003a8ae2ef43b901", "ocr_tokens": ["NIKON", "D3100"], "ocr_info": []},
+        {"image_id": "00685bc495504d61", "ocr_tokens": [], "ocr_info": []},
+    ]}))  # fmt: skip
+    records, log = prep("prep_textvqa", [str(ann), "--ocr-file", str(rosetta), "--out", str(out)], capsys)
+    assert [r["meta"]["ocr_tokens"] for r in records] == [["NIKON", "D3100"], [], []]
+    assert "records without OCR tokens (none for their image): 1" in log  # image 0101
+    assert textvqa_prompt(records[0]).splitlines()[1] == "Reference OCR token: NIKON, D3100"
 
 
 def test_textvqa_llava_answers_for_one_question_asked_twice_on_an_image(tmp_path):
