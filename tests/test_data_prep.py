@@ -257,3 +257,40 @@ def test_input_that_is_not_utf8_is_one_line_and_writes_nothing(tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert "not UTF-8 text" in err and str(questions) in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+BAD_RECORDS = [
+    ("prep_vqav2", "vq.json", '{"data_subtype": "val2014", "questions": [{"question_id": "q-1", "image_id": 1, '
+     '"question": "What?"}]}', ["questions[0]", "'question_id'", "'q-1'"]),
+    ("prep_seed", "seed.json", '{"question_type": {"Scene Understanding": 1}, "questions": [{"question_id": "1", '
+     '"question": "Q?", "answer": "A", "data_id": "1.jpg", "data_type": "image", "question_type_id": "scene", '
+     '"choice_a": "a", "choice_b": "b", "choice_c": "c", "choice_d": "d"}]}',
+     ["questions[0]", "'question_type_id'", "'scene'"]),
+    ("prep_seed", "seed.json", '{"question_type": {"Scene Understanding": "one"}, "questions": []}',
+     ["question_type", "'Scene Understanding'", "'one'"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, filename, text, said", BAD_RECORDS)
+def test_a_bad_id_field_is_one_line_naming_file_record_and_key(tmp_path, capsys, name, filename, text, said):
+    src = tmp_path / filename
+    src.write_text(text)
+    out = tmp_path / "out.jsonl"
+    module = script(name)
+    assert module.run(module.main, [str(src), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(src) in err and all(s in err for s in said), err
+    assert not out.exists()
+
+
+def test_mme_questions_file_not_utf8_is_one_line(tmp_path, capsys):
+    task = tmp_path / "MME" / "existence"
+    task.mkdir(parents=True)
+    (task / "1.jpg").write_bytes(b"x")
+    (task / "1.txt").write_bytes(b"Is there caf\xe9?\tYes\n")
+    out = tmp_path / "mme.jsonl"
+    module = script("prep_mme")
+    assert module.run(module.main, [str(tmp_path / "MME"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1.txt" in err and "not UTF-8" in err, err
+    assert not out.exists()
