@@ -17,6 +17,7 @@ if not __package__:  # run as a script: make `data_prep` and `vlmtune` importabl
 from data_prep.common import PrepError, Report, base_parser, finish, image_path, integer, read_json, run
 
 CHOICE_KEYS = ("choice_a", "choice_b", "choice_c", "choice_d")
+LETTERS = ("A", "B", "C", "D")  # a list: "" and "AB" are substrings of "ABCD", not letters
 
 
 def convert(path, images: str, out: Path, report: Report) -> None:
@@ -36,7 +37,7 @@ def convert(path, images: str, out: Path, report: Report) -> None:
         if q.get("data_type", "image") != "image":
             report.skip("video question (image subset only)", where)
             continue
-        if any(k not in q for k in CHOICE_KEYS) or q["answer"] not in "ABCD":
+        if any(k not in q for k in CHOICE_KEYS) or q["answer"] not in LETTERS:
             report.skip("choices or answer letter missing", where)
             continue
         type_id = integer(q.get("question_type_id", 0), path, where, "question_type_id")

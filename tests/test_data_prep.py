@@ -294,3 +294,48 @@ def test_mme_questions_file_not_utf8_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "1.txt" in err and "not UTF-8" in err, err
     assert not out.exists()
+
+
+def test_seed_gold_answer_must_be_one_letter(tmp_path, capsys):
+    choices = {k: k[-1] for k in ("choice_a", "choice_b", "choice_c", "choice_d")}
+    questions = [
+        {
+            "question_id": str(i),
+            "question": "Q?",
+            "answer": a,
+            "data_id": "1.jpg",
+            "question_type_id": 1,
+            **choices,
+        }
+        for i, a in enumerate(["", "AB", "B", "e"])
+    ]
+    src = tmp_path / "seed.json"
+    src.write_text(json.dumps({"question_type": {"Scene Understanding": 1}, "questions": questions}))
+    records, log = prep("prep_seed", [str(src), "--out", str(tmp_path / "s.jsonl")], capsys)
+    assert [r["answer"] for r in records] == ["B"]  # "" and "AB" are substrings of "ABCD", not letters
+    assert "3 x choices or answer letter missing" in log
+
+
+def _pope_file(path: Path, ids: list[int]) -> Path:
+    path.write_text("".join(
+        json.dumps({"question_id": q, "image": f"{k}.jpg", "text": "Is there a dog?", "label": "yes"}) + "\n"
+        for k, q in enumerate(ids)
+    ))  # fmt: skip
+    return path
+
+
+def test_pope_repeated_question_id_in_one_file_and_shared_category_are_told_apart(tmp_path, capsys):
+    module = script("prep_pope")
+    out = tmp_path / "pope.jsonl"
+    one = _pope_file(tmp_path / "coco_pope_random.json", [1, 1])
+    assert module.run(module.main, [str(one), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{one}:2" in err and "repeats line 1" in err, err
+    (tmp_path / "b").mkdir()
+    other = _pope_file(tmp_path / "b" / "coco_pope_random.json", [1])
+    ok = _pope_file(one, [1, 2])
+    assert module.run(module.main, [str(ok), str(other), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "category 'random'" in err and "two files share a category" in err
+    assert f"{other}:1" in err and f"is also at {ok}:1" in err, err
+    assert not out.exists()
