@@ -259,6 +259,22 @@ def test_mmbench_circular_eval_and_upload_sheet(tmp_path, capsys):
     assert len(sheet) == 7
 
 
+def test_mmbench_test_split_rows_without_answer_have_no_gold(tmp_path, capsys):
+    # the test TSVs have no answer: '' (and a bad 'AB') is not a letter, whatever "ABCD" contains
+    rows = _released_rows(FIXTURES / "mmbench_dev.tsv")[:2]
+    col = rows[0].index("answer")
+    tsv = tmp_path / "test.tsv"
+    with open(tsv, "w", newline="") as f:
+        body = [rows[1][:col] + [gold] + rows[1][col + 1 :] for gold in ("", "AB")]
+        for i, r in enumerate(body):
+            r[0] = str(i + 1)
+        csv.writer(f, delimiter="\t", lineterminator="\n").writerows([rows[0]] + body)
+    argv = [str(tsv), "--images", str(tmp_path / "i"), "--rotate", "--out", str(tmp_path / "t.jsonl")]
+    records, log = prep("prep_mmbench", argv, capsys)
+    assert "rows whose answer is not one of their option letters (kept without a gold answer): 1" in log
+    assert len(records) == 8 and not any("answer" in r or "tsv_answer" in r["meta"] for r in records)
+
+
 def test_mmbench_rotate_matches_the_released_copies(tmp_path, capsys):
     rows = _released_rows(FIXTURES / "mmbench_dev.tsv")
     originals = tmp_path / "orig.tsv"
