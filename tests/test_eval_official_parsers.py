@@ -155,7 +155,10 @@ def test_gqa_official_breakdown_and_balanced_only():
     m = score_gqa(rows)
     assert (m["accuracy"], m["count"], m["binary"], m["open"]) == (66.67, 3, 100.0, 50.0)
     assert m["per_structural_type"] == {"query": 50.0, "verify": 100.0}
+    assert m["unbalanced_excluded"] == 1 and "1 unbalanced question(s) left out" in m["note"]  # counted, said
     assert score_gqa([dict(r) for r in rows], scoring="lenient")["accuracy"] == 100.0  # "woman ." -> woman
+    m = score_gqa([dict(r) for r in rows[:3]])
+    assert (m["count"], m["unbalanced_excluded"], "note" in m) == (3, 0, False)
 
 
 # eval_science_qa.py (LLaVA-1.5): whole text in A-E; else "X. " prefix; else exactly one match of
