@@ -73,6 +73,25 @@ def test_vqav2_testdev_has_no_answers(tmp_path, capsys):
     assert json.loads((tmp_path / "vqav2_eval" / "submission.json").read_text()) == [
         {"question_id": 1000, "answer": "2"}
     ]
+    # the upload as LLaVA's convert_vqav2_for_submission.py writes it: every test2015 question, in the
+    # questions file's order, '' where unanswered
+    test2015 = tmp_path / "v2_OpenEnded_mscoco_test2015_questions.json"
+    test2015.write_text(json.dumps({"data_subtype": "test2015", "questions": [
+        {"question_id": q, "image_id": 1, "question": "?"} for q in (999, 1000, 1001)]}))  # fmt: skip
+    module, upload = script("pad_vqav2_submission"), tmp_path / "upload.json"
+    argv = [str(tmp_path / "vqav2_eval" / "submission.json"), str(test2015), "--out", str(upload)]
+    assert module.run(module.main, argv) == 0
+    assert "wrote 3 entries" in capsys.readouterr().out
+    assert json.loads(upload.read_text()) == [
+        {"question_id": 999, "answer": ""}, {"question_id": 1000, "answer": "2"}, {"question_id": 1001, "answer": ""}
+    ]  # fmt: skip
+    assert module.run(module.main, argv) == 2  # the upload exists: not overwritten
+    assert "exists" in capsys.readouterr().err
+    argv[1] = str(FIXTURES / "v2_OpenEnded_mscoco_val2014_questions.json")
+    argv[-1] = str(tmp_path / "upload2.json")
+    assert module.run(module.main, argv) == 2  # question 1000 is not in that file
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1 answered question(s) are not in it (first: 1000)" in err
 
 
 def test_gqa_prep_then_eval(tmp_path, capsys):
