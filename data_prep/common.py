@@ -33,6 +33,17 @@ def read_json(path: str | Path, what: str):
         raise PrepError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
 
 
+def integer(value, path: str | Path, where: str, key: str) -> int:
+    """``int(value)`` of an id field; a value that is not an integer is a PrepError naming the file, the
+    record and the key (a wrong or edited file: nothing is written)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise PrepError(
+            f"{path}: {where}: '{key}' is {value!r}, not an integer; is it the right file?"
+        ) from None
+
+
 def read_jsonl(path: str | Path, what: str) -> list[tuple[int, dict]]:
     """``(line number, object)`` pairs; a line that is not a JSON object is a fatal error."""
     path = Path(path)

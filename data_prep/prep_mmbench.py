@@ -69,7 +69,7 @@ def record_for(row: dict, index: int, options: list[str], shift: int, image: Pat
         "meta": meta,
     }
     answer = str(row.get("answer") or "").strip()
-    if answer in LETTERS[:n]:
+    if answer in list(LETTERS[:n]):  # a list: "" (test split) and "AB" are substrings of "ABCD"
         meta["tsv_answer"] = answer
         record["answer"] = LETTERS[(LETTERS.index(answer) - shift) % n]
     return record
@@ -104,6 +104,12 @@ def convert(path: Path, images: Path, rotate: bool, out: Path, report: Report) -
             except (binascii.Error, ValueError):
                 report.skip("image is not base64", where)
                 continue
+            if not is_none(row.get("answer")) and str(row["answer"]).strip() not in list(
+                LETTERS[: len(options)]
+            ):
+                report.note(
+                    "rows whose answer is not one of their option letters (kept without a gold answer)"
+                )
             shifts = range(len(options)) if rotate and index < ROUND_STRIDE else range(1)
             for shift in shifts:
                 report.keep(record_for(row, index, options, shift, image, out))

@@ -17,6 +17,7 @@ if not __package__:  # run as a script: make `data_prep` and `vlmtune` importabl
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_prep.common import PrepError, Report, base_parser, finish, run
+from vlmtune.core.io import read_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -43,7 +44,7 @@ def convert(root: Path, out: Path, report: Report) -> None:
             if image is None:
                 report.skip("no image next to the questions file", f"{task}/{txt.name}")
                 continue
-            for k, line in enumerate(txt.read_text().splitlines()):
+            for k, line in enumerate(read_text(txt, PrepError).splitlines()):
                 if not line.strip():
                     continue
                 parts = line.split("\t")

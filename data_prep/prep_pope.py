@@ -27,12 +27,29 @@ def category_of(path: Path) -> str:
     return stem
 
 
-def convert(path: Path, category: str, images: str, out: Path, report: Report) -> None:
+def check_unique(seen: dict, key: tuple[str, str], path: Path, lineno: int) -> None:
+    """A (category, question_id) read twice: the same file repeats an id, or two files share a category."""
+    if key in seen:
+        first, first_line = seen[key]
+        if first == path:
+            raise PrepError(
+                f"{path}:{lineno}: question_id {key[1]} repeats line {first_line} of the same file; POPE "
+                "question ids are unique in a file: is it the right file?"
+            )
+        raise PrepError(
+            f"{path}:{lineno}: question_id {key[1]} of category '{key[0]}' is also at {first}:{first_line} "
+            "(two files share a category): give each its own --out or distinct file names"
+        )
+    seen[key] = (path, lineno)
+
+
+def convert(path: Path, category: str, images: str, out: Path, report: Report, seen: dict) -> None:
     for lineno, q in read_jsonl(path, "POPE questions"):
         where = f"{path.name}:{lineno}"
         if any(k not in q for k in ("question_id", "image", "text", "label")):
             report.skip("line without question_id/image/text/label", where)
             continue
+        check_unique(seen, (category, str(q["question_id"])), path, lineno)
         label = str(q["label"]).strip().lower()
         if label not in ("yes", "no"):
             report.skip("label is not yes/no", where)
@@ -56,12 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", default="val2014", help="folder of the COCO val2014 images")
     args = p.parse_args(argv)
     report = Report("pope")
+    seen: dict[tuple[str, str], tuple[Path, int]] = {}
     for f in args.files:
         path = Path(f)
-        convert(path, args.category or category_of(path), args.images, Path(args.out), report)
-    ids = [r["id"] for r in report.records]
-    if len(set(ids)) != len(ids):
-        raise PrepError("two files share a category: give each its own --out or distinct file names")
+        convert(path, args.category or category_of(path), args.images, Path(args.out), report, seen)
     return finish(report, args)
 
 

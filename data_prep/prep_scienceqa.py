@@ -4,7 +4,8 @@
         --images /data/scienceqa/images --image-only --out sqa_img_test.jsonl
 
 Image path: ``<images>/<split>/<pid>/<image>``. ``--image-only`` keeps problems with an image
-(LLaVA-1.5 reports this SQA-IMG subset).
+(LLaVA-1.5 reports this SQA-IMG subset). ``meta.question_id`` is the pid, so a LLaVA answers file
+(``question_id`` = pid) scores with ``vlmtune eval scienceqa --predictions``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def convert(problems_path, splits_path, split: str, images: str, image_only: boo
             "answer": LETTERS[answer],
             "meta": {
                 "pid": pid,
+                "question_id": pid,  # LLaVA's answers files key by the pid
                 "hint": str(prob.get("hint") or ""),
                 **{k: prob[k] for k in ("subject", "grade", "topic", "category", "skill") if k in prob},
             },

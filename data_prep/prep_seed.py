@@ -14,16 +14,19 @@ from pathlib import Path
 if not __package__:  # run as a script: make `data_prep` and `vlmtune` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_prep.common import PrepError, Report, base_parser, finish, image_path, read_json, run
+from data_prep.common import PrepError, Report, base_parser, finish, image_path, integer, read_json, run
 
 CHOICE_KEYS = ("choice_a", "choice_b", "choice_c", "choice_d")
+LETTERS = ("A", "B", "C", "D")  # a list: "" and "AB" are substrings of "ABCD", not letters
 
 
 def convert(path, images: str, out: Path, report: Report) -> None:
     data = read_json(path, "SEED-Bench")
     if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
         raise PrepError(f"{path}: not a SEED-Bench file (no 'questions' list)")
-    type_names = {int(v): k for k, v in (data.get("question_type") or {}).items()}
+    type_names = {
+        integer(v, path, "question_type", k): k for k, v in (data.get("question_type") or {}).items()
+    }
     for i, q in enumerate(data["questions"]):
         where = f"questions[{i}]"
         if not isinstance(q, dict) or any(
@@ -34,10 +37,10 @@ def convert(path, images: str, out: Path, report: Report) -> None:
         if q.get("data_type", "image") != "image":
             report.skip("video question (image subset only)", where)
             continue
-        if any(k not in q for k in CHOICE_KEYS) or q["answer"] not in "ABCD":
+        if any(k not in q for k in CHOICE_KEYS) or q["answer"] not in LETTERS:
             report.skip("choices or answer letter missing", where)
             continue
-        type_id = int(q.get("question_type_id", 0))
+        type_id = integer(q.get("question_type_id", 0), path, where, "question_type_id")
         report.keep(
             {
                 "id": f"seed-{q['question_id']}",

@@ -15,7 +15,7 @@ from pathlib import Path
 if not __package__:  # run as a script: make `data_prep` and `vlmtune` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_prep.common import PrepError, Report, base_parser, finish, image_path, read_json, run
+from data_prep.common import PrepError, Report, base_parser, finish, image_path, integer, read_json, run
 
 
 def image_file(subtype: str, image_id: int) -> tuple[str, str]:
@@ -43,14 +43,15 @@ def convert(questions_path, annotations_path, images: str | None, out, report: R
             if not isinstance(a, dict) or "question_id" not in a:
                 report.skip("annotation without question_id", f"annotations[{i}]")
                 continue
-            annotations[int(a["question_id"])] = a
+            annotations[integer(a["question_id"], annotations_path, f"annotations[{i}]", "question_id")] = a
     seen: set[int] = set()
     for i, q in enumerate(qdata["questions"]):
         where = f"questions[{i}]"
         if not isinstance(q, dict) or any(k not in q for k in ("question_id", "image_id", "question")):
             report.skip("question without question_id/image_id/question", where)
             continue
-        qid, image_id = int(q["question_id"]), int(q["image_id"])
+        qid = integer(q["question_id"], questions_path, where, "question_id")
+        image_id = integer(q["image_id"], questions_path, where, "image_id")
         if qid in seen:
             report.skip("duplicate question_id", qid)
             continue

@@ -73,6 +73,25 @@ def test_vqav2_testdev_has_no_answers(tmp_path, capsys):
     assert json.loads((tmp_path / "vqav2_eval" / "submission.json").read_text()) == [
         {"question_id": 1000, "answer": "2"}
     ]
+    # the upload as LLaVA's convert_vqav2_for_submission.py writes it: every test2015 question, in the
+    # questions file's order, '' where unanswered
+    test2015 = tmp_path / "v2_OpenEnded_mscoco_test2015_questions.json"
+    test2015.write_text(json.dumps({"data_subtype": "test2015", "questions": [
+        {"question_id": q, "image_id": 1, "question": "?"} for q in (999, 1000, 1001)]}))  # fmt: skip
+    module, upload = script("pad_vqav2_submission"), tmp_path / "upload.json"
+    argv = [str(tmp_path / "vqav2_eval" / "submission.json"), str(test2015), "--out", str(upload)]
+    assert module.run(module.main, argv) == 0
+    assert "wrote 3 entries" in capsys.readouterr().out
+    assert json.loads(upload.read_text()) == [
+        {"question_id": 999, "answer": ""}, {"question_id": 1000, "answer": "2"}, {"question_id": 1001, "answer": ""}
+    ]  # fmt: skip
+    assert module.run(module.main, argv) == 2  # the upload exists: not overwritten
+    assert "exists" in capsys.readouterr().err
+    argv[1] = str(FIXTURES / "v2_OpenEnded_mscoco_val2014_questions.json")
+    argv[-1] = str(tmp_path / "upload2.json")
+    assert module.run(module.main, argv) == 2  # question 1000 is not in that file
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1 answered question(s) are not in it (first: 1000)" in err
 
 
 def test_gqa_prep_then_eval(tmp_path, capsys):
@@ -159,6 +178,17 @@ def test_scienceqa_prep_then_eval(tmp_path, capsys):
     assert m["accuracy"] == 50.0 and m["per_group"]["IMG"] == 100.0 and m["per_group"]["LAN"] == 0.0
 
 
+def test_scienceqa_llava_answers_file_matches_by_pid(tmp_path, capsys):
+    out = tmp_path / "sqa.jsonl"
+    argv = [str(FIXTURES / "problems.json"), str(FIXTURES / "pid_splits.json"), "--out", str(out)]
+    records, _ = prep("prep_scienceqa", argv, capsys)
+    assert [r["meta"]["question_id"] for r in records] == ["1", "2"]
+    # LLaVA's model_vqa_science.py answers file: question_id = the ScienceQA pid (as eval_science_qa.py keys it)
+    answers = [{"question_id": "2", "prompt": "<image>\n...", "text": "A"}, {"question_id": "1", "text": "B"}]
+    m = evaluate("scienceqa", out, answers, tmp_path)
+    assert (m["accuracy"], m["count"], m["per_group"]["IMG"]) == (50.0, 2, 100.0)
+
+
 def test_scienceqa_prompt_is_llava_format(tmp_path, capsys):
     from vlmtune.eval.benchmarks import get_benchmark
 
@@ -237,10 +267,94 @@ def test_nothing_left_is_an_error(tmp_path, capsys):
 
 def test_input_that_is_not_utf8_is_one_line_and_writes_nothing(tmp_path, capsys):
     questions = tmp_path / "coco_pope_random.json"
-    questions.write_bytes(b'{"question_id": 1, "image": "a.jpg", "text": "Is there a \xff?", "label": "yes"}\n')
+    questions.write_bytes(
+        b'{"question_id": 1, "image": "a.jpg", "text": "Is there a \xff?", "label": "yes"}\n'
+    )
     out = tmp_path / "pope.jsonl"
     module = script("prep_pope")
     assert module.run(module.main, [str(questions), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "not UTF-8 text" in err and str(questions) in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+BAD_RECORDS = [
+    ("prep_vqav2", "vq.json", '{"data_subtype": "val2014", "questions": [{"question_id": "q-1", "image_id": 1, '
+     '"question": "What?"}]}', ["questions[0]", "'question_id'", "'q-1'"]),
+    ("prep_seed", "seed.json", '{"question_type": {"Scene Understanding": 1}, "questions": [{"question_id": "1", '
+     '"question": "Q?", "answer": "A", "data_id": "1.jpg", "data_type": "image", "question_type_id": "scene", '
+     '"choice_a": "a", "choice_b": "b", "choice_c": "c", "choice_d": "d"}]}',
+     ["questions[0]", "'question_type_id'", "'scene'"]),
+    ("prep_seed", "seed.json", '{"question_type": {"Scene Understanding": "one"}, "questions": []}',
+     ["question_type", "'Scene Understanding'", "'one'"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, filename, text, said", BAD_RECORDS)
+def test_a_bad_id_field_is_one_line_naming_file_record_and_key(tmp_path, capsys, name, filename, text, said):
+    src = tmp_path / filename
+    src.write_text(text)
+    out = tmp_path / "out.jsonl"
+    module = script(name)
+    assert module.run(module.main, [str(src), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(src) in err and all(s in err for s in said), err
+    assert not out.exists()
+
+
+def test_mme_questions_file_not_utf8_is_one_line(tmp_path, capsys):
+    task = tmp_path / "MME" / "existence"
+    task.mkdir(parents=True)
+    (task / "1.jpg").write_bytes(b"x")
+    (task / "1.txt").write_bytes(b"Is there caf\xe9?\tYes\n")
+    out = tmp_path / "mme.jsonl"
+    module = script("prep_mme")
+    assert module.run(module.main, [str(tmp_path / "MME"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1.txt" in err and "not UTF-8" in err, err
+    assert not out.exists()
+
+
+def test_seed_gold_answer_must_be_one_letter(tmp_path, capsys):
+    choices = {k: k[-1] for k in ("choice_a", "choice_b", "choice_c", "choice_d")}
+    questions = [
+        {
+            "question_id": str(i),
+            "question": "Q?",
+            "answer": a,
+            "data_id": "1.jpg",
+            "question_type_id": 1,
+            **choices,
+        }
+        for i, a in enumerate(["", "AB", "B", "e"])
+    ]
+    src = tmp_path / "seed.json"
+    src.write_text(json.dumps({"question_type": {"Scene Understanding": 1}, "questions": questions}))
+    records, log = prep("prep_seed", [str(src), "--out", str(tmp_path / "s.jsonl")], capsys)
+    assert [r["answer"] for r in records] == ["B"]  # "" and "AB" are substrings of "ABCD", not letters
+    assert "3 x choices or answer letter missing" in log
+
+
+def _pope_file(path: Path, ids: list[int]) -> Path:
+    path.write_text("".join(
+        json.dumps({"question_id": q, "image": f"{k}.jpg", "text": "Is there a dog?", "label": "yes"}) + "\n"
+        for k, q in enumerate(ids)
+    ))  # fmt: skip
+    return path
+
+
+def test_pope_repeated_question_id_in_one_file_and_shared_category_are_told_apart(tmp_path, capsys):
+    module = script("prep_pope")
+    out = tmp_path / "pope.jsonl"
+    one = _pope_file(tmp_path / "coco_pope_random.json", [1, 1])
+    assert module.run(module.main, [str(one), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{one}:2" in err and "repeats line 1" in err, err
+    (tmp_path / "b").mkdir()
+    other = _pope_file(tmp_path / "b" / "coco_pope_random.json", [1])
+    ok = _pope_file(one, [1, 2])
+    assert module.run(module.main, [str(ok), str(other), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "category 'random'" in err and "two files share a category" in err
+    assert f"{other}:1" in err and f"is also at {ok}:1" in err, err
     assert not out.exists()

@@ -155,7 +155,10 @@ def test_gqa_official_breakdown_and_balanced_only():
     m = score_gqa(rows)
     assert (m["accuracy"], m["count"], m["binary"], m["open"]) == (66.67, 3, 100.0, 50.0)
     assert m["per_structural_type"] == {"query": 50.0, "verify": 100.0}
+    assert m["unbalanced_excluded"] == 1 and "1 unbalanced question(s) left out" in m["note"]  # counted, said
     assert score_gqa([dict(r) for r in rows], scoring="lenient")["accuracy"] == 100.0  # "woman ." -> woman
+    m = score_gqa([dict(r) for r in rows[:3]])
+    assert (m["count"], m["unbalanced_excluded"], "note" in m) == (3, 0, False)
 
 
 # eval_science_qa.py (LLaVA-1.5): whole text in A-E; else "X. " prefix; else exactly one match of
@@ -201,7 +204,9 @@ SQA_CASES = [
     ("The answer is B.The answer is B.", 4, ""),  # still two matches
     ("Option A", 4, ""),
     ("A.", 2, ""),
-]
+    # `pred_text in args.options` tests a list of letters, not a substring of "ABCDE"
+    ("AB", 4, ""), ("ABC", 4, ""), ("BCD", 4, ""), ("DE", 5, ""), ("ABCDE", 5, ""), ("AB", 2, ""),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("text, n_choices, letter", SQA_CASES)
@@ -209,13 +214,15 @@ def test_scienceqa_llava_parser(text, n_choices, letter):
     assert parse_option(text, n_choices) == letter
 
 
-def test_scienceqa_expected_random_fallback_and_img():
+def test_scienceqa_unparsed_is_wrong_as_llava_1_5_and_img():
     rows = [
         {"raw": "A", "prediction": "", "answer": "A", "choices": ["x", "y"], "has_image": True, "meta": {}},
         {"raw": "B.", "prediction": "", "answer": "B", "choices": ["x", "y"], "has_image": True, "meta": {}},
         {"raw": "?", "prediction": "", "answer": "A", "choices": ["x", "y", "z", "w"], "has_image": False, "meta": {}},
+        {"raw": "AB", "prediction": "", "answer": "A", "choices": ["x", "y", "z", "w"], "has_image": True, "meta": {}},
     ]  # fmt: skip
     m = score_scienceqa(rows)
-    # 1 of 3 right; LLaVA would guess on the 2 failures: expected + 1/2 + 1/4 -> (1.75 / 3) * 100
-    assert (m["accuracy"], m["unparsed"], m["img_accuracy"]) == (33.33, 2, 50.0)
-    assert m["accuracy_expected_with_random_fallback"] == 58.33
+    # LLaVA-1.5's get_pred_idx returns -1 for FAILED (its random.choice line comes after the return and
+    # never runs): 1 of 4 right, "B." / "?" / "AB" are failures
+    assert (m["accuracy"], m["unparsed"], m["img_accuracy"], m["count"]) == (25.0, 3, 33.33, 4)
+    assert not any("random" in key for key in m)  # no published LLaVA-1.5 number to estimate

@@ -7,12 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-from test_data_prep import FIXTURES, evaluate, prep
+from test_data_prep import FIXTURES, evaluate, prep, script
 
 from vlmtune import cli
-from vlmtune.eval.mmbench import parse_letter
+from vlmtune.eval.mmbench import parse_letter, score_mmbench
 from vlmtune.eval.mme import parse_yes_no_other
 from vlmtune.eval.seed import score_seed
+from vlmtune.eval.textvqa import textvqa_prompt
 
 # calculation.py parse_pred_ans on the lower-cased answer: exactly yes/no, else "yes" in the first 4
 # characters, else "no" in them, else "other"
@@ -45,6 +46,7 @@ def test_mme_parser(text, parsed):
 
 ANIMALS = ["cow", "horse", "sheep", "pig"]
 YES_NO = ["yes", "no"]
+BLOOD = ["AB blood", "O blood", "cat", "dog"]
 # eval_mmbench.py auto_parse_answer: strip(".").strip().upper() is a letter; else "the answer is x."
 # in the lower-cased text (first letter A..D that fits); else the ONLY option containing the answer
 MMBENCH_CASES = [
@@ -70,6 +72,10 @@ MMBENCH_CASES = [
     ("y", YES_NO, "A"), ("n", YES_NO, "B"), ("e", YES_NO, "A"), ("o", YES_NO, "B"), ("", YES_NO, ""),
     ("cat", ["A cat", "A dog"], "A"), ("A", ["A cat", "A dog"], "A"), ("dog", ["A cat", "A dog"], "B"),
     ("a", ["A cat", "A dog"], "A"),  # the letter rule comes first
+    # auto_parse_answer tests membership in the list of option letters, not a substring of "ABCD":
+    ("AB", BLOOD, "A"),  # not a letter; the only option containing "ab" is "AB blood"
+    ("BC", BLOOD, ""), ("abcd", BLOOD, ""), ("ABC", BLOOD, ""), ("ab.", BLOOD, ""),
+    ("CD", ANIMALS, ""), ("AB", YES_NO, ""),
 ]  # fmt: skip
 
 
@@ -120,9 +126,60 @@ def test_textvqa_prep_then_llava_answers(tmp_path, capsys):
     ]
     m = evaluate("textvqa", out, answers, tmp_path)
     assert (m["accuracy"], m["count"]) == (86.67, 3)
-    from vlmtune.eval.textvqa import textvqa_prompt
-
     assert textvqa_prompt(records[0]) == answers[0]["prompt"]  # LLaVA-1.5's OCR prompt, byte for byte
+
+
+def test_textvqa_ocr_tokens_from_the_rosetta_file_or_refused(tmp_path, capsys):
+    # the TextVQA_0.5.1 release entries carry no ocr_tokens: they are in TextVQA_Rosetta_OCR_v0.2_*.json
+    release = json.loads((FIXTURES / "TextVQA_0.5.1_val.json").read_text())
+    for q in release["data"]:
+        q.pop("ocr_tokens", None)
+    ann = tmp_path / "TextVQA_0.5.1_val.json"
+    ann.write_text(json.dumps(release))
+    out = tmp_path / "tv.jsonl"
+    module = script("prep_textvqa")
+    assert module.run(module.main, [str(ann), "--ocr", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "ocr_tokens" in err and "--ocr-file" in err
+    assert not out.exists()
+    rosetta = tmp_path / "TextVQA_Rosetta_OCR_v0.2_val.json"
+    rosetta.write_text(json.dumps({"data": [
+        {"image_id": "003a8ae2ef43b901", "ocr_tokens": ["NIKON", "D3100"], "ocr_info": []},
+        {"image_id": "00685bc495504d61", "ocr_tokens": [], "ocr_info": []},
+    ]}))  # fmt: skip
+    records, log = prep("prep_textvqa", [str(ann), "--ocr-file", str(rosetta), "--out", str(out)], capsys)
+    assert [r["meta"]["ocr_tokens"] for r in records] == [["NIKON", "D3100"], [], []]
+    assert "records without OCR tokens (none for their image): 1" in log  # image 0101
+    assert textvqa_prompt(records[0]).splitlines()[1] == "Reference OCR token: NIKON, D3100"
+
+
+def test_textvqa_llava_answers_for_one_question_asked_twice_on_an_image(tmp_path):
+    # two TextVQA questions with the same image and text (ids 1, 2): eval_textvqa.py keys by (image,
+    # question) and scores both answers. Record 1: 10 x "nokia"; record 2: 8 x "nokia", 2 x "samsung".
+    # "Nokia" -> 1.0 on either; "Samsung" -> min(1, 2/3) left-one-out mean on record 2 = 0.6 (LLaVA's
+    # dict keeps record 2 for the key, so it scores "Samsung" there too). Mean 1.6 / 2 -> 80.00
+    records = [
+        {"id": f"textvqa-{i}", "task": "vqa", "image": "img1.jpg", "question": "What brand?", "answers": answers,
+         "meta": {"question_id": i, "image_id": "img1"}}
+        for i, answers in ((1, ["nokia"] * 10), (2, ["nokia"] * 8 + ["samsung"] * 2))
+    ]  # fmt: skip
+    data = tmp_path / "tv.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    prompt = "what brand?\nAnswer the question using a single word or phrase."
+    answers = [{"question_id": "img1", "prompt": prompt, "text": t} for t in ("Nokia", "Samsung")]
+    m = evaluate("textvqa", data, answers, tmp_path)
+    assert (m["accuracy"], m["count"]) == (80.0, 2)
+    rows = [json.loads(x) for x in (tmp_path / "textvqa_eval" / "predictions.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["prediction"]) for r in rows] == [("textvqa-1", "Nokia"), ("textvqa-2", "Samsung")]
+    # a third answer for the pair has no record left: refused in one line
+    assert cli.main(["eval", "textvqa", "--predictions", str(_jsonl(tmp_path, answers + answers[:1])),
+                     "--data", str(data), "--out", str(tmp_path / "x")]) == 2  # fmt: skip
+
+
+def _jsonl(tmp_path: Path, rows: list[dict]) -> Path:
+    path = tmp_path / "answers.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 def test_vizwiz_prep_eval_and_submission(tmp_path, capsys):
@@ -202,6 +259,22 @@ def test_mmbench_circular_eval_and_upload_sheet(tmp_path, capsys):
     assert len(sheet) == 7
 
 
+def test_mmbench_test_split_rows_without_answer_have_no_gold(tmp_path, capsys):
+    # the test TSVs have no answer: '' (and a bad 'AB') is not a letter, whatever "ABCD" contains
+    rows = _released_rows(FIXTURES / "mmbench_dev.tsv")[:2]
+    col = rows[0].index("answer")
+    tsv = tmp_path / "test.tsv"
+    with open(tsv, "w", newline="") as f:
+        body = [rows[1][:col] + [gold] + rows[1][col + 1 :] for gold in ("", "AB")]
+        for i, r in enumerate(body):
+            r[0] = str(i + 1)
+        csv.writer(f, delimiter="\t", lineterminator="\n").writerows([rows[0]] + body)
+    argv = [str(tsv), "--images", str(tmp_path / "i"), "--rotate", "--out", str(tmp_path / "t.jsonl")]
+    records, log = prep("prep_mmbench", argv, capsys)
+    assert "rows whose answer is not one of their option letters (kept without a gold answer): 1" in log
+    assert len(records) == 8 and not any("answer" in r or "tsv_answer" in r["meta"] for r in records)
+
+
 def test_mmbench_rotate_matches_the_released_copies(tmp_path, capsys):
     rows = _released_rows(FIXTURES / "mmbench_dev.tsv")
     originals = tmp_path / "orig.tsv"
@@ -229,6 +302,46 @@ def test_mmbench_rotate_matches_the_released_copies(tmp_path, capsys):
     ]
     m = evaluate("mmbench", out, answers, tmp_path)  # "B" everywhere: only round 0 of question 1 is right
     assert (m["accuracy"], m["vanilla_accuracy"]) == (0.0, 50.0)
+
+
+def _mmbench_rows(rounds: dict[int, list[int]], right: bool = True) -> list[dict]:
+    """Rows of ``score_mmbench`` for questions ``{group: [rounds present]}`` over 2 options; all right."""
+    rows = []
+    for group, present in rounds.items():
+        for r in present:
+            answer = "AB"[r % 2]
+            pred = answer if right else "AB"[(r + 1) % 2]
+            rows.append({"prediction": pred, "choices": ["x", "y"], "answer": answer, "group": group, "round": r,
+                         "category": f"c{group}"})  # fmt: skip
+    return rows
+
+
+def test_mmbench_incomplete_rotations_are_left_out_of_circular_eval_and_counted():
+    # question 1 has both its rotations (right), question 2 only round 0 (right): CircularEval needs every
+    # rotation, so question 2 has no CircularEval verdict; it is counted, not scored as circular-correct
+    rows = _mmbench_rows({1: [0, 1], 2: [0]}) + _mmbench_rows({3: [0, 1]}, right=False)
+    m = score_mmbench(rows)
+    assert (m["accuracy"], m["vanilla_accuracy"], m["questions"], m["incomplete_questions"]) == (
+        50.0,
+        66.67,
+        2,
+        1,
+    )
+    assert m["circular"] is True and m["per_category"] == {"c1": 100.0, "c3": 0.0}
+    assert "1 question(s)" in m["note"] and "left out" in m["note"]
+    m = score_mmbench(_mmbench_rows({1: [0, 1], 2: [0, 1]}))
+    assert (m["accuracy"], m["incomplete_questions"], m["circular"], "note" in m) == (100.0, 0, True, False)
+
+
+def test_mmbench_without_rotations_says_accuracy_is_not_circular():
+    m = score_mmbench(_mmbench_rows({1: [0], 2: [0]}))  # prepared without --rotate
+    assert (m["accuracy"], m["vanilla_accuracy"], m["circular"], m["incomplete_questions"]) == (
+        100.0,
+        100.0,
+        False,
+        2,
+    )
+    assert "not CircularEval" in m["note"] and "--rotate" in m["note"]
 
 
 def test_seed_prep_eval_and_submission(tmp_path, capsys):

@@ -5,6 +5,7 @@
 whitespace is not collapsed), then the official GQA ``eval.py`` counts ``prediction == answer`` over the
 balanced questions (``isBalanced``; all of testdev-balanced), reporting ``accuracy``, ``binary``
 (structural type not ``query``) and ``open`` (``query``) and accuracy per structural / semantic type.
+Rows left out as unbalanced are counted in ``unbalanced_excluded`` and said in ``note``.
 Validity, plausibility, consistency and distribution need the choices / scene-graph files and are not
 computed. ``scoring="lenient"`` (off by default) keeps the first line and collapses whitespace first.
 """
@@ -57,7 +58,8 @@ def score_gqa(rows: list[dict], scoring: str = "official") -> dict:
             by_answer_type[row["answer_type"]].append(hit)
     if not hits:
         raise EvalError("no balanced GQA question to score (every row has is_balanced false)")
-    out: dict = {"accuracy": percent(hits), "count": len(hits)}
+    excluded = len(rows) - len(hits)
+    out: dict = {"accuracy": percent(hits), "count": len(hits), "unbalanced_excluded": excluded}
     for name in ("binary", "open"):
         if by_answer_type.get(name):
             out[name] = percent(by_answer_type[name])
@@ -65,4 +67,6 @@ def score_gqa(rows: list[dict], scoring: str = "official") -> dict:
         if per_type:
             out[f"per_{key}_type"] = {k: percent(v) for k, v in sorted(per_type.items())}
     out["scoring"] = scoring
+    if excluded:
+        out["note"] = f"{excluded} unbalanced question(s) left out (eval.py scores balanced questions only)"
     return out

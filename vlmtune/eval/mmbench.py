@@ -4,7 +4,11 @@ Prompt (``llava/eval/model_vqa_mmbench.py --single-pred-prompt``): the hint (if 
 separate lines, ``A. option`` lines, then "Answer with the option's letter from the given choices
 directly.". CircularEval: every question is asked once per rotation of its options (the released TSVs
 carry the rotated copies as rows with ``index + k * 1,000,000``; ``prep_mmbench.py --rotate`` makes them
-like LLaVA's ``--all-rounds``); a question counts as right only if every rotation is right.
+like LLaVA's ``--all-rounds``); a question counts as right only if every rotation is right. A question
+without all its rotations (one per option; e.g. cut by ``--max-samples``) has no CircularEval verdict: it
+is left out of ``accuracy`` and counted in ``incomplete_questions``; when no question is complete (data
+prepared without ``--rotate``), ``circular`` is False, ``accuracy`` is the round-0 accuracy and ``note``
+says so.
 
 Letter extraction is ``auto_parse_answer`` of LLaVA's ``llava/eval/eval_mmbench.py``: the answer with
 periods and spaces stripped from its ends and upper-cased is an option letter; else the first letter X
@@ -37,11 +41,14 @@ def mmbench_prompt(record: dict) -> str:
 
 
 def parse_letter(text: str, choices: list[str]) -> str:
-    """eval_mmbench.py ``auto_parse_answer``: a displayed option letter or ``""``."""
-    letters = OPTION_LETTERS[: len(choices)]
+    """eval_mmbench.py ``auto_parse_answer``: a displayed option letter or ``""``.
+
+    The letter rule is membership in the list of option letters (one letter), not a substring of "ABCD":
+    "AB" is no letter and falls through to the option-text rule."""
+    letters = list(OPTION_LETTERS[: len(choices)])
     answer = str(text)
     head = answer.strip(".").strip().upper()
-    if head and head in letters:
+    if head in letters:
         return head
     lowered = answer.lower()
     for letter in letters:
@@ -51,9 +58,26 @@ def parse_letter(text: str, choices: list[str]) -> str:
     return matched[0] if len(matched) == 1 else ""
 
 
+def _complete(rows: list[dict]) -> bool:
+    """A question has every rotation CircularEval asks: rounds ``0 .. #options - 1``."""
+    return {int(r.get("round", 0)) for r in rows} == set(range(len(rows[0]["choices"])))
+
+
+def _circular_note(incomplete: int, circular: bool) -> str:
+    if not circular:
+        return (
+            "not CircularEval: no question has all its option rotations (prepare with prep_mmbench.py "
+            "--rotate or use the release's circular rows); accuracy is the round-0 (vanilla) accuracy"
+        )
+    return f"{incomplete} question(s) lack some of their option rotations and are left out of the CircularEval accuracy"
+
+
 def score_mmbench(rows: list[dict], scoring: str = "official") -> dict:
     """``rows``: dicts with ``prediction``, ``choices``, ``answer`` (displayed letter), ``group``, ``round``,
-    ``category``, ``l2_category``. ``accuracy`` is CircularEval; ``vanilla_accuracy`` uses round 0 only."""
+    ``category``, ``l2_category``. ``accuracy`` is CircularEval over the questions with all their rotations
+    (as many as options; the others are counted in ``incomplete_questions``, not scored);
+    ``vanilla_accuracy`` uses round 0 only. Without any complete question ``circular`` is False and
+    ``accuracy`` is the vanilla accuracy, said in ``note``."""
     if not rows:
         raise EvalError("no predictions to score")
     check_scoring(scoring)
@@ -62,26 +86,38 @@ def score_mmbench(rows: list[dict], scoring: str = "official") -> dict:
         row["parsed"] = parse_letter(row["prediction"], row["choices"])
         row["correct"] = row["parsed"] == str(row["answer"]).strip()
         groups[str(row["group"])].append(row)
-    circular = {g: all(r["correct"] for r in rs) for g, rs in groups.items()}
+    complete = {g: rs for g, rs in groups.items() if _complete(rs)}
+    circular = bool(complete)
+    scored = (
+        complete
+        if circular
+        else {g: [r for r in rs if int(r.get("round", 0)) == 0] for g, rs in groups.items()}
+    )
+    verdict = {g: all(r["correct"] for r in rs) for g, rs in scored.items() if rs}
     per_cat: dict[str, dict[str, list[float]]] = {
         "category": defaultdict(list),
         "l2_category": defaultdict(list),
     }
-    for g, rs in groups.items():
+    for g, hit in verdict.items():
         for key, table in per_cat.items():
-            if rs[0].get(key):
-                table[rs[0][key]].append(float(circular[g]))
+            if scored[g][0].get(key):
+                table[scored[g][0][key]].append(float(hit))
     first = [float(r["correct"]) for r in rows if int(r.get("round", 0)) == 0]
+    incomplete = len(groups) - len(complete)
     out = {
-        "accuracy": percent([float(v) for v in circular.values()]),
+        "accuracy": percent([float(v) for v in verdict.values()]) if verdict else 0.0,
         "vanilla_accuracy": percent(first) if first else 0.0,
         "per_category": {k: percent(v) for k, v in sorted(per_cat["category"].items())},
         "per_l2_category": {k: percent(v) for k, v in sorted(per_cat["l2_category"].items())},
-        "questions": len(groups),
+        "circular": circular,
+        "questions": len(verdict),
+        "incomplete_questions": incomplete,
         "count": len(rows),
         "unparsed": sum(not r["parsed"] for r in rows),
         "scoring": scoring,
     }
+    if incomplete:
+        out["note"] = _circular_note(incomplete, circular)
     return out
 
 

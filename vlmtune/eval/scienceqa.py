@@ -1,15 +1,16 @@
 """ScienceQA (Lu et al., NeurIPS 2022) multiple-choice accuracy as LLaVA-1.5's ``llava/eval/eval_science_qa.py``.
 
 ``scoring="official"`` extracts the letter from the (stripped) answer with LLaVA-1.5's rules, in order:
-1. the whole text is one of the option letters ``A``-``E`` -> that letter;
+1. the whole text is one of the option letters ``A``-``E`` -> that letter (membership in the list of
+   letters: "AB" or "BCD" is no letter);
 2. the text is at least 3 characters, starts with an option letter followed by ``". "`` -> that letter
    ("B. duck" yes; "B." and "B)" no);
 3. the regex ``The answer is ([A-Z]).`` (case-sensitive; the ``.`` matches any character, so a letter
    followed by at least one more character) has exactly one match -> that letter;
 4. else ``FAILED``. A letter beyond the problem's choices is also a failure.
-LLaVA then replaces a failure by ``random.choice`` over the choices (unseeded, not reproducible); vlmtune
-counts it wrong, reports ``unparsed`` and ``accuracy_expected_with_random_fallback`` = accuracy +
-100 * sum(1 / #choices over failures) / N, the expectation of LLaVA's number. ``IMG`` is the accuracy on
+A failure is wrong: LLaVA-1.5's ``get_pred_idx`` returns -1 for it (the ``random.choice`` line after that
+``return`` never runs; only the LLaVA v1 script, haotian-liu/LLaVA@8959d5c, guessed at random, with the
+"The answer is" rule alone). vlmtune reports the failures as ``unparsed``. ``IMG`` is the accuracy on
 problems with an image (LLaVA's "IMG-Accuracy"). The paper's breakdown by subject (NAT / SOC / LAN),
 context (IMG / NO) and grade (G1-6 / G7-12) is reported too.
 
@@ -25,7 +26,7 @@ from vlmtune.eval.errors import EvalError
 from vlmtune.eval.vqa import check_scoring, percent
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-OPTIONS = "ABCDE"  # eval_science_qa.py --options default
+OPTIONS = ("A", "B", "C", "D", "E")  # eval_science_qa.py --options default (a list)
 _THE_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
 _LENIENT_ANSWER_IS = re.compile(r"[Tt]he answer is \(?([A-Z])\)?")
 SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
@@ -71,7 +72,6 @@ def score_scienceqa(rows: list[dict], scoring: str = "official") -> dict:
     check_scoring(scoring)
     groups: dict[str, list[float]] = defaultdict(list)
     hits = []
-    expected_extra = 0.0
     for row in rows:
         n_choices = len(row.get("choices") or LETTERS)
         pred = parse_option(row.get("raw", row["prediction"]), n_choices, scoring)
@@ -79,8 +79,6 @@ def score_scienceqa(rows: list[dict], scoring: str = "official") -> dict:
         hit = float(pred == str(row["answer"]).strip())
         row["correct"] = bool(hit)
         hits.append(hit)
-        if not pred:
-            expected_extra += 1.0 / n_choices
         meta = row.get("meta") or {}
         keys = [SUBJECTS.get(meta.get("subject", ""), ""), "IMG" if row.get("has_image") else "NO"]
         keys.append(_grade_group(meta.get("grade", "")))
@@ -92,7 +90,6 @@ def score_scienceqa(rows: list[dict], scoring: str = "official") -> dict:
     out = {
         "accuracy": percent(hits),
         "unparsed": sum(not r["prediction"] for r in rows),
-        "accuracy_expected_with_random_fallback": round(100.0 * (sum(hits) + expected_extra) / len(hits), 2),
         "per_group": {k: percent(groups[k]) for k in order if groups.get(k)},
         "count": len(hits),
         "scoring": scoring,

@@ -9,7 +9,9 @@ TextVQA release ("Reference OCR token: ...", ``meta.ocr_tokens``, kept by ``prep
 
 ``--predictions`` reads vlmtune's predictions or a LLaVA answers file (``question_id`` there is the
 TextVQA *image* id; as eval_textvqa.py, the record is found by image id and the lower-cased question
-taken back out of ``prompt``). No lenient variant: there is no deviation to offer.
+taken back out of ``prompt``). A question asked twice on one image gets the two answers in file order;
+eval_textvqa.py's dict keeps the last annotation of the pair and scores both answers against its human
+answers, so the two numbers differ when the pair's human answers do. No lenient variant.
 """
 
 from __future__ import annotations
@@ -66,12 +68,16 @@ def score_textvqa(rows: list[dict], scoring: str = "official") -> dict:
 
 
 def adapt_llava_answers(predictions: list[dict], records: list[dict]) -> list[dict]:
-    """LLaVA TextVQA answers (``question_id`` = image id, ``prompt``, ``text``) -> ``{id, prediction}``."""
+    """LLaVA TextVQA answers (``question_id`` = image id, ``prompt``, ``text``) -> ``{id, prediction}``.
+
+    Keyed by (image id, lower-cased question) as eval_textvqa.py; a question asked twice on one image
+    (two records with one key) gets the key's answers in file order, one per record."""
     if not predictions or "prompt" not in predictions[0]:
         return predictions
     by_key: dict[tuple[str, str], list[str]] = defaultdict(list)
     for r in records:
         by_key[(str((r.get("meta") or {}).get("image_id")), r["question"].lower())].append(r["id"])
+    used: dict[tuple[str, str], int] = defaultdict(int)
     out = []
     for i, p in enumerate(predictions):
         key = (str(p.get("question_id")), question_from_prompt(str(p.get("prompt", ""))))
@@ -80,7 +86,13 @@ def adapt_llava_answers(predictions: list[dict], records: list[dict]) -> list[di
             raise EvalError(
                 f"answers entry {i + 1}: no TextVQA record for image {key[0]!r} and question {key[1]!r}"
             )
-        out.append({"id": ids[0], "prediction": p.get("text", "")})
+        if used[key] == len(ids):
+            raise EvalError(
+                f"answers entry {i + 1}: answer {used[key] + 1} for image {key[0]!r} and question {key[1]!r}, "
+                f"which the data asks {len(ids)} time(s); remove the repeated answer"
+            )
+        out.append({"id": ids[used[key]], "prediction": p.get("text", "")})
+        used[key] += 1
     return out
 
 

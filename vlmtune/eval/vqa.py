@@ -286,9 +286,10 @@ def _official_id(qid):
 
 
 def submission(rows: list[dict]) -> list[dict]:
-    """Official test-dev submission as LLaVA's ``convert_vqav2_for_submission.py`` writes it:
+    """Test-dev submission entries as LLaVA's ``convert_vqav2_for_submission.py`` writes them:
     ``[{"question_id": int, "answer": EvalAI-processed answer}]`` (non-numeric ids, e.g. of the shapes
-    default, are kept as they are)."""
+    default, are kept as they are), one per evaluated question; that script also lists every other
+    test2015 question with ``''``: ``data_prep/pad_vqav2_submission.py`` does that."""
     return [
         {"question_id": _official_id(r["question_id"]), "answer": evalai_answer(r["prediction"])}
         for r in rows
