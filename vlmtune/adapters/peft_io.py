@@ -30,11 +30,17 @@ forward is ``y = W0 x + b + (m/||W0 + s B A||_c - 1) W0 x + (m/||W0 + s B A||_c)
 (further training in PEFT moves ``m`` and makes it DoRA, as PEFT would). vlmtune reads such a layer
 back as LoRA (``vlmtune_adapter.json`` names its method) after checking that its magnitude still is
 that norm; a plain PEFT reader sees DoRA with ratio 1, the same function.
+
+**Mixed rsLoRA** (rsLoRA on one tower only): PEFT's ``use_rslora`` is model-wide too. It is true only
+when every low-rank layer is rsLoRA; otherwise the folder writes false and each rsLoRA layer gets
+``alpha_pattern`` = alpha * sqrt(r), so PEFT's ``alpha / r`` is rsLoRA's ``alpha / sqrt(r)`` (LoRA
+and DoRA layers alike). ``vlmtune_adapter.json`` keeps each tower's own ``rslora`` and alpha.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -197,8 +203,10 @@ def peft_config(model: nn.Module, base_name_or_path: str | None, saved: list[str
     if peft_family(model) == "VERA":
         return vera_config(model, base_name_or_path, saved)
     layers = _peft_layers(model)
+    use_rslora = file_uses_rslora(layers)
+    peft_alphas = {p: peft_alpha(layer, use_rslora) for p, layer in layers.items()}
     ranks = Counter(layer.r for layer in layers.values())
-    alphas = Counter(layer.alpha for layer in layers.values())
+    alphas = Counter(peft_alphas.values())
     r = ranks.most_common(1)[0][0] if ranks else 8
     alpha = alphas.most_common(1)[0][0] if alphas else 8
     first = next((layer for layer in layers.values() if hasattr(layer, "lora_A")), None)
@@ -211,11 +219,30 @@ def peft_config(model: nn.Module, base_name_or_path: str | None, saved: list[str
         "lora_alpha": alpha,
         "lora_dropout": dropout,
         "rank_pattern": {p: layer.r for p, layer in layers.items() if layer.r != r},
-        "alpha_pattern": {p: layer.alpha for p, layer in layers.items() if layer.alpha != alpha},
+        "alpha_pattern": {p: a for p, a in peft_alphas.items() if a != alpha},
         "use_dora": model_uses_dora(model),
-        "use_rslora": bool(first is not None and first.rslora),
+        "use_rslora": use_rslora,
         "init_lora_weights": True,
     }
+
+
+def file_uses_rslora(layers: dict[str, nn.Module]) -> bool:
+    """PEFT's one model-wide ``use_rslora``: true only when every low-rank layer of the file is rsLoRA
+    (a magnitude-only layer has no low-rank branch and no say); mixed files write false and give the
+    rsLoRA layers an equivalent ``alpha_pattern`` entry (:func:`peft_alpha`)."""
+    flags = {bool(layer.rslora) for layer in layers.values() if hasattr(layer, "lora_A")}
+    return flags == {True}
+
+
+def peft_alpha(layer: nn.Module, use_rslora: bool) -> float:
+    """The ``lora_alpha`` that gives ``layer`` its own scaling under the file's ``use_rslora``: PEFT
+    scales by ``alpha / r`` (``alpha / sqrt(r)`` with use_rslora), so an rsLoRA layer in a plain file
+    writes ``alpha * sqrt(r)`` (scale ``alpha / sqrt(r)``, Kalajdzievski 2023 eq. 3); a plain layer in
+    an rsLoRA file ``alpha / sqrt(r)``. Layers without a low-rank branch keep their alpha."""
+    rslora = bool(getattr(layer, "rslora", False))
+    if not hasattr(layer, "lora_A") or rslora == use_rslora:
+        return layer.alpha
+    return layer.alpha * math.sqrt(layer.r) if rslora else layer.alpha / math.sqrt(layer.r)
 
 
 def vera_config(model: nn.Module, base_name_or_path: str | None, saved: list[str] | None = None) -> dict:
