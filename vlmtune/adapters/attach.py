@@ -7,6 +7,7 @@ modules; layer methods of one family (VeRA/DVoRA) share one state built from all
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -208,6 +209,30 @@ def merge(model: nn.Module) -> nn.Module:
             f"{type(model).__name__}.{extra[0]}: {type(model.get_submodule(extra[0])).__name__} adds layers "
             "that cannot be merged into the base weights; save the adapter folder instead"
         )
+    untie_adapted_weights(model)
     for path, layer in list(adapter_layers(model)):
         replace_module(model, path, layer.merged_linear())
     return model
+
+
+def untie_adapted_weights(model: nn.Module) -> list[str]:
+    """Give each adapter layer whose base weight is shared with another module (``lm_head`` tied to
+    the input embeddings: PaliGemma, Gemma 3) its own copy, so that merging ``W0 + dW`` into it leaves
+    the embeddings as they are, and set ``tie_word_embeddings=False`` in the model's config and its text
+    config so that the saved folder keeps both tensors and reloads untied. Returns the untied paths."""
+    owners = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    untied = []
+    for path, layer in adapter_layers(model):
+        weight = layer.base_layer.weight
+        if owners[id(weight)] > 1:
+            layer.base_layer.weight = nn.Parameter(
+                weight.detach().clone(), requires_grad=weight.requires_grad
+            )
+            untied.append(path)
+    config = getattr(model, "config", None)
+    if untied and config is not None:
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        for c in {id(config): config, id(text): text}.values():
+            if getattr(c, "tie_word_embeddings", False):
+                c.tie_word_embeddings = False
+    return untied
