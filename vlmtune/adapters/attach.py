@@ -138,13 +138,30 @@ def _checked_options(method: Method, spec: AdapterSpec, tower: str) -> Any:
 def _hook_tower(
     model: nn.Module, prefixes: list[str], method: Method, spec: AdapterSpec, options: Any, tower: str
 ) -> dict[str, str]:
-    """Run a tower method's hook on every prefix of the tower, then its check once."""
-    for p in prefixes:
-        method.hook(model, model.get_submodule(p), spec, options, tower)
+    """Run a tower method's hook on every prefix of the tower (a ``whole_tower`` method: once, on the
+    module holding them all), then its check once."""
+    if method.whole_tower:
+        whole = model.get_submodule(common_module_path(prefixes))
+        method.hook(model, whole, spec, options, tower, prefixes=prefixes)
+    else:
+        for p in prefixes:
+            method.hook(model, model.get_submodule(p), spec, options, tower)
     if method.check is not None:
         method.check(model, prefixes, spec, tower)
     placed = adapter_module_paths(model, prefixes) or prefixes  # BitFit adds no module: its tower
     return {p: method.name for p in placed}
+
+
+def common_module_path(prefixes: list[str]) -> str:
+    """The longest module path every prefix starts with, by whole names ("" for the model itself):
+    ``[v.embeddings, v.encoder.layers.0, v.post_layernorm]`` -> ``v``."""
+    parts = [p.split(".") for p in prefixes]
+    common: list[str] = []
+    for names in zip(*parts, strict=False):
+        if len(set(names)) != 1:
+            break
+        common.append(names[0])
+    return ".".join(common)
 
 
 def _wrap_layers(model: nn.Module, plans: list[_LayerPlan]) -> dict[str, str]:
