@@ -423,6 +423,43 @@ def read_peft_config(folder: Path) -> dict:
         raise AdapterError(f"{cfg_path}: line {e.lineno}: not valid JSON ({e.msg})") from None
 
 
+def unsupported_peft_features(cfg: dict, keys: list[str]) -> list[str]:
+    """The PEFT features an ``adapter_config.json`` and its tensor ``keys`` use that vlmtune has no layer
+    for: LoRA on embeddings (``lora_embedding_A/B``), ``lora_bias=True`` (``lora_B.bias``) and
+    ``bias="lora_only"/"all"`` (trained base biases)."""
+    found = []
+    embedded = sorted(
+        {k[len(PEFT_PREFIX) :].split(".lora_embedding_")[0] for k in keys if ".lora_embedding_" in k}
+    )
+    if embedded:
+        found.append(f"LoRA on embedding layers (lora_embedding_A/B on {_first(embedded, 2)})")
+    if cfg.get("lora_bias") or any(k.endswith(".lora_B.bias") for k in keys):
+        found.append("lora_bias=True (a trained bias on lora_B)")
+    if cfg.get("bias") not in (None, "none"):
+        found.append(f'bias="{cfg["bias"]}" (trained biases of the base layers)')
+    return found
+
+
+def check_peft_features(folder: str | Path, keys: list[str] | None = None) -> None:
+    """Refuse, in one line, a folder written by PEFT with a feature vlmtune does not support
+    (:func:`unsupported_peft_features`); ``keys``: the tensor names when already read."""
+    folder = Path(folder)
+    if keys is None:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:
+                keys = list(f.keys())
+        except Exception:  # unreadable (truncated): read_safetensors reports it in one line when loading
+            return
+    found = unsupported_peft_features(read_peft_config(folder), keys)
+    if found:
+        raise AdapterError(
+            f"{folder}: written by peft with {'; '.join(found)}, which vlmtune does not support; retrain "
+            "without it, or merge it with peft (merge_and_unload) and use the merged model"
+        )
+
+
 def _adapter_leaf_names() -> set[str]:
     return {name for m in registry.METHODS.values() for p in m.peft for name in p.tensors}
 
@@ -511,6 +548,7 @@ def load_adapter(
     if not (folder / WEIGHTS_NAME).is_file():
         raise AdapterError(f"{folder}: no {WEIGHTS_NAME}; is this an adapter folder?")
     tensors = read_safetensors(folder / WEIGHTS_NAME)
+    check_peft_features(folder, list(tensors))
     cfg = read_peft_config(folder)
     meta = read_meta(folder)
     legacy = _split_legacy_outside(tensors, meta.get("modules") or {})
