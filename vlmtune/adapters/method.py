@@ -89,6 +89,7 @@ class Method:
     uses_alpha: bool = True  # False (VeRA, DVoRA): setting ``adapters.<tower>.alpha`` is an error
     uses_r: bool = True  # False (VPT, PIN, BitFit): ``adapters.<tower>.r`` sets nothing (sizes are options)
     layer_options: Callable[[nn.Module], dict] | None = None  # options that rebuild an attached layer
+    size_option: str | None = None  # the option that is the size when it is not ``r`` (width, length)
     whole_tower: bool = False  # tower: hook once on the module holding every prefix, + ``prefixes=`` (VPT)
 
     @property

@@ -45,5 +45,12 @@ def vpt_hook(
 
 
 METHOD = Method(
-    name="vpt", kind="tower", label="VPT", options=VptOptions, hook=vpt_hook, uses_r=False, whole_tower=True
+    name="vpt",
+    kind="tower",
+    label="VPT",
+    options=VptOptions,
+    hook=vpt_hook,
+    uses_r=False,
+    whole_tower=True,
+    size_option="length",
 )
