@@ -365,6 +365,50 @@ def read_meta(folder: str | Path) -> dict:
         raise AdapterError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
 
 
+def not_in_peft_summary(folder: str | Path) -> str | None:
+    """What ``PeftModel.from_pretrained`` will not see in a vlmtune folder (``not_in_peft``), in words:
+    ``4 VeRA layers (path, path, ... (4 in all)); 1 other tensor (name)``; None when peft sees everything.
+    The layers are counted by method from ``modules``; VeRA's shared pair belongs to its layers."""
+    meta = read_meta(folder)
+    keys = [k for k in meta.get("not_in_peft") or [] if k not in (VERA_A_KEY, VERA_B_KEY)]
+    if not keys:
+        return None
+    modules = meta.get("modules") or {}
+    layers: dict[str, list[str]] = {}
+    others: list[str] = []
+    for key in keys:
+        path = key.rsplit(".", 1)[0]
+        while path and path not in modules:
+            path = path.rpartition(".")[0]
+        if path:
+            label = (
+                registry.METHODS[modules[path]].display
+                if modules[path] in registry.METHODS
+                else modules[path]
+            )
+            layers.setdefault(label, [])
+            if path not in layers[label]:
+                layers[label].append(path)
+        else:
+            others.append(key)
+    parts = [f"{len(paths)} {label} layer(s) ({_first(paths, 2)})" for label, paths in layers.items()]
+    if others:
+        parts.append(f"{len(others)} other tensor(s) ({_first(others, 2)})")
+    return "; ".join(parts)
+
+
+def not_in_peft_line(folder: str | Path) -> str | None:
+    """The one line ``vlmtune train`` prints after saving (and ``vlmtune info`` shows) when peft would load
+    the folder without some of its trained tensors; None when it loads all of them."""
+    missing = not_in_peft_summary(folder)
+    if missing is None:
+        return None
+    return (
+        f"not in peft: {missing} are in {EXTRAS_NAME}, which PeftModel.from_pretrained does not read "
+        "(it loads the rest without them); vlmtune merge / eval / load_adapter load all"
+    )
+
+
 def read_base_info(folder: str | Path) -> dict | None:
     """The ``base_info`` dict :func:`save_adapter` stored (``"base"`` in ``vlmtune_adapter.json``), or None."""
     return read_meta(folder).get("base")
