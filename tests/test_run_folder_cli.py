@@ -196,6 +196,32 @@ def test_info_shows_rank_and_alpha_only_where_the_method_has_them(tmp_path):
         "  language: dvora r=8",
         "  vision: lora r=4 alpha=16",
         "  projector: full",
-        "  prompts: vpt",
-        "  adapters: houlsby r=16",
+        "  prompts: vpt length=10",
+        "  adapters: houlsby width=16",
+    ]
+
+
+def test_info_names_sizes_that_are_not_ranks_and_the_lora_variants(tmp_path):
+    """The bottleneck's ``width`` and the prompts' ``length`` (not ``r``), DyLoRA's ``max_rank``; ``rslora`` and
+    ``magnitude_only`` when set (new-user report 5, item 6)."""
+    from vlmtune.info import describe_adapter
+
+    specs = {
+        "a": {"method": "houlsby", "r": 4, "alpha": None, "options": {"width": 16}},
+        "b": {"method": "prompt", "r": 8, "alpha": None, "options": {"length": 5}},
+        "c": {"method": "prompt", "r": 8, "alpha": None},  # length falls back to r
+        "d": {"method": "vpt", "r": 8, "alpha": None, "options": {"length": 3, "deep": True}},
+        "e": {"method": "lora", "r": 4, "alpha": 8, "rslora": True},
+        "f": {"method": "dora", "r": 4, "alpha": 8, "magnitude_only": ["o_proj", "down_proj"]},
+        "g": {"method": "dylora", "r": 4, "alpha": 8, "options": {"max_rank": 6}},
+    }
+    (tmp_path / "vlmtune_adapter.json").write_text(json.dumps({"specs": specs}))
+    assert describe_adapter(tmp_path).splitlines()[2:] == [
+        "  a: houlsby width=16",
+        "  b: prompt length=5",
+        "  c: prompt length=8",
+        "  d: vpt length=3",
+        "  e: lora r=4 alpha=8 rslora",
+        "  f: dora r=4 alpha=8 magnitude_only=[o_proj, down_proj]",
+        "  g: dylora max_rank=6 alpha=8",
     ]

@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def describe_adapter(folder: Path) -> str:
+    from vlmtune.adapters.peft_io import not_in_peft_line
     from vlmtune.adapters.registry import size_summary
     from vlmtune.core.io import safetensors_shapes
 
@@ -39,6 +40,9 @@ def describe_adapter(folder: Path) -> str:
             shapes = safetensors_shapes(path)
             n = sum(_numel(shape) for shape in shapes.values())
             lines.append(f"  {name}: {len(shapes)} tensors, {n:,} values")
+    note = not_in_peft_line(folder)
+    if note:
+        lines.append(f"  {note}")
     return "\n".join(lines)
 
 

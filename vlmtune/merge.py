@@ -14,11 +14,18 @@ error too); ``merge_check.json`` in the output folder records
 dtype the command fails (exit 2): 1e-3 in fp32 (what remains is summation order), 2e-2 in bf16/fp16
 (a merged weight is rounded once to 8 mantissa bits, ~4e-3 relative per weight, and the differences
 accumulate over the layers).
+
+The merged folder is written into a hidden sibling (``.OUT_DIR.merging.*``) and moved into place only
+when the check passes; a failed check leaves just ``merge_check.json`` (``"ok": false``) in
+``OUT_DIR``, no model a ``from_pretrained`` could pick up by mistake. An ``lm_head`` tied to the input
+embeddings (PaliGemma, Gemma 3) is untied before folding (:func:`vlmtune.adapters.attach.merge`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -109,8 +116,9 @@ def relative_difference(got: torch.Tensor, want: torch.Tensor) -> float:
 
 def verify(pipeline, merged_folder: Path, batch: dict[str, Any], want: torch.Tensor) -> dict[str, Any]:
     """Compare the merged model's probe logits with ``want`` (the adapter model's), write
-    ``merge_check.json`` and raise :class:`AdapterError` when an adapter layer is left or the
-    difference is above the dtype's bound."""
+    ``merge_check.json`` into ``merged_folder`` and raise :class:`AdapterError` when an adapter layer is
+    left or the difference is above the dtype's bound (the message names ``merged_folder``; the model files
+    are not there: :func:`write_checked` removes them)."""
     from vlmtune.adapters.attach import adapter_layers
 
     left = [path for path, _ in adapter_layers(pipeline.model)]
@@ -124,14 +132,42 @@ def verify(pipeline, merged_folder: Path, batch: dict[str, Any], want: torch.Ten
     if left:
         raise AdapterError(
             f"{merged_folder}: {len(left)} adapter layer(s) were not folded into the weights "
-            f"({', '.join(left[:3])}); the merge is wrong, do not use it"
+            f"({', '.join(left[:3])}); the merge is wrong, no model was written ({CHECK_NAME} records the check)"
         )
     if diff > bound:
         raise AdapterError(
             f"{merged_folder}: the merged model differs from the adapter model by {diff:.3g} (max relative "
-            f"logit difference on a probe, bound {bound:g} for {check['dtype']}); the merge is wrong, do not use it"
+            f"logit difference on a probe, bound {bound:g} for {check['dtype']}); the merge is wrong, no model "
+            f"was written ({CHECK_NAME} records the check)"
         )
     return check
+
+
+def write_checked(pipeline, out: Path, batch: dict[str, Any], want: torch.Tensor) -> dict[str, Any]:
+    """``pipeline.save_merged`` into a hidden sibling of ``out``, :func:`verify`, then move its entries into
+    ``out`` (replacing entries of the same name only). On a failed check only ``merge_check.json`` moves."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.merging.", dir=out.parent))
+    try:
+        pipeline.save_merged(staging)
+        try:
+            check = verify(pipeline, staging, batch, want)
+        except AdapterError as e:
+            _move_into(out, [staging / CHECK_NAME])
+            raise AdapterError(str(e).replace(str(staging), str(out))) from None
+        _move_into(out, sorted(staging.iterdir()))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return check
+
+
+def _move_into(out: Path, entries: list[Path]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in entries:
+        target = out / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(entry, target)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -143,8 +179,8 @@ def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         batch = probe_batch(pipeline, Path(tmp))
         want = probe_logits(pipeline, batch)
-        out = Path(pipeline.save_merged(args.out_dir))
-        check = verify(pipeline, out, batch, want)
+        out = Path(args.out_dir)
+        check = write_checked(pipeline, out, batch, want)
     print(f"merged {args.source} into {pipeline.name_or_path} -> {out}")
     print(f"merge check: max relative logit difference {check['max_rel_logit_diff']:.3g} "
           f"(bound {check['bound']:g}, {check['dtype']}) -> {out / CHECK_NAME}")  # fmt: skip

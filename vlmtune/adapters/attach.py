@@ -7,6 +7,7 @@ modules; layer methods of one family (VeRA/DVoRA) share one state built from all
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -137,13 +138,30 @@ def _checked_options(method: Method, spec: AdapterSpec, tower: str) -> Any:
 def _hook_tower(
     model: nn.Module, prefixes: list[str], method: Method, spec: AdapterSpec, options: Any, tower: str
 ) -> dict[str, str]:
-    """Run a tower method's hook on every prefix of the tower, then its check once."""
-    for p in prefixes:
-        method.hook(model, model.get_submodule(p), spec, options, tower)
+    """Run a tower method's hook on every prefix of the tower (a ``whole_tower`` method: once, on the
+    module holding them all), then its check once."""
+    if method.whole_tower:
+        whole = model.get_submodule(common_module_path(prefixes))
+        method.hook(model, whole, spec, options, tower, prefixes=prefixes)
+    else:
+        for p in prefixes:
+            method.hook(model, model.get_submodule(p), spec, options, tower)
     if method.check is not None:
         method.check(model, prefixes, spec, tower)
     placed = adapter_module_paths(model, prefixes) or prefixes  # BitFit adds no module: its tower
     return {p: method.name for p in placed}
+
+
+def common_module_path(prefixes: list[str]) -> str:
+    """The longest module path every prefix starts with, by whole names ("" for the model itself):
+    ``[v.embeddings, v.encoder.layers.0, v.post_layernorm]`` -> ``v``."""
+    parts = [p.split(".") for p in prefixes]
+    common: list[str] = []
+    for names in zip(*parts, strict=False):
+        if len(set(names)) != 1:
+            break
+        common.append(names[0])
+    return ".".join(common)
 
 
 def _wrap_layers(model: nn.Module, plans: list[_LayerPlan]) -> dict[str, str]:
@@ -208,6 +226,30 @@ def merge(model: nn.Module) -> nn.Module:
             f"{type(model).__name__}.{extra[0]}: {type(model.get_submodule(extra[0])).__name__} adds layers "
             "that cannot be merged into the base weights; save the adapter folder instead"
         )
+    untie_adapted_weights(model)
     for path, layer in list(adapter_layers(model)):
         replace_module(model, path, layer.merged_linear())
     return model
+
+
+def untie_adapted_weights(model: nn.Module) -> list[str]:
+    """Give each adapter layer whose base weight is shared with another module (``lm_head`` tied to
+    the input embeddings: PaliGemma, Gemma 3) its own copy, so that merging ``W0 + dW`` into it leaves
+    the embeddings as they are, and set ``tie_word_embeddings=False`` in the model's config and its text
+    config so that the saved folder keeps both tensors and reloads untied. Returns the untied paths."""
+    owners = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    untied = []
+    for path, layer in adapter_layers(model):
+        weight = layer.base_layer.weight
+        if owners[id(weight)] > 1:
+            layer.base_layer.weight = nn.Parameter(
+                weight.detach().clone(), requires_grad=weight.requires_grad
+            )
+            untied.append(path)
+    config = getattr(model, "config", None)
+    if untied and config is not None:
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        for c in {id(config): config, id(text): text}.values():
+            if getattr(c, "tie_word_embeddings", False):
+                c.tie_word_embeddings = False
+    return untied

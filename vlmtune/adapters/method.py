@@ -8,7 +8,10 @@ Each ``vlmtune/adapters/<method>/method.py`` builds one (or a few) :class:`Metho
   (the PEFT layer type and tensor names that class reads and writes);
 * ``tower`` methods change a whole tower (prompts, bottleneck adapters, VPT, PIN, BitFit); they give
   ``hook(model, tower_module, spec, options, tower_name)`` and optionally ``check(model, prefixes,
-  spec, tower_name)``, run once after the hooks of every prefix.
+  spec, tower_name)``, run once after the hooks of every prefix. A tower may be several prefixes (a
+  family tower minus what it does not use: LLaVA's vision tower is its embeddings, pre-norm, the layers
+  up to the feature layer and post-norm); a ``whole_tower`` method (VPT) is hooked once, on the smallest
+  module holding every prefix (the ViT itself), the others on each prefix.
 
 Options are a dataclass per method: ``parse_options`` turns the recipe's ``adapters.<tower>.options``
 mapping into it, refusing an unknown key or a value of the wrong type in one line that names the
@@ -86,6 +89,8 @@ class Method:
     uses_alpha: bool = True  # False (VeRA, DVoRA): setting ``adapters.<tower>.alpha`` is an error
     uses_r: bool = True  # False (VPT, PIN, BitFit): ``adapters.<tower>.r`` sets nothing (sizes are options)
     layer_options: Callable[[nn.Module], dict] | None = None  # options that rebuild an attached layer
+    size_option: str | None = None  # the option that is the size when it is not ``r`` (width, length)
+    whole_tower: bool = False  # tower: hook once on the module holding every prefix, + ``prefixes=`` (VPT)
 
     @property
     def display(self) -> str:

@@ -30,11 +30,17 @@ forward is ``y = W0 x + b + (m/||W0 + s B A||_c - 1) W0 x + (m/||W0 + s B A||_c)
 (further training in PEFT moves ``m`` and makes it DoRA, as PEFT would). vlmtune reads such a layer
 back as LoRA (``vlmtune_adapter.json`` names its method) after checking that its magnitude still is
 that norm; a plain PEFT reader sees DoRA with ratio 1, the same function.
+
+**Mixed rsLoRA** (rsLoRA on one tower only): PEFT's ``use_rslora`` is model-wide too. It is true only
+when every low-rank layer is rsLoRA; otherwise the folder writes false and each rsLoRA layer gets
+``alpha_pattern`` = alpha * sqrt(r), so PEFT's ``alpha / r`` is rsLoRA's ``alpha / sqrt(r)`` (LoRA
+and DoRA layers alike). ``vlmtune_adapter.json`` keeps each tower's own ``rslora`` and alpha.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -197,8 +203,10 @@ def peft_config(model: nn.Module, base_name_or_path: str | None, saved: list[str
     if peft_family(model) == "VERA":
         return vera_config(model, base_name_or_path, saved)
     layers = _peft_layers(model)
+    use_rslora = file_uses_rslora(layers)
+    peft_alphas = {p: peft_alpha(layer, use_rslora) for p, layer in layers.items()}
     ranks = Counter(layer.r for layer in layers.values())
-    alphas = Counter(layer.alpha for layer in layers.values())
+    alphas = Counter(peft_alphas.values())
     r = ranks.most_common(1)[0][0] if ranks else 8
     alpha = alphas.most_common(1)[0][0] if alphas else 8
     first = next((layer for layer in layers.values() if hasattr(layer, "lora_A")), None)
@@ -211,11 +219,30 @@ def peft_config(model: nn.Module, base_name_or_path: str | None, saved: list[str
         "lora_alpha": alpha,
         "lora_dropout": dropout,
         "rank_pattern": {p: layer.r for p, layer in layers.items() if layer.r != r},
-        "alpha_pattern": {p: layer.alpha for p, layer in layers.items() if layer.alpha != alpha},
+        "alpha_pattern": {p: a for p, a in peft_alphas.items() if a != alpha},
         "use_dora": model_uses_dora(model),
-        "use_rslora": bool(first is not None and first.rslora),
+        "use_rslora": use_rslora,
         "init_lora_weights": True,
     }
+
+
+def file_uses_rslora(layers: dict[str, nn.Module]) -> bool:
+    """PEFT's one model-wide ``use_rslora``: true only when every low-rank layer of the file is rsLoRA
+    (a magnitude-only layer has no low-rank branch and no say); mixed files write false and give the
+    rsLoRA layers an equivalent ``alpha_pattern`` entry (:func:`peft_alpha`)."""
+    flags = {bool(layer.rslora) for layer in layers.values() if hasattr(layer, "lora_A")}
+    return flags == {True}
+
+
+def peft_alpha(layer: nn.Module, use_rslora: bool) -> float:
+    """The ``lora_alpha`` that gives ``layer`` its own scaling under the file's ``use_rslora``: PEFT
+    scales by ``alpha / r`` (``alpha / sqrt(r)`` with use_rslora), so an rsLoRA layer in a plain file
+    writes ``alpha * sqrt(r)`` (scale ``alpha / sqrt(r)``, Kalajdzievski 2023 eq. 3); a plain layer in
+    an rsLoRA file ``alpha / sqrt(r)``. Layers without a low-rank branch keep their alpha."""
+    rslora = bool(getattr(layer, "rslora", False))
+    if not hasattr(layer, "lora_A") or rslora == use_rslora:
+        return layer.alpha
+    return layer.alpha * math.sqrt(layer.r) if rslora else layer.alpha / math.sqrt(layer.r)
 
 
 def vera_config(model: nn.Module, base_name_or_path: str | None, saved: list[str] | None = None) -> dict:
@@ -338,6 +365,50 @@ def read_meta(folder: str | Path) -> dict:
         raise AdapterError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
 
 
+def not_in_peft_summary(folder: str | Path) -> str | None:
+    """What ``PeftModel.from_pretrained`` will not see in a vlmtune folder (``not_in_peft``), in words:
+    ``4 VeRA layers (path, path, ... (4 in all)); 1 other tensor (name)``; None when peft sees everything.
+    The layers are counted by method from ``modules``; VeRA's shared pair belongs to its layers."""
+    meta = read_meta(folder)
+    keys = [k for k in meta.get("not_in_peft") or [] if k not in (VERA_A_KEY, VERA_B_KEY)]
+    if not keys:
+        return None
+    modules = meta.get("modules") or {}
+    layers: dict[str, list[str]] = {}
+    others: list[str] = []
+    for key in keys:
+        path = key.rsplit(".", 1)[0]
+        while path and path not in modules:
+            path = path.rpartition(".")[0]
+        if path:
+            label = (
+                registry.METHODS[modules[path]].display
+                if modules[path] in registry.METHODS
+                else modules[path]
+            )
+            layers.setdefault(label, [])
+            if path not in layers[label]:
+                layers[label].append(path)
+        else:
+            others.append(key)
+    parts = [f"{len(paths)} {label} layer(s) ({_first(paths, 2)})" for label, paths in layers.items()]
+    if others:
+        parts.append(f"{len(others)} other tensor(s) ({_first(others, 2)})")
+    return "; ".join(parts)
+
+
+def not_in_peft_line(folder: str | Path) -> str | None:
+    """The one line ``vlmtune train`` prints after saving (and ``vlmtune info`` shows) when peft would load
+    the folder without some of its trained tensors; None when it loads all of them."""
+    missing = not_in_peft_summary(folder)
+    if missing is None:
+        return None
+    return (
+        f"not in peft: {missing} are in {EXTRAS_NAME}, which PeftModel.from_pretrained does not read "
+        "(it loads the rest without them); vlmtune merge / eval / load_adapter load all"
+    )
+
+
 def read_base_info(folder: str | Path) -> dict | None:
     """The ``base_info`` dict :func:`save_adapter` stored (``"base"`` in ``vlmtune_adapter.json``), or None."""
     return read_meta(folder).get("base")
@@ -394,6 +465,43 @@ def read_peft_config(folder: Path) -> dict:
         return json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise AdapterError(f"{cfg_path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def unsupported_peft_features(cfg: dict, keys: list[str]) -> list[str]:
+    """The PEFT features an ``adapter_config.json`` and its tensor ``keys`` use that vlmtune has no layer
+    for: LoRA on embeddings (``lora_embedding_A/B``), ``lora_bias=True`` (``lora_B.bias``) and
+    ``bias="lora_only"/"all"`` (trained base biases)."""
+    found = []
+    embedded = sorted(
+        {k[len(PEFT_PREFIX) :].split(".lora_embedding_")[0] for k in keys if ".lora_embedding_" in k}
+    )
+    if embedded:
+        found.append(f"LoRA on embedding layers (lora_embedding_A/B on {_first(embedded, 2)})")
+    if cfg.get("lora_bias") or any(k.endswith(".lora_B.bias") for k in keys):
+        found.append("lora_bias=True (a trained bias on lora_B)")
+    if cfg.get("bias") not in (None, "none"):
+        found.append(f'bias="{cfg["bias"]}" (trained biases of the base layers)')
+    return found
+
+
+def check_peft_features(folder: str | Path, keys: list[str] | None = None) -> None:
+    """Refuse, in one line, a folder written by PEFT with a feature vlmtune does not support
+    (:func:`unsupported_peft_features`); ``keys``: the tensor names when already read."""
+    folder = Path(folder)
+    if keys is None:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:
+                keys = list(f.keys())
+        except Exception:  # unreadable (truncated): read_safetensors reports it in one line when loading
+            return
+    found = unsupported_peft_features(read_peft_config(folder), keys)
+    if found:
+        raise AdapterError(
+            f"{folder}: written by peft with {'; '.join(found)}, which vlmtune does not support; retrain "
+            "without it, or merge it with peft (merge_and_unload) and use the merged model"
+        )
 
 
 def _adapter_leaf_names() -> set[str]:
@@ -484,6 +592,7 @@ def load_adapter(
     if not (folder / WEIGHTS_NAME).is_file():
         raise AdapterError(f"{folder}: no {WEIGHTS_NAME}; is this an adapter folder?")
     tensors = read_safetensors(folder / WEIGHTS_NAME)
+    check_peft_features(folder, list(tensors))
     cfg = read_peft_config(folder)
     meta = read_meta(folder)
     legacy = _split_legacy_outside(tensors, meta.get("modules") or {})

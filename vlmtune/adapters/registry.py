@@ -7,6 +7,8 @@ dataclass, build/hook and PEFT mapping) and one line in ``REGISTERED`` below. ``
 
 from __future__ import annotations
 
+import dataclasses
+
 from torch import nn
 
 from vlmtune.adapters.bitfit.method import METHOD as BITFIT
@@ -66,16 +68,37 @@ def get(name: str, tower: str) -> Method:
 
 def size_summary(spec: dict) -> str:
     """``r=8 alpha=16`` for a saved spec (``vlmtune_adapter.json``), naming only what its method uses:
-    nothing for full / frozen, ``r`` alone for VeRA/DVoRA and the bottleneck / prompt sizes, ``alpha``
-    (the recipe's, or the default it falls back to) for LoRA-type layers."""
+    nothing for full / frozen, ``r`` alone for VeRA/DVoRA, a size that is not a rank by its option
+    (``width=16`` for bottleneck adapters, ``length=10`` for prompts and VPT, DyLoRA's ``max_rank``;
+    when unset, the ``r`` it falls back to or the option's default), ``alpha`` (the recipe's, or the
+    default it falls back to) for LoRA-type layers, then ``rslora`` and ``magnitude_only=[...]`` when set."""
     method = METHODS.get(spec.get("method", ""))
     if method is None:
         return ""
-    parts = [f"r={spec.get('r')}"] if method.uses_r else []
+    parts = []
+    if method.size_option is not None:
+        parts.append(f"{method.size_option}={_size(method, spec)}")
+    elif method.uses_r:
+        parts.append(f"r={spec.get('r')}")
     if method.kind == "layer" and method.uses_alpha:
         alpha = spec.get("alpha")
         parts.append(f"alpha={DEFAULT_LORA_ALPHA if alpha is None else alpha:g}")
+    if method.kind == "layer" and spec.get("rslora"):
+        parts.append("rslora")
+    if spec.get("magnitude_only"):
+        parts.append(f"magnitude_only=[{', '.join(spec['magnitude_only'])}]")
     return " ".join(parts)
+
+
+def _size(method: Method, spec: dict):
+    """The value of ``method.size_option`` in ``spec``: set, else ``r`` (methods whose size falls back to
+    it), else the option's default."""
+    value = (spec.get("options") or {}).get(method.size_option)
+    if value is not None:
+        return value
+    if method.uses_r:
+        return spec.get("r")
+    return {f.name: f.default for f in dataclasses.fields(method.options)}.get(method.size_option)
 
 
 def _peft_layers() -> list[tuple[Method, PeftLayer]]:

@@ -50,6 +50,18 @@ def resolve_targets(model: nn.Module, prefixes: list[str], spec: AdapterSpec, to
     closest leaf names, not silently dropped); an alias matches when one of its expansions does."""
     linears = [(full, rel) for full, rel, m in tower_modules(model, prefixes) if isinstance(m, nn.Linear)]
     leaves = sorted({rel.rsplit(".", 1)[-1] for _, rel in linears})
+    if not linears:
+        bare = [n for n, _ in model.named_parameters() if any(n.startswith(q + ".") for q in prefixes)]
+        raise AdapterError(
+            f"adapters.{tower}.method={spec.method}: the {tower} tower ({', '.join(prefixes)}) has no linear "
+            f"layer to wrap, its weights are bare parameters ({', '.join(bare[:3]) or 'none'}); only "
+            f"adapters.{tower}.method=full trains it"
+        )
+    if not spec.targets:
+        raise AdapterError(
+            f"adapters.{tower}.targets is empty (targets=[default] names no layer of this family's {tower} "
+            f"tower); name them, e.g. adapters.{tower}.targets=[{leaves[0]}] (linear layers there: {', '.join(leaves)})"
+        )
     found = [full for full, rel in linears if matches(rel, spec.target_names())]
     if not found:
         raise AdapterError(

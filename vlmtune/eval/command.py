@@ -77,9 +77,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------- model loading
 def is_run(model: str | Path) -> bool:
-    """A run folder, checkpoint or adapter folder (loaded with its base by ``load_run``)."""
+    """A run folder, checkpoint or adapter folder, vlmtune's or plain peft's (``adapter_config.json``),
+    loaded with its base by ``load_run``."""
     path = Path(model)
-    return (path / "config.yaml").is_file() or (path / "vlmtune_adapter.json").is_file()
+    return any(
+        (path / name).is_file() for name in ("config.yaml", "vlmtune_adapter.json", "adapter_config.json")
+    )
 
 
 def load_model(model: str, force: bool = False, base: str | None = None):
@@ -103,7 +106,8 @@ def load_model(model: str, force: bool = False, base: str | None = None):
         )
     if path.exists() and not (path / "config.json").is_file():
         raise EvalError(
-            f"--model {path}: not a run folder (config.yaml), adapter or model folder (config.json)"
+            f"--model {path}: not a run folder (config.yaml), adapter folder (adapter_config.json) or model "
+            "folder (config.json)"
         )
     cfg = RunConfig()
     cfg.model.name_or_path = model

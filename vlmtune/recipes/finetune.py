@@ -77,6 +77,7 @@ def finetune(
 
     Returns the summary written to ``eval.json``. With several processes only the main one evaluates
     and writes."""
+    from vlmtune.adapters.peft_io import not_in_peft_line
     from vlmtune.core.config import applied_model_defaults, to_dict
     from vlmtune.core.io import atomic_write_json
     from vlmtune.recipes.preflight import preflight, preflight_model
@@ -128,6 +129,9 @@ def finetune(
                 pipeline.model, run_dir, cfg.adapters.specs(), cfg.model.name_or_path, base_info or None
             )
             write_manifest(run_dir, adapter)
+            note = not_in_peft_line(adapter)
+            if note:
+                say(f"{adapter}: {note}")
     if not main_proc:
         ddp.barrier()  # wait for the main process's adapter and evaluation
         return summary

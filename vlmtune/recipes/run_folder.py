@@ -82,7 +82,7 @@ def check_same_base(recorded: dict, name_or_path: str, model: nn.Module, where: 
 
 def check_adapter_files(adapter: Path, run_dir: Path | None) -> None:
     """Every file the adapter needs is there, with the size it was written with (one line otherwise)."""
-    from vlmtune.adapters.peft_io import EXTRAS_NAME, META_NAME, WEIGHTS_NAME
+    from vlmtune.adapters.peft_io import EXTRAS_NAME, META_NAME, WEIGHTS_NAME, check_peft_features
 
     manifest = run_dir / MANIFEST_FILE if run_dir is not None else None
     if manifest is not None and manifest.is_file() and adapter == run_dir / "adapter":
@@ -107,6 +107,7 @@ def check_adapter_files(adapter: Path, run_dir: Path | None) -> None:
                 f"{path} is {path.stat().st_size} bytes, it was written with {size}: truncated or replaced; "
                 "copy it again or retrain"
             )
+    check_peft_features(adapter)  # a peft feature vlmtune cannot load: before the base is built
 
 
 def absolute_data_path(key: str, value: str, cwd: Path) -> str:

@@ -15,14 +15,24 @@ from vlmtune.core.errors import AdapterError
 
 
 def bitfit_hook(model: nn.Module, tower: nn.Module, spec: AdapterSpec, options, tower_name: str) -> None:
-    """Unfreeze the biases of ``tower``."""
-    biases = [p for name, p in tower.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
-    if not biases:
-        raise AdapterError(
-            f"adapters.{tower_name}.method=bitfit: the {tower_name} tower has no bias parameters"
-        )
-    for p in biases:
+    """Unfreeze the biases of one prefix of the tower (a tower may be several prefixes)."""
+    for p in _biases(tower):
         p.requires_grad_(True)
 
 
-METHOD = Method(name="bitfit", kind="tower", label="BitFit", hook=bitfit_hook, uses_r=False)
+def check_biases(model: nn.Module, prefixes: list[str], spec: AdapterSpec, tower_name: str) -> None:
+    """Refuse a tower with no bias under any of its prefixes (after every prefix was hooked)."""
+    if not any(_biases(model.get_submodule(p)) for p in prefixes):
+        raise AdapterError(
+            f"adapters.{tower_name}.method=bitfit: the {tower_name} tower ({', '.join(prefixes)}) has no bias "
+            "parameters; choose another method for it"
+        )
+
+
+def _biases(module: nn.Module) -> list[nn.Parameter]:
+    return [p for name, p in module.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
+
+
+METHOD = Method(
+    name="bitfit", kind="tower", label="BitFit", hook=bitfit_hook, check=check_biases, uses_r=False
+)

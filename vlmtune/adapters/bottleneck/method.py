@@ -68,7 +68,13 @@ def _method(name: str, placement: str | None) -> Method:
     options = PlacedBottleneckOptions if placement else BottleneckOptions
     hook = bottleneck_hook(placement)
     return Method(
-        name=name, kind="tower", label="bottleneck", options=options, hook=hook, check=check_attached
+        name=name,
+        kind="tower",
+        label="bottleneck",
+        options=options,
+        hook=hook,
+        check=check_attached,
+        size_option="width",
     )
 
 

@@ -49,6 +49,7 @@ METHOD = Method(
     options=DyLoraOptions,
     build=build,
     after_attach=install_rank_sampler,
+    size_option="max_rank",
     peft=(
         PeftLayer(
             DyLoraLinear,

@@ -74,4 +74,5 @@ METHOD = Method(
     options=PromptOptions,
     hook=attach_prompt,
     check=check_attached,
+    size_option="length",
 )

@@ -12,7 +12,8 @@ VPT carries a block's prompt outputs over to the next block's input, so the comp
 eq. 5; deep VPT discards them and inserts the next layer's own prompts (eq. 7).
 
 Block parameter names are unchanged (hooks, not wrappers): base checkpoints and LoRA targets still
-match. The prompts live at ``<tower>.vpt.prompts`` with shape (1 or N, n, D).
+match. The prompts live at ``<tower>.vpt.prompts`` with shape (1 or N, n, D) (for a tower given as
+several prefixes, e.g. a LLaVA family's vision tower: ``<first prefix>.vpt.prompts``).
 """
 
 from __future__ import annotations
@@ -159,14 +160,22 @@ def _strip_first_hidden_state(prompts: VisualPrompts, module: nn.Module, args: t
     return output
 
 
-def add_vpt(tower: nn.Module, length: int = 10, deep: bool = False, dropout: float = 0.0) -> VisualPrompts:
-    """Add trainable prompts to a ViT ``tower`` in place (as ``tower.vpt``) and return them."""
-    if hasattr(tower, "vpt"):
-        raise AdapterError(f"{type(tower).__name__} already has VPT prompts attached")
+def add_vpt(
+    tower: nn.Module,
+    length: int = 10,
+    deep: bool = False,
+    dropout: float = 0.0,
+    holder: nn.Module | None = None,
+) -> VisualPrompts:
+    """Add trainable prompts to a ViT ``tower`` in place (as ``holder.vpt``, default ``tower.vpt``: a
+    submodule of the tower when the tower is given as several prefixes) and return them."""
+    holder = tower if holder is None else holder
+    if hasattr(holder, "vpt"):
+        raise AdapterError(f"{type(holder).__name__} already has VPT prompts attached")
     layout = vit_layout(tower)
     ref = next(tower.parameters())
     prompts = VisualPrompts(layout, length, deep, dropout).to(ref.device)
-    tower.vpt = prompts
+    holder.vpt = prompts
     prompts.hook(layout.blocks)
     if hasattr(getattr(tower, "vision_model", tower), "encoder"):  # transformers: fix hidden_states[0]
         tower.register_forward_hook(partial(_strip_first_hidden_state, prompts))

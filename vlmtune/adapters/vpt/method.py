@@ -13,6 +13,7 @@ from torch import nn
 from vlmtune.adapters.method import Method, option
 from vlmtune.adapters.vpt.layer import add_vpt
 from vlmtune.core.adapter_spec import AdapterSpec
+from vlmtune.core.errors import AdapterError
 
 
 @dataclass
@@ -22,9 +23,34 @@ class VptOptions:
 
 
 def vpt_hook(
-    model: nn.Module, tower: nn.Module, spec: AdapterSpec, options: VptOptions, tower_name: str
+    model: nn.Module,
+    tower: nn.Module,
+    spec: AdapterSpec,
+    options: VptOptions,
+    tower_name: str,
+    prefixes: list[str] | None = None,
 ) -> None:
-    add_vpt(tower, options.length, options.deep, spec.dropout)
+    """Prompts on the ViT ``tower`` holding the whole tower (``Method.whole_tower``), or a one-line refusal.
+
+    The prompts module lives on the ViT when it is the tower's one prefix (``<tower>.vpt``), else on the
+    tower's first prefix (its embeddings: LLaVA's vision tower minus its unused last layers), so that it
+    stays inside the tower's prefixes (the training audit, the saved extras)."""
+    holder = None
+    if prefixes and len(prefixes) > 1:
+        holder = model.get_submodule(prefixes[0])
+    try:
+        add_vpt(tower, options.length, options.deep, spec.dropout, holder=holder)
+    except AdapterError as e:
+        raise AdapterError(f"adapters.{tower_name}.method=vpt: {e}") from None
 
 
-METHOD = Method(name="vpt", kind="tower", label="VPT", options=VptOptions, hook=vpt_hook, uses_r=False)
+METHOD = Method(
+    name="vpt",
+    kind="tower",
+    label="VPT",
+    options=VptOptions,
+    hook=vpt_hook,
+    uses_r=False,
+    whole_tower=True,
+    size_option="length",
+)
