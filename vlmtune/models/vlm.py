@@ -139,6 +139,33 @@ def chat_segments(processor, messages: list[dict], train: bool = True) -> list[t
     return segments + ([(tail, False)] if tail else [])
 
 
+def message_text(message: dict) -> str:
+    """The text parts of a chat message, joined."""
+    return "".join(part.get("text", "") for part in message["content"] if part.get("type") == "text")
+
+
+def close_answers(segments: list[tuple[str, bool]], answers: list[str], eos: str) -> list[tuple[str, bool]]:
+    """End every assistant segment whose template emits no end-of-turn marker with ``eos``.
+
+    A segment ``" green "`` (llava-1.5-hf's ``chat_vicuna``: answer + separator, no ``</s>``) becomes
+    ``(" green" + eos, True)`` and ``(" ", False)``: the model learns to stop, as LLaVA's own ``"A1</s>"``
+    teaches, and the separator that precedes the next role stays prompt. ``answers[k]`` is the text of the
+    k-th assistant message; a segment with anything but whitespace after it already has its marker.
+    """
+    out: list[tuple[str, bool]] = []
+    answer_texts = iter(answers)
+    for text, is_assistant in segments:
+        answer = next(answer_texts).strip() if is_assistant else ""
+        body = text.rstrip()
+        if not (is_assistant and eos and answer and body.endswith(answer)):
+            out.append((text, is_assistant))
+            continue
+        out.append((body + eos, True))
+        if len(body) < len(text):
+            out.append((text[len(body) :], False))
+    return out
+
+
 # ---------------------------------------------------------------- batches
 @dataclass
 class Example:
@@ -227,7 +254,9 @@ class FamilyPipeline(LlavaPipeline):
         messages = turns_to_messages(self._turns(record, train))
         if not train and messages[-1]["role"] != "assistant":
             messages = [*messages, {"role": "assistant", "content": []}]
-        return chat_segments(self.processor, messages, train)
+        segments = chat_segments(self.processor, messages, train)
+        answers = [message_text(m) for m in messages if m["role"] == "assistant"]
+        return close_answers(segments, answers, self.tokenizer.eos_token) if train else segments
 
     def _add_special(self, text: str) -> bool:
         """Let the tokenizer add its special tokens unless the chat template already starts with BOS."""
@@ -294,7 +323,9 @@ class FamilyPipeline(LlavaPipeline):
                 spans.append((pos, pos + len(t)))
             pos += len(t)
         plain = self.tokenizer(text, add_special_tokens=self._add_special(text), return_offsets_mapping=True)
-        supervised = [any(a <= s < b for a, b in spans) and e > s for s, e in plain["offset_mapping"]]
+        # a token is supervised when it lies inside an answer: the token that starts with the space before the
+        # next role ("▁USER") is not part of the answer
+        supervised = [any(a <= s < e <= b for a, b in spans) for s, e in plain["offset_mapping"]]
         first = supervised.index(True) if any(supervised) else len(supervised)
         tail = len(supervised) - first
         placeholder = getattr(self.processor, "image_token", IMAGE_PLACEHOLDER)
@@ -391,11 +422,14 @@ class FamilyPipeline(LlavaPipeline):
 
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 16, num_beams: int = 1) -> list[str]:
         """Batched greedy/beam generation on left-padded prompts with every extra input; stops at the
-        checkpoint's own end-of-turn tokens (``generation_config.eos_token_id``) or the tokenizer's eos."""
+        checkpoint's own end-of-turn tokens (``generation_config.eos_token_id``) and the tokenizer's eos."""
         from vlmtune.generation import generate_text
 
         inputs = model_inputs(batch)
         stop = self.model.generation_config.eos_token_id
+        stop = [*(stop if isinstance(stop, list) else [stop] if stop is not None else [])]
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in stop:
+            stop.append(self.tokenizer.eos_token_id)  # the end of answers that close_answers ended with eos
         return generate_text(self.model, self.tokenizer, inputs, max_new_tokens, num_beams, eos_token_id=stop)
 
     # ------------------------------------------------------------------ export
