@@ -440,6 +440,61 @@ def test_paligemma_refuses_a_multi_image_record_with_one_line(tmp_path):
         pipe.collate(load_records(str(tmp_path / "two.jsonl")), train=True)
 
 
+def test_paligemma_refuses_multi_turn_and_text_only_records_with_one_line(own, family_folder):
+    """One prefix and one suffix hold one question and its answer: a two-turn record is not cut to its last
+    answer, a text-only one is not passed to the processor (which refuses it with a traceback)."""
+    pipe = family_pipeline(family_folder("paligemma"))
+    two_turns, single, text_only = load_records(str(own / "own.json"))
+    with pytest.raises(DataError, match=r"^record 'r0' has 2 turns, but PaliGemma's prefix/suffix format"):
+        pipe.collate([two_turns], train=True)
+    with pytest.raises(DataError, match=r"^record 'r0' has 2 turns"):
+        pipe.collate([two_turns], train=False)
+    with pytest.raises(
+        DataError, match=r"^record 'r2' has no image, but PaliGemma takes one image per prompt"
+    ):
+        pipe.collate([text_only], train=True)
+    batch = pipe.collate([single], train=True)
+    supervised = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    assert pipe.tokenizer.decode(supervised) == "no, there is none.<eos>"
+
+
+def paligemma_train(own, family_folder, out, *extra):
+    return cli.main(["train", "llava-dora", f"model.name_or_path={family_folder('paligemma')}",
+                     "model.dtype=float32", f"data.train={own / 'own.json'}", "data.eval=", "train.max_steps=1",
+                     *extra, "--output-dir", str(out), "--quiet"])  # fmt: skip
+
+
+def test_paligemma_records_it_cannot_take_stop_the_preflight_or_are_skipped_with_a_count(
+    own, family_folder, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    assert paligemma_train(own, family_folder, out) == 2
+    err = capsys.readouterr().err
+    assert "not usable by this model: 2 record(s): 'r0' (record 'r0' has 2 turns" in err
+    assert "'r2' (record 'r2' has no image" in err and "Traceback" not in err
+    assert not out.exists()
+    assert paligemma_train(own, family_folder, out, "data.on_error=skip") == 0
+    skipped = json.loads((out / "data_errors.json").read_text())
+    assert skipped["skipped"] == 2 and "record 'r0' has 2 turns" in skipped["first_reasons"][0]
+
+
+def test_a_user_error_before_the_first_checkpoint_leaves_no_run_folder(own, model_dir, tmp_path, monkeypatch):
+    """config.yaml, data_paths.json and base_model.json are written before training starts: a user error
+    after them (here in the first step) removes the run folder this command created."""
+    import vlmtune.train.trainer as trainer
+
+    def stop(self, resume_from=None):
+        assert (out / "config.yaml").is_file()
+        raise DataError("record 'x': broken")
+
+    monkeypatch.setattr(trainer.Trainer, "fit", stop)
+    out = tmp_path / "run"
+    argv = ["train", "llava-dora", f"model.name_or_path={model_dir}", f"data.train={own / 'own.json'}",
+            "data.eval=", "train.max_steps=1", "--output-dir", str(out), "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------- on_error=skip
 def write_bad_messages(own: Path) -> Path:
     """own_messages.jsonl plus a bad JSON line, a record without messages' answer field, a missing image."""

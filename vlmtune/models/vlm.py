@@ -16,8 +16,9 @@ checkpoint takes :class:`FamilyPipeline`:
 - towers and default targets come from :mod:`vlmtune.models.families` (``model.towers`` overrides);
 - ``save_merged`` writes the source class and ``model_type`` with its processor and chat template.
 
-PaliGemma has no chat template: its processor's prefix/suffix format is used (prefix = the user turns,
-suffix = the last answer, which the processor labels).
+PaliGemma has no chat template: its processor's prefix/suffix format is used (prefix = the question,
+suffix = the answer, which the processor labels); records with several turns, several images or none are
+refused with one line.
 """
 
 from __future__ import annotations
@@ -290,21 +291,27 @@ class FamilyPipeline(LlavaPipeline):
 
     def _encode_prefix_suffix(self, record: dict, images: list, train: bool) -> Example:
         """PaliGemma: prefix = the user turns (placeholders dropped: the processor puts the image tokens and
-        BOS first), suffix = the last answer; the processor labels the suffix (``token_type_ids == 1``).
-        One image per prompt: a multi-image record is refused with one line."""
-        if len(images) > 1:
+        BOS first), suffix = the answer; the processor labels the suffix (``token_type_ids == 1``).
+        One image and one question per prompt: a multi-image, text-only or multi-turn record (one prefix
+        and one suffix cannot hold several answers) is refused with one line naming it."""
+        if len(images) != 1:
+            has = f"has {len(images)} images" if images else "has no image"
             raise DataError(
-                f"record '{record['id']}' has {len(images)} images, but PaliGemma takes one image per prompt; "
+                f"record '{record['id']}' {has}, but PaliGemma takes one image per prompt; "
                 "give it single-image records"
             )
         turns = self._turns(record, train)
         answers = [t for role, t in turns if ROLES[role] == "assistant"]
-        prefix = "\n".join(
-            t.replace(IMAGE_PLACEHOLDER, "").strip() for role, t in turns if ROLES[role] == "user"
-        )
+        questions = [t.replace(IMAGE_PLACEHOLDER, "").strip() for role, t in turns if ROLES[role] == "user"]
+        if len(questions) > 1:
+            raise DataError(
+                f"record '{record['id']}' has {len(questions)} turns, but PaliGemma's prefix/suffix format holds "
+                "one question and one answer; split it into single-turn records"
+            )
+        prefix = questions[0] if questions else ""
         if not train:
             return Example(self._process(prefix, images), None)
-        out = self.processor(text=[prefix], images=images or None, suffix=[answers[-1]], return_tensors="pt")
+        out = self.processor(text=[prefix], images=images, suffix=[answers[-1]], return_tensors="pt")
         labels = out.pop("labels")[0].tolist()
         return Example({k: v for k, v in out.items() if isinstance(v, torch.Tensor)}, labels)
 

@@ -298,40 +298,54 @@ def check_adapter_specs(pipeline: Pipeline, cfg: RunConfig) -> None:
     check_specs(pipeline.model, pipeline.towers, cfg.adapters.specs())
 
 
-def unsupervised_records(pipeline: Pipeline, records: list[dict]) -> list[str] | None:
-    """Ids of the records whose training labels are all ignored after ``data.max_length`` (None when the
-    pipeline has no per-record ``encode`` with labels)."""
+def encode_problems(pipeline: Pipeline, records: list[dict], max_length: int) -> Problems | None:
+    """Every training record encoded once: the ones the model cannot take (a :class:`DataError` of its
+    encoding, e.g. PaliGemma's multi-turn or text-only records) and those whose labels are all ignored after
+    ``data.max_length``, by kind (None when the pipeline has no per-record ``encode`` with labels)."""
     from vlmtune.data.collate import IGNORE_INDEX
 
     encode = getattr(pipeline, "encode", None)
     if encode is None:
         return None
-    out = []
+    problems = Problems()
     noted = getattr(pipeline, "truncated_answers", None)
     for record in records:
-        labels = getattr(encode(record, train=True), "labels", None)
+        try:
+            labels = getattr(encode(record, train=True), "labels", None)
+        except DataError as e:
+            problems.add("not usable by this model", str(record["id"]), str(e).splitlines()[0])
+            continue
         if labels is None:
             return None
         if all(int(x) == IGNORE_INDEX for x in labels):
-            out.append(record["id"])
+            problems.add(
+                f"{NO_SUPERVISION} within data.max_length={max_length} (prompt too long)", record["id"]
+            )
     if noted is not None:
         pipeline.truncated_answers = noted  # the trainer counts cut answers itself
-    return out
+    return problems
+
+
+NO_SUPERVISION = "no supervised token"
 
 
 def preflight_model(pipeline: Pipeline, cfg: RunConfig, checked: Checked, say: Callable[[str], None]) -> None:
     """The checks that need the loaded model (see the module docstring); drops records under ``skip``."""
     check_adapter_specs(pipeline, cfg)
-    empty = unsupervised_records(pipeline, checked.train)
-    if not empty:
+    problems = encode_problems(pipeline, checked.train, cfg.data.max_length)
+    if not problems or not problems.found:
         return
-    kind = f"no supervised token within data.max_length={cfg.data.max_length} (prompt too long)"
-    if len(empty) == len(checked.train):
+    (kind, empty), *others = problems.found.items()
+    if not others and kind.startswith(NO_SUPERVISION) and len(empty) == len(checked.train):
         raise DataError(
             f"data.train: all {len(empty):,} records have {kind}; raise data.max_length "
-            f"(first: {', '.join(empty[:SHOWN_IDS])})"
+            f"(first: {', '.join(rid for rid, _ in empty[:SHOWN_IDS])})"
         )
-    problems = Problems({kind: [(rid, "") for rid in empty]})
-    hint = "raise data.max_length or shorten these prompts, or set data.on_error=skip to train without them"
+    hint = (
+        "fix these records (raise data.max_length or shorten prompts that are too long), or set "
+        "data.on_error=skip to train without them"
+    )
     checked.train[:] = settle(cfg, [("data.train", problems, checked.train)], checked.errors, hint)[0]
+    if not checked.train:
+        raise DataError(f"data.train={cfg.data.train}: no usable record left ({checked.errors.summary()})")
     say(f"data: {checked.errors.summary()}")

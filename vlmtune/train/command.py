@@ -215,7 +215,7 @@ def main(args: argparse.Namespace) -> int:
     from vlmtune.models.qlora import check_4bit
     from vlmtune.train import distributed as ddp
     from vlmtune.train.fsdp import check_config as check_fsdp
-    from vlmtune.train.run import next_run_dir, remove_if_empty
+    from vlmtune.train.run import next_run_dir, remove_if_empty, remove_if_unstarted
     from vlmtune.train.trainer import TrainingError
 
     cfg = load_config(args.recipe, args.overrides)
@@ -263,7 +263,7 @@ def main(args: argparse.Namespace) -> int:
         return 1
     except user_error_types_:
         if fresh and ddp.is_main():
-            remove_if_empty(run_dir)  # stopped before writing anything: leave no empty run folder behind
+            remove_if_unstarted(run_dir)  # stopped before the first checkpoint: leave no run folder behind
         raise
     except KeyboardInterrupt:  # cli prints "interrupted" (exit 130); say what is left and how to go on
         if ddp.is_main():

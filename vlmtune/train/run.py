@@ -43,6 +43,16 @@ def remove_if_empty(run_dir: Path) -> None:
         run_dir.rmdir()
 
 
+def remove_if_unstarted(run_dir: Path) -> None:
+    """Remove ``run_dir``, which this command created, when training stopped before its first checkpoint or
+    adapter (a user error in the preflight, the base evaluation or the first steps): only what the start of
+    the run wrote is there (config.yaml, data_paths.json, base_model.json, logs), nothing to resume from."""
+    import shutil
+
+    if run_dir.is_dir() and not any((run_dir / name).exists() for name in ("checkpoints", "adapter")):
+        shutil.rmtree(run_dir)
+
+
 def latest_run_dir(template: str, recipe: str) -> Path | None:
     """The newest existing ``template`` folder (``runs/x``, ``runs/x-2``, ...), for ``--resume``."""
     base = Path(template.format(recipe=recipe or "run"))
