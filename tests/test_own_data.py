@@ -573,3 +573,33 @@ def test_cli_trains_and_evaluates_on_a_saved_dataset_with_a_column_mapping(
         json.loads(line) for line in (run / "eval" / "tuned" / "predictions.jsonl").read_text().splitlines()
     ]
     assert [r["id"] for r in rows] == ["r0", "r1", "r2"] and rows[2]["reference"] == "yes"
+
+
+def test_the_eval_cap_is_said_and_recorded_and_a_later_eval_scores_every_record(
+    own, model_dir, tmp_path, monkeypatch, capsys
+):
+    """``data.max_eval_samples=2`` on a 3-record data.eval: the plan says "2 of 3", eval.json and metrics.json
+    record count 2 and the total 3; ``vlmtune eval RUN`` then scores all 3 unless --max-samples is given."""
+    monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    argv = [a for a in tiny_train_args(model_dir) if a != "--quiet"]
+    argv += [f"data.train={own / 'own.json'}", f"data.eval={own / 'own.json'}", "data.max_eval_samples=2",
+             "train.eval_at_start=false", "--output-dir", str(run)]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "train 3 records, eval 2 of 3 |" in out
+    assert "eval: 2 of 3 records (data.max_eval_samples=2; data.max_eval_samples=0 for all)" in out
+    summary = json.loads((run / "eval.json").read_text())
+    assert (summary["eval_records"], summary["eval_records_total"]) == (2, 3)
+    tuned = json.loads((run / "eval" / "tuned" / "metrics.json").read_text())
+    assert (tuned["count"], tuned["records_total"]) == (2, 3)
+
+    assert cli.main(["eval", str(run), "--quiet", "--out", str(tmp_path / "all")]) == 0
+    assert (
+        "eval: all 3 records of the run's data.eval (its data.max_eval_samples=2" in capsys.readouterr().out
+    )
+    scored = json.loads((tmp_path / "all" / "metrics.json").read_text())
+    assert (scored["count"], scored["records_total"]) == (3, 3)
+    assert cli.main(["eval", str(run), "--quiet", "--max-samples", "1", "--out", str(tmp_path / "one")]) == 0
+    assert "eval: 1 of 3 records (--max-samples=1" in capsys.readouterr().out
+    assert json.loads((tmp_path / "one" / "metrics.json").read_text())["count"] == 1

@@ -104,7 +104,8 @@ def finetune(
     config = to_dict(
         cfg
     )  # as given: building fills in `targets: [default]`, which --resume compares unfilled
-    summary: dict = {"recipe": cfg.recipe, "benchmark": cfg.eval.benchmark, "eval_records": len(eval_records)}
+    summary: dict = {"recipe": cfg.recipe, "benchmark": cfg.eval.benchmark, "eval_records": len(eval_records),
+                     "eval_records_total": checked.eval_total}  # fmt: skip
 
     base_info: dict = {}  # the base's identity, also recorded in the adapter folder
 
@@ -116,7 +117,9 @@ def finetune(
             checked.write(run_dir)
             base_info.update(write_base_identity(run_dir, cfg.model.name_or_path, pipeline.model))
         if main_proc and eval_records and cfg.train.eval_at_start:
-            base = evaluate(pipeline, eval_records, cfg.eval, run_dir / "eval" / "base", progress=not quiet)
+            base = evaluate(
+                pipeline, eval_records, cfg.eval, run_dir / "eval" / "base", not quiet, checked.eval_total
+            )
             summary["base"] = base
             say(f"base  model {cfg.eval.benchmark}: {describe(base)}")
 
@@ -134,7 +137,9 @@ def finetune(
     if eval_records and cfg.train.eval_at_end and trainer.sharded:
         say(f"FSDP run: no evaluation in the training processes; run `vlmtune eval {run_dir}`")
     elif eval_records and cfg.train.eval_at_end:
-        tuned = evaluate(pipeline, eval_records, cfg.eval, run_dir / "eval" / "tuned", progress=not quiet)
+        tuned = evaluate(
+            pipeline, eval_records, cfg.eval, run_dir / "eval" / "tuned", not quiet, checked.eval_total
+        )
         summary["tuned"] = tuned
         value = headline(tuned)[1]
         line = f"tuned model {cfg.eval.benchmark}: {describe(tuned)}"

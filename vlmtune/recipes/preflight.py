@@ -71,6 +71,7 @@ class Checked:
     eval: list[dict]
     errors: ErrorLog
     images: int = 0
+    eval_total: int = 0  # data.eval's records before data.max_eval_samples
 
     def write(self, run_dir: Path) -> None:
         """``data_errors.json`` when records were skipped (``data.on_error=skip``)."""
@@ -256,7 +257,11 @@ def preflight(cfg: RunConfig, run_dir: Path, say: Callable[[str], None], progres
         from vlmtune.data.multiturn import pack_turns
 
         train = pack_turns(train, cfg.data.turns_per_image, cfg.data.template_seed, cfg.train.seed)
-    evals = read_split(cfg, cfg.data.eval, "test", cfg.data.max_eval_samples, errors) if cfg.data.eval else []
+    from vlmtune.data.records import cap_records
+
+    evals = read_split(cfg, cfg.data.eval, "test", 0, errors) if cfg.data.eval else []
+    eval_total = len(evals)
+    evals, cut = cap_records(evals, cfg.data.max_eval_samples, "eval", "data.max_eval_samples")
     choose_benchmark(cfg, evals, say)
     train_problems, eval_problems = Problems(), Problems()
     images = check_images(train, train_problems, progress, "preflight: train images")
@@ -272,13 +277,16 @@ def preflight(cfg: RunConfig, run_dir: Path, say: Callable[[str], None], progres
     if not train:
         raise DataError(f"data.train={cfg.data.train}: no usable record left ({errors.summary()})")
     say(
-        f"preflight: run folder {run_dir} | train {len(train):,} records, eval {len(evals):,} | "
+        f"preflight: run folder {run_dir} | train {len(train):,} records, eval {len(evals):,}"
+        f"{f' of {eval_total:,}' if len(evals) < eval_total else ''} | "
         f"{images:,} images opened ({time.perf_counter() - t0:.1f}s) | {steps_plan(cfg, train)} | "
         f"trains: {what_trains(cfg)}"
     )
+    if cut:
+        say(cut)
     if errors.count:
         say(f"data: {errors.summary()}")
-    return Checked(train, evals, errors, images)
+    return Checked(train, evals, errors, images, eval_total)
 
 
 # ---------------------------------------------------------------- with the model
