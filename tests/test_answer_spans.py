@@ -101,3 +101,25 @@ def test_generation_stops_on_the_tokenizer_eos(family_folder, records, monkeypat
     pipe.model.generation_config.eos_token_id = None
     pipe.generate(pipe.collate(records[:1], train=False), max_new_tokens=2)
     assert seen["stop"] == [pipe.tokenizer.eos_token_id]
+
+
+@pytest.mark.parametrize("which", ["vicuna", "qwen2_vl", "blip_2"])
+def test_caption_records_supervise_every_caption_over_the_epochs(which, family_folder, model_dir, two_images):
+    """The LLaVA-style (vicuna_v1 and chat-template) and BLIP-2 paths train one caption per record per epoch
+    (the trainer's ``set_epoch``), each of the 3 in every 3 epochs, not ``captions[0]`` only."""
+    captions = ["a red circle", "a blue square", "two shapes"]
+    record = {"id": "coco-1", "task": "caption", "image": str(two_images[0]), "captions": captions}
+    folder = model_dir if which == "vicuna" else family_folder(which)
+    recipe = "blip2-dora" if which == "blip_2" else "llava-dora"
+    pipe = build_pipeline(load_config(recipe, [f"model.name_or_path={folder}", "model.dtype=float32"]))
+    supervised = []
+    for epoch in range(6):
+        pipe.set_epoch(epoch)
+        batch = pipe.collate([record], train=True)
+        labels = batch["labels"][0]
+        supervised.append(
+            pipe.tokenizer.decode(labels[labels != IGNORE_INDEX].tolist(), skip_special_tokens=True)
+        )
+    found = [next(c for c in captions if c in text) for text in supervised]
+    assert sorted(found[:3]) == sorted(captions)
+    assert sorted(found[3:]) == sorted(captions)

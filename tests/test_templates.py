@@ -15,6 +15,7 @@ from vlmtune.data.templates import (
     format_box,
     generation_prompt,
     parse_box,
+    pick_caption,
     record_to_turns,
     render_instruction,
     render_vicuna,
@@ -164,3 +165,17 @@ def test_box_format_roundtrip():
     assert format_box([0, 0, 64, 32], 64, 64) == "[0.00,0.00,1.00,0.50]"
     assert parse_box("the box is [0.05, 0.08,0.33,0.36].") == [0.05, 0.08, 0.33, 0.36]
     assert parse_box("no box") is None
+
+
+CAP5 = {"id": "coco-1", "task": "caption", "image": "/x.png",
+        "captions": ["a red square", "red block on white", "a square of red colour", "red tile", "a plain red image"]}  # fmt: skip
+
+
+def test_a_caption_record_trains_every_caption_one_per_epoch_in_a_seeded_order():
+    """Each caption once per round of 5 epochs, in an order fixed by (seed, round, record id): the same in a
+    resumed run or another process (values pinned), another for another seed."""
+    picks = [record_to_turns(CAP5, seed=0, epoch=e)[1][1] for e in range(10)]
+    assert sorted(picks[:5]) == sorted(CAP5["captions"]) and sorted(picks[5:]) == sorted(CAP5["captions"])
+    assert [CAP5["captions"].index(p) for p in picks] == [2, 1, 4, 0, 3, 2, 0, 1, 4, 3]
+    assert [pick_caption(CAP5, 1, e) for e in range(5)] != picks[:5]
+    assert pick_caption({"id": "c", "caption": "one"}, 0, 7) == "one"

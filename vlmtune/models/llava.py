@@ -60,17 +60,19 @@ def load_image(path: str):
     return _load(path)
 
 
-def record_segments(record: dict, template_seed: int = 0) -> list[tuple[str, bool]]:
-    """A record rendered with the vicuna_v1 template: ``[(text, is_assistant), ...]``."""
+def record_segments(record: dict, template_seed: int = 0, epoch: int = 0) -> list[tuple[str, bool]]:
+    """A record rendered with the vicuna_v1 template: ``[(text, is_assistant), ...]`` (``epoch``: which of a
+    caption record's captions is the answer)."""
     from vlmtune.data.templates import record_to_turns, render_vicuna
 
-    return render_vicuna(record_to_turns(record, template_seed))
+    return render_vicuna(record_to_turns(record, template_seed, epoch=epoch))
 
 
 class LlavaPipeline:
     """LLaVA model + tokenizer + image processor behind the :class:`~vlmtune.models.base.Pipeline` API."""
 
     name = "llava"
+    epoch = 0  # the trainer's current epoch (set_epoch): which caption of a caption record trains
 
     def __init__(self, cfg: RunConfig, folder: str | None = None) -> None:
         from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
@@ -122,6 +124,10 @@ class LlavaPipeline:
             )
 
     # ------------------------------------------------------------------ data
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the trainer before each epoch's batches: the caption each caption record trains on."""
+        self.epoch = epoch
+
     def segments(self, record: dict, train: bool = True) -> list[tuple[str, bool]]:
         """Rendered turns; at eval time a benchmark's ``prompt`` (if given) is the user turn."""
         if not train and record.get("prompt"):
@@ -131,7 +137,7 @@ class LlavaPipeline:
                 "task": "conversation",
                 "conversations": [{"from": "human", "value": images + record["prompt"]}],
             }
-        segs = record_segments(record, self.cfg.data.template_seed)
+        segs = record_segments(record, self.cfg.data.template_seed, self.epoch)
         return segs if train else prompt_segments(segs)
 
     def encode(self, record: dict, train: bool = True):

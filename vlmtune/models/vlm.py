@@ -249,7 +249,7 @@ class FamilyPipeline(LlavaPipeline):
         if not train and record.get("prompt"):
             images = "".join(f"{IMAGE_PLACEHOLDER}\n" for _ in record_images(record))
             return [("human", images + record["prompt"])]
-        return record_to_turns(record, self.cfg.data.template_seed)
+        return record_to_turns(record, self.cfg.data.template_seed, epoch=self.epoch)
 
     def segments(self, record: dict, train: bool = True) -> list[tuple[str, bool]]:
         messages = turns_to_messages(self._turns(record, train))
