@@ -603,3 +603,27 @@ def test_the_eval_cap_is_said_and_recorded_and_a_later_eval_scores_every_record(
     assert cli.main(["eval", str(run), "--quiet", "--max-samples", "1", "--out", str(tmp_path / "one")]) == 0
     assert "eval: 1 of 3 records (--max-samples=1" in capsys.readouterr().out
     assert json.loads((tmp_path / "one" / "metrics.json").read_text())["count"] == 1
+
+
+def test_an_empty_images_list_means_no_image_in_jsonl_json_and_datasets(
+    own, model_dir, tmp_path, monkeypatch
+):
+    """``"images": []`` (LLaMA-Factory / TRL text-only rows) and ``None`` are records without an image, as if the
+    key were absent; an image-list column in a datasets folder holds [] for its text-only rows."""
+    import datasets
+
+    from vlmtune.data.records import record_images
+
+    monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path / "cache"))
+    rows = [as_messages(r, with_id=True) for r in llava_json(f"{own}/images/")]
+    rows[2]["images"] = []  # r2: text-only
+    (tmp_path / "e.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "e.json").write_text(json.dumps([*rows[:2], {**rows[2], "images": None}]))
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    for spec in ("e.jsonl", "e.json", "ds"):
+        records = load_records(str(tmp_path / spec))
+        assert [len(record_images(r)) for r in records] == [1, 1, 0], spec
+        assert "images" not in records[2] and "image" not in records[2]
+    pipe = build_pipeline(load_config("llava-dora", [f"model.name_or_path={model_dir}"]))
+    batch = pipe.collate(records[2:], train=True)
+    assert int((batch["input_ids"] == pipe.image_token_id).sum()) == 0 and (batch["labels"] != -100).any()

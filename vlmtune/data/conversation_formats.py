@@ -137,6 +137,15 @@ def _part_images(record: dict, image_parts: list[ImagePart], where: str) -> list
     return [path for _, path in with_path]
 
 
+def drop_empty_images(row: dict) -> dict:
+    """``row`` without an ``images: []`` / ``images: None`` / ``image: None``: a text-only record (the
+    LLaMA-Factory / TRL convention), in JSONL, JSON and datasets alike."""
+    for key in ("image", "images"):
+        if key in row and (row[key] is None or (key == "images" and row[key] == [])):
+            del row[key]
+    return row
+
+
 def is_conversation(row: Any) -> bool:
     """A row in one of the conversation formats (after :func:`rename_columns`)."""
     return isinstance(row, dict) and ("messages" in row or "conversations" in row)
@@ -150,7 +159,7 @@ def to_internal(
     non-objects pass through unchanged for :func:`vlmtune.data.records.validate_record` to reject."""
     if not isinstance(row, dict):
         return row, False
-    row = rename_columns(row, columns or {})
+    row = drop_empty_images(rename_columns(row, columns or {}))
     if not is_conversation(row) or row.get("task", "conversation") != "conversation":
         return row, False
     record = {k: v for k, v in row.items() if k not in ("messages", "system")}
