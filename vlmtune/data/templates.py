@@ -247,10 +247,19 @@ def record_to_turns(
 
 
 # ---------------------------------------------------------------- vicuna_v1
+def image_first(text: str) -> str:
+    """LLaVA's ``preprocess_multimodal`` (llava/train/train.py): a turn with ``<image>`` has it moved to its
+    start, ``"<image>\\n" + text.replace("<image>", "").strip()``; with several images (LLaVA has one), one
+    ``"<image>\\n"`` each, in order. Text without a placeholder is unchanged."""
+    n = text.count(IMAGE_TOKEN)
+    return (IMAGE_TOKEN + "\n") * n + text.replace(IMAGE_TOKEN, "").strip() if n else text
+
+
 def render_vicuna(turns: list[Turn], system: str = SYSTEM_PROMPT, eos: str = SEP2) -> list[tuple[str, bool]]:
     """Turns -> ``[(text, is_assistant)]`` segments; ``"".join`` equals LLaVA's ``get_prompt()``.
 
-    A trailing human turn yields a generation prompt ending in ``"ASSISTANT:"``.
+    A trailing human turn yields a generation prompt ending in ``"ASSISTANT:"``. Image placeholders go
+    first in their turn, as LLaVA's training does (:func:`image_first`).
     """
     segments: list[tuple[str, bool]] = []
     prefix = system + SEP
@@ -259,7 +268,7 @@ def render_vicuna(turns: list[Turn], system: str = SYSTEM_PROMPT, eos: str = SEP
         if role != expected:
             raise DataError(f"turn {i} is '{role}', expected '{expected}' (turns alternate human/gpt)")
         if role == "human":
-            segments.append((f"{prefix}{ROLES['human']}: {text}{SEP}{ROLES['gpt']}:", False))
+            segments.append((f"{prefix}{ROLES['human']}: {image_first(text)}{SEP}{ROLES['gpt']}:", False))
             prefix = ""
         else:
             segments.append((f" {text}{eos}", True))
