@@ -107,7 +107,7 @@ class LlavaPipeline:
         self.num_image_tokens = num_image_tokens(self.model.config)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
-        self.truncated_answers = 0  # training sequences whose answer tokens data.max_length cut
+        self.truncated_ids: set[str] = set()  # training records whose answer tokens data.max_length cut
         self._set_up_speed(cfg)
 
     def _set_up_speed(self, cfg: RunConfig) -> None:
@@ -157,18 +157,24 @@ class LlavaPipeline:
             self._note_truncation(record, supervised_tokens(enc) - supervised_tokens(cut), len(enc))
         return cut
 
+    @property
+    def truncated_answers(self) -> int:
+        """How many distinct training records lost answer tokens to ``data.max_length`` (each counted once,
+        however many epochs encode it)."""
+        return len(self.truncated_ids)
+
     def _note_truncation(self, record: dict, lost: int, length: int) -> None:
-        """Count training sequences whose answer tokens ``data.max_length`` cut; say so once."""
+        """Note a training record whose answer tokens ``data.max_length`` cut; say so once."""
         if lost <= 0:
             return
-        if self.truncated_answers == 0:
+        if not self.truncated_ids:
             print(
                 f"warning: record '{record.get('id')}' is {length} tokens; data.max_length="
                 f"{self.cfg.data.max_length} cuts {lost} of its answer tokens from the loss. Raise "
-                "data.max_length (the number of such sequences is reported after training)",
+                "data.max_length (the number of such records is reported after training)",
                 flush=True,
             )
-        self.truncated_answers += 1
+        self.truncated_ids.add(str(record.get("id")))
 
     def sample_length(self, record: dict) -> int:
         """Tokens of ``record`` (truncated to ``data.max_length``), negative for a text-only record:

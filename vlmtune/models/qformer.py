@@ -138,7 +138,7 @@ class QFormerPipeline(FamilyPipeline):
         self.num_query_tokens = int(self.model.config.num_query_tokens)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
-        self.truncated_answers = 0
+        self.truncated_ids: set[str] = set()
         self.feature_cache = None
         self.epoch = 0  # the training epoch whose instruction templates collate() draws (set_epoch)
 

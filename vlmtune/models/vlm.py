@@ -234,7 +234,7 @@ class FamilyPipeline(LlavaPipeline):
         self.image_token_id = int(getattr(self.model.config, "image_token_id", None) or -1)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
-        self.truncated_answers = 0
+        self.truncated_ids: set[str] = set()
         self._set_up_speed(cfg)  # build_llava_style refused what this family cannot pack or cache
         if self.family.model_type != "paligemma" and not self.processor.chat_template:
             raise ConfigError(

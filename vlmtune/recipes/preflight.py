@@ -316,7 +316,7 @@ def encode_problems(pipeline: Pipeline, records: list[dict], max_length: int) ->
     if encode is None:
         return None
     problems = Problems()
-    noted = getattr(pipeline, "truncated_answers", None)
+    noted = set(getattr(pipeline, "truncated_ids", ()))
     for record in records:
         try:
             labels = getattr(encode(record, train=True), "labels", None)
@@ -329,8 +329,8 @@ def encode_problems(pipeline: Pipeline, records: list[dict], max_length: int) ->
             problems.add(
                 f"{NO_SUPERVISION} within data.max_length={max_length} (prompt too long)", record["id"]
             )
-    if noted is not None:
-        pipeline.truncated_answers = noted  # the trainer counts cut answers itself
+    if hasattr(pipeline, "truncated_ids"):
+        pipeline.truncated_ids = noted  # the trainer counts cut answers itself
     return problems
 
 
