@@ -627,3 +627,38 @@ def test_an_empty_images_list_means_no_image_in_jsonl_json_and_datasets(
     pipe = build_pipeline(load_config("llava-dora", [f"model.name_or_path={model_dir}"]))
     batch = pipe.collate(records[2:], train=True)
     assert int((batch["input_ids"] == pipe.image_token_id).sum()) == 0 and (batch["labels"] != -100).any()
+
+
+def test_image_url_data_urls_are_decoded_and_http_urls_refused_without_the_payload(tmp_path, monkeypatch):
+    """OpenAI-style ``image_url`` parts (and ``images`` strings) holding ``data:image/png;base64,...`` are
+    decoded into $VLMTUNE_CACHE/dataset-images; an http(s) URL or bad base64 is one line that names the record
+    and never prints the data."""
+    import base64
+
+    monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path / "cache"))
+    (png,) = write_images(tmp_path, 1)
+    payload = base64.b64encode(png.read_bytes()).decode()
+    url = f"data:image/png;base64,{payload}"
+
+    def row(rid: str, image: str, as_part: bool = True) -> dict:
+        part = {"type": "image_url", "image_url": {"url": image}} if as_part else {"type": "image"}
+        return {"id": rid, "messages": [{"role": "user", "content": [{"type": "text", "text": "Q?"}, part]},
+                                        {"role": "assistant", "content": "A"}],
+                **({} if as_part else {"images": [image]})}  # fmt: skip
+
+    (tmp_path / "ok.jsonl").write_text(
+        json.dumps(row("p", url)) + "\n" + json.dumps(row("l", url, False)) + "\n"
+    )
+    for record in load_records(str(tmp_path / "ok.jsonl")):
+        assert Path(record["image"]).read_bytes() == png.read_bytes()
+        assert Path(record["image"]).parent == tmp_path / "cache" / "dataset-images"
+    for rid, image, message in [
+        ("h", "https://example.com/cat.png", r"record 'h' messages turn 1 part 2: image 'https://example.com/cat.png' "
+                                             r"is an http\(s\) URL; vlmtune reads local files"),
+        ("b", "data:image/png;base64,@@" + payload, r"record 'b' .*image data: URL \(data:image/png;base64, "
+                                                    rf"{len(payload) + 2:,} characters\) is not valid base64$"),
+    ]:  # fmt: skip
+        (tmp_path / "bad.jsonl").write_text(json.dumps(row(rid, image)) + "\n")
+        with pytest.raises(DataError, match=message) as caught:
+            load_records(str(tmp_path / "bad.jsonl"))
+        assert payload[:40] not in str(caught.value) and len(str(caught.value).splitlines()) == 1
