@@ -488,11 +488,14 @@ def test_a_user_error_before_the_first_checkpoint_leaves_no_run_folder(own, mode
         raise DataError("record 'x': broken")
 
     monkeypatch.setattr(trainer.Trainer, "fit", stop)
-    out = tmp_path / "run"
+    out = tmp_path / "runs" / "run"  # runs/ made by this command too
     argv = ["train", "llava-dora", f"model.name_or_path={model_dir}", f"data.train={own / 'own.json'}",
             "data.eval=", "train.max_steps=1", "--output-dir", str(out), "--quiet"]  # fmt: skip
     assert cli.main(argv) == 2
-    assert not out.exists()
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "runs" / "other").mkdir(parents=True)  # a runs/ folder that holds other runs stays
+    assert cli.main(argv) == 2
+    assert not out.exists() and (tmp_path / "runs" / "other").is_dir()
 
 
 # ---------------------------------------------------------------- on_error=skip

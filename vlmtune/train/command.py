@@ -227,7 +227,7 @@ def main(args: argparse.Namespace) -> int:
     from vlmtune.models.qlora import check_4bit
     from vlmtune.train import distributed as ddp
     from vlmtune.train.fsdp import check_config as check_fsdp
-    from vlmtune.train.run import next_run_dir, remove_if_empty, remove_if_unstarted
+    from vlmtune.train.run import first_missing, next_run_dir, remove_if_empty, remove_if_unstarted
     from vlmtune.train.trainer import TrainingError
 
     cfg = load_config(args.recipe, args.overrides)
@@ -267,6 +267,7 @@ def main(args: argparse.Namespace) -> int:
         raise choice
     run_dir, resume_from = choice
     fresh = not run_dir.exists()
+    created = first_missing(run_dir)  # the folders this run makes (its parents too, when new)
     try:
         with claim(run_dir) if ddp.is_main() else nullcontext():  # one run per folder
             run(cfg, run_dir, resume_from, quiet=args.quiet, data_changed_ok=args.data_changed_ok)
@@ -275,7 +276,7 @@ def main(args: argparse.Namespace) -> int:
         return 1
     except user_error_types_:
         if fresh and ddp.is_main():
-            remove_if_unstarted(run_dir)  # stopped before the first checkpoint: leave no run folder behind
+            remove_if_unstarted(run_dir, created)  # stopped before the first checkpoint: leave no run folder
         raise
     except KeyboardInterrupt:  # cli prints "interrupted" (exit 130); say what is left and how to go on
         if ddp.is_main():
