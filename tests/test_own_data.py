@@ -476,6 +476,13 @@ def test_paligemma_records_it_cannot_take_stop_the_preflight_or_are_skipped_with
     assert paligemma_train(own, family_folder, out, "data.on_error=skip") == 0
     skipped = json.loads((out / "data_errors.json").read_text())
     assert skipped["skipped"] == 2 and "record 'r0' has 2 turns" in skipped["first_reasons"][0]
+    # eval records too, before training: the conversation benchmark would prompt with both of r0's turns
+    (own / "single.json").write_text(json.dumps(llava_json()[1:2]))
+    argv = [f"data.train={own / 'single.json'}", f"data.eval={own / 'own.json'}"]
+    assert paligemma_train(own, family_folder, tmp_path / "run2", *argv) == 2
+    err = capsys.readouterr().err
+    assert "data.eval: not usable by this model: 2 record(s): 'r0' (record 'r0' has 2 turns" in err
+    assert "data.train" not in err.split("\n", 1)[1] and not (tmp_path / "run2").exists()
 
 
 def test_a_user_error_before_the_first_checkpoint_leaves_no_run_folder(own, model_dir, tmp_path, monkeypatch):

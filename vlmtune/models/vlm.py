@@ -289,26 +289,34 @@ class FamilyPipeline(LlavaPipeline):
         n = len(self._truncate(record, self._example(record, True), train=False))
         return n if record_images(record) else -n
 
-    def _encode_prefix_suffix(self, record: dict, images: list, train: bool) -> Example:
-        """PaliGemma: prefix = the user turns (placeholders dropped: the processor puts the image tokens and
-        BOS first), suffix = the answer; the processor labels the suffix (``token_type_ids == 1``).
-        One image and one question per prompt: a multi-image, text-only or multi-turn record (one prefix
-        and one suffix cannot hold several answers) is refused with one line naming it."""
-        if len(images) != 1:
-            has = f"has {len(images)} images" if images else "has no image"
+    def check_record(self, record: dict, train: bool = True) -> None:
+        """A one-line :class:`DataError` for a record this family cannot take, without processing it
+        (the preflight asks before training; ``train=False``: a benchmark-prepared eval record).
+        PaliGemma: one image and one question per prompt: a multi-image, text-only or multi-turn record (one
+        prefix and one suffix cannot hold several answers) is refused, naming it."""
+        if self.family.model_type != "paligemma":
+            return
+        n = len(record_images(record))
+        if n != 1:
             raise DataError(
-                f"record '{record['id']}' {has}, but PaliGemma takes one image per prompt; "
-                "give it single-image records"
+                f"record '{record['id']}' has {f'{n} images' if n else 'no image'}, but PaliGemma takes one "
+                "image per prompt; give it single-image records"
             )
+        users = sum(ROLES[role] == "user" for role, _ in self._turns(record, train))
+        if users > 1:
+            raise DataError(
+                f"record '{record['id']}' has {users} turns, but PaliGemma's prefix/suffix format holds one "
+                "question and one answer; split it into single-turn records"
+            )
+
+    def _encode_prefix_suffix(self, record: dict, images: list, train: bool) -> Example:
+        """PaliGemma: prefix = the question (placeholders dropped: the processor puts the image tokens and
+        BOS first), suffix = the answer; the processor labels the suffix (``token_type_ids == 1``).
+        Records it cannot take are refused by :meth:`check_record`."""
+        self.check_record(record, train)
         turns = self._turns(record, train)
         answers = [t for role, t in turns if ROLES[role] == "assistant"]
-        questions = [t.replace(IMAGE_PLACEHOLDER, "").strip() for role, t in turns if ROLES[role] == "user"]
-        if len(questions) > 1:
-            raise DataError(
-                f"record '{record['id']}' has {len(questions)} turns, but PaliGemma's prefix/suffix format holds "
-                "one question and one answer; split it into single-turn records"
-            )
-        prefix = questions[0] if questions else ""
+        (prefix,) = [t.replace(IMAGE_PLACEHOLDER, "").strip() for role, t in turns if ROLES[role] == "user"]
         if not train:
             return Example(self._process(prefix, images), None)
         out = self.processor(text=[prefix], images=images, suffix=[answers[-1]], return_tensors="pt")

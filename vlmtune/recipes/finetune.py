@@ -119,6 +119,7 @@ def finetune(
 
     def before_attach(pipeline: Pipeline) -> None:
         preflight_model(pipeline, cfg, checked, say)
+        summary["eval_records"] = len(eval_records)  # less the records skipped for this model
         if main_proc:  # all checked: the first writes into the run folder
             write_config(run_dir, keep_typed_data_paths(run_dir, config))  # resumed: as the run typed them
             write_data_paths(run_dir, cfg)  # eval and merge find the data from any directory

@@ -321,7 +321,7 @@ def encode_problems(pipeline: Pipeline, records: list[dict], max_length: int) ->
         try:
             labels = getattr(encode(record, train=True), "labels", None)
         except DataError as e:
-            problems.add("not usable by this model", str(record["id"]), str(e).splitlines()[0])
+            problems.add(UNUSABLE, str(record["id"]), str(e).splitlines()[0])
             continue
         if labels is None:
             return None
@@ -335,25 +335,47 @@ def encode_problems(pipeline: Pipeline, records: list[dict], max_length: int) ->
 
 
 NO_SUPERVISION = "no supervised token"
+UNUSABLE = "not usable by this model"
+
+
+def eval_record_problems(pipeline: Pipeline, records: list[dict], benchmark_name: str) -> Problems:
+    """The eval records the model cannot take (its ``check_record``, on the benchmark's prepared record, as
+    the evaluator will collate it), without processing them."""
+    from vlmtune.eval.benchmarks import get_benchmark, prepare
+
+    problems = Problems()
+    check = getattr(pipeline, "check_record", None)
+    if check is None:
+        return problems
+    benchmark = get_benchmark(benchmark_name)
+    for record in records:
+        try:
+            check(prepare(benchmark, record), train=False)
+        except DataError as e:
+            problems.add(UNUSABLE, str(record["id"]), str(e).splitlines()[0])
+    return problems
 
 
 def preflight_model(pipeline: Pipeline, cfg: RunConfig, checked: Checked, say: Callable[[str], None]) -> None:
     """The checks that need the loaded model (see the module docstring); drops records under ``skip``."""
     check_adapter_specs(pipeline, cfg)
-    problems = encode_problems(pipeline, checked.train, cfg.data.max_length)
-    if not problems or not problems.found:
+    problems = encode_problems(pipeline, checked.train, cfg.data.max_length) or Problems()
+    evals = eval_record_problems(pipeline, checked.eval, cfg.eval.benchmark)
+    if not problems.found and not evals.found:
         return
-    (kind, empty), *others = problems.found.items()
-    if not others and kind.startswith(NO_SUPERVISION) and len(empty) == len(checked.train):
-        raise DataError(
-            f"data.train: all {len(empty):,} records have {kind}; raise data.max_length "
-            f"(first: {', '.join(rid for rid, _ in empty[:SHOWN_IDS])})"
-        )
+    if len(problems.found) == 1:
+        ((kind, empty),) = problems.found.items()
+        if kind.startswith(NO_SUPERVISION) and len(empty) == len(checked.train):
+            raise DataError(
+                f"data.train: all {len(empty):,} records have {kind}; raise data.max_length "
+                f"(first: {', '.join(rid for rid, _ in empty[:SHOWN_IDS])})"
+            )
     hint = (
         "fix these records (raise data.max_length or shorten prompts that are too long), or set "
-        "data.on_error=skip to train without them"
+        "data.on_error=skip to go on without them"
     )
-    checked.train[:] = settle(cfg, [("data.train", problems, checked.train)], checked.errors, hint)[0]
+    checks = [("data.train", problems, checked.train), ("data.eval", evals, checked.eval)]
+    checked.train[:], checked.eval[:] = settle(cfg, checks, checked.errors, hint)
     if not checked.train:
         raise DataError(f"data.train={cfg.data.train}: no usable record left ({checked.errors.summary()})")
     say(f"data: {checked.errors.summary()}")
