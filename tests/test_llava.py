@@ -82,7 +82,7 @@ def test_truncated_answers_are_counted_and_reported_once(model_dir, vqa, capsys)
     pipe.collate(vqa[:1], train=True)
     pipe.collate(vqa[:1], train=True)
     pipe.collate(vqa[:1], train=False)  # prompts only: nothing to lose
-    assert pipe.truncated_answers == 2 and answer > 1
+    assert pipe.truncated_answers == 1 and answer > 1  # one record, however often it is encoded
     out = capsys.readouterr().out
     assert out.count("warning:") == 1
     assert f"record '{vqa[0]['id']}' is {len(full)} tokens" in out and "cuts 1 of its answer tokens" in out

@@ -440,6 +440,71 @@ def test_paligemma_refuses_a_multi_image_record_with_one_line(tmp_path):
         pipe.collate(load_records(str(tmp_path / "two.jsonl")), train=True)
 
 
+def test_paligemma_refuses_multi_turn_and_text_only_records_with_one_line(own, family_folder):
+    """One prefix and one suffix hold one question and its answer: a two-turn record is not cut to its last
+    answer, a text-only one is not passed to the processor (which refuses it with a traceback)."""
+    pipe = family_pipeline(family_folder("paligemma"))
+    two_turns, single, text_only = load_records(str(own / "own.json"))
+    with pytest.raises(DataError, match=r"^record 'r0' has 2 turns, but PaliGemma's prefix/suffix format"):
+        pipe.collate([two_turns], train=True)
+    with pytest.raises(DataError, match=r"^record 'r0' has 2 turns"):
+        pipe.collate([two_turns], train=False)
+    with pytest.raises(
+        DataError, match=r"^record 'r2' has no image, but PaliGemma takes one image per prompt"
+    ):
+        pipe.collate([text_only], train=True)
+    batch = pipe.collate([single], train=True)
+    supervised = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    assert pipe.tokenizer.decode(supervised) == "no, there is none.<eos>"
+
+
+def paligemma_train(own, family_folder, out, *extra):
+    return cli.main(["train", "llava-dora", f"model.name_or_path={family_folder('paligemma')}",
+                     "model.dtype=float32", f"data.train={own / 'own.json'}", "data.eval=", "train.max_steps=1",
+                     *extra, "--output-dir", str(out), "--quiet"])  # fmt: skip
+
+
+def test_paligemma_records_it_cannot_take_stop_the_preflight_or_are_skipped_with_a_count(
+    own, family_folder, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    assert paligemma_train(own, family_folder, out) == 2
+    err = capsys.readouterr().err
+    assert "not usable by this model: 2 record(s): 'r0' (record 'r0' has 2 turns" in err
+    assert "'r2' (record 'r2' has no image" in err and "Traceback" not in err
+    assert not out.exists()
+    assert paligemma_train(own, family_folder, out, "data.on_error=skip") == 0
+    skipped = json.loads((out / "data_errors.json").read_text())
+    assert skipped["skipped"] == 2 and "record 'r0' has 2 turns" in skipped["first_reasons"][0]
+    # eval records too, before training: the conversation benchmark would prompt with both of r0's turns
+    (own / "single.json").write_text(json.dumps(llava_json()[1:2]))
+    argv = [f"data.train={own / 'single.json'}", f"data.eval={own / 'own.json'}"]
+    assert paligemma_train(own, family_folder, tmp_path / "run2", *argv) == 2
+    err = capsys.readouterr().err
+    assert "data.eval: not usable by this model: 2 record(s): 'r0' (record 'r0' has 2 turns" in err
+    assert "data.train" not in err.split("\n", 1)[1] and not (tmp_path / "run2").exists()
+
+
+def test_a_user_error_before_the_first_checkpoint_leaves_no_run_folder(own, model_dir, tmp_path, monkeypatch):
+    """config.yaml, data_paths.json and base_model.json are written before training starts: a user error
+    after them (here in the first step) removes the run folder this command created."""
+    import vlmtune.train.trainer as trainer
+
+    def stop(self, resume_from=None):
+        assert (out / "config.yaml").is_file()
+        raise DataError("record 'x': broken")
+
+    monkeypatch.setattr(trainer.Trainer, "fit", stop)
+    out = tmp_path / "runs" / "run"  # runs/ made by this command too
+    argv = ["train", "llava-dora", f"model.name_or_path={model_dir}", f"data.train={own / 'own.json'}",
+            "data.eval=", "train.max_steps=1", "--output-dir", str(out), "--quiet"]  # fmt: skip
+    assert cli.main(argv) == 2
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "runs" / "other").mkdir(parents=True)  # a runs/ folder that holds other runs stays
+    assert cli.main(argv) == 2
+    assert not out.exists() and (tmp_path / "runs" / "other").is_dir()
+
+
 # ---------------------------------------------------------------- on_error=skip
 def write_bad_messages(own: Path) -> Path:
     """own_messages.jsonl plus a bad JSON line, a record without messages' answer field, a missing image."""
@@ -518,3 +583,92 @@ def test_cli_trains_and_evaluates_on_a_saved_dataset_with_a_column_mapping(
         json.loads(line) for line in (run / "eval" / "tuned" / "predictions.jsonl").read_text().splitlines()
     ]
     assert [r["id"] for r in rows] == ["r0", "r1", "r2"] and rows[2]["reference"] == "yes"
+
+
+def test_the_eval_cap_is_said_and_recorded_and_a_later_eval_scores_every_record(
+    own, model_dir, tmp_path, monkeypatch, capsys
+):
+    """``data.max_eval_samples=2`` on a 3-record data.eval: the plan says "2 of 3", eval.json and metrics.json
+    record count 2 and the total 3; ``vlmtune eval RUN`` then scores all 3 unless --max-samples is given."""
+    monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    argv = [a for a in tiny_train_args(model_dir) if a != "--quiet"]
+    argv += [f"data.train={own / 'own.json'}", f"data.eval={own / 'own.json'}", "data.max_eval_samples=2",
+             "train.eval_at_start=false", "--output-dir", str(run)]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "train 3 records, eval 2 of 3 |" in out
+    assert "eval: 2 of 3 records (data.max_eval_samples=2; data.max_eval_samples=0 for all)" in out
+    summary = json.loads((run / "eval.json").read_text())
+    assert (summary["eval_records"], summary["eval_records_total"]) == (2, 3)
+    tuned = json.loads((run / "eval" / "tuned" / "metrics.json").read_text())
+    assert (tuned["count"], tuned["records_total"]) == (2, 3)
+
+    assert cli.main(["eval", str(run), "--quiet", "--out", str(tmp_path / "all")]) == 0
+    assert (
+        "eval: all 3 records of the run's data.eval (its data.max_eval_samples=2" in capsys.readouterr().out
+    )
+    scored = json.loads((tmp_path / "all" / "metrics.json").read_text())
+    assert (scored["count"], scored["records_total"]) == (3, 3)
+    assert cli.main(["eval", str(run), "--quiet", "--max-samples", "1", "--out", str(tmp_path / "one")]) == 0
+    assert "eval: 1 of 3 records (--max-samples=1" in capsys.readouterr().out
+    assert json.loads((tmp_path / "one" / "metrics.json").read_text())["count"] == 1
+
+
+def test_an_empty_images_list_means_no_image_in_jsonl_json_and_datasets(
+    own, model_dir, tmp_path, monkeypatch
+):
+    """``"images": []`` (LLaMA-Factory / TRL text-only rows) and ``None`` are records without an image, as if the
+    key were absent; an image-list column in a datasets folder holds [] for its text-only rows."""
+    import datasets
+
+    from vlmtune.data.records import record_images
+
+    monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path / "cache"))
+    rows = [as_messages(r, with_id=True) for r in llava_json(f"{own}/images/")]
+    rows[2]["images"] = []  # r2: text-only
+    (tmp_path / "e.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "e.json").write_text(json.dumps([*rows[:2], {**rows[2], "images": None}]))
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    for spec in ("e.jsonl", "e.json", "ds"):
+        records = load_records(str(tmp_path / spec))
+        assert [len(record_images(r)) for r in records] == [1, 1, 0], spec
+        assert "images" not in records[2] and "image" not in records[2]
+    pipe = build_pipeline(load_config("llava-dora", [f"model.name_or_path={model_dir}"]))
+    batch = pipe.collate(records[2:], train=True)
+    assert int((batch["input_ids"] == pipe.image_token_id).sum()) == 0 and (batch["labels"] != -100).any()
+
+
+def test_image_url_data_urls_are_decoded_and_http_urls_refused_without_the_payload(tmp_path, monkeypatch):
+    """OpenAI-style ``image_url`` parts (and ``images`` strings) holding ``data:image/png;base64,...`` are
+    decoded into $VLMTUNE_CACHE/dataset-images; an http(s) URL or bad base64 is one line that names the record
+    and never prints the data."""
+    import base64
+
+    monkeypatch.setenv("VLMTUNE_CACHE", str(tmp_path / "cache"))
+    (png,) = write_images(tmp_path, 1)
+    payload = base64.b64encode(png.read_bytes()).decode()
+    url = f"data:image/png;base64,{payload}"
+
+    def row(rid: str, image: str, as_part: bool = True) -> dict:
+        part = {"type": "image_url", "image_url": {"url": image}} if as_part else {"type": "image"}
+        return {"id": rid, "messages": [{"role": "user", "content": [{"type": "text", "text": "Q?"}, part]},
+                                        {"role": "assistant", "content": "A"}],
+                **({} if as_part else {"images": [image]})}  # fmt: skip
+
+    (tmp_path / "ok.jsonl").write_text(
+        json.dumps(row("p", url)) + "\n" + json.dumps(row("l", url, False)) + "\n"
+    )
+    for record in load_records(str(tmp_path / "ok.jsonl")):
+        assert Path(record["image"]).read_bytes() == png.read_bytes()
+        assert Path(record["image"]).parent == tmp_path / "cache" / "dataset-images"
+    for rid, image, message in [
+        ("h", "https://example.com/cat.png", r"record 'h' messages turn 1 part 2: image 'https://example.com/cat.png' "
+                                             r"is an http\(s\) URL; vlmtune reads local files"),
+        ("b", "data:image/png;base64,@@" + payload, r"record 'b' .*image data: URL \(data:image/png;base64, "
+                                                    rf"{len(payload) + 2:,} characters\) is not valid base64$"),
+    ]:  # fmt: skip
+        (tmp_path / "bad.jsonl").write_text(json.dumps(row(rid, image)) + "\n")
+        with pytest.raises(DataError, match=message) as caught:
+            load_records(str(tmp_path / "bad.jsonl"))
+        assert payload[:40] not in str(caught.value) and len(str(caught.value).splitlines()) == 1

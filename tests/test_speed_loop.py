@@ -202,3 +202,24 @@ def test_collation_in_workers_gives_the_same_run(model_dir, records, tmp_path) -
     Trainer(pipe, cfg, records, tmp_path / "workers", quiet=True).fit()
     assert losses(tmp_path / "workers") == losses(tmp_path / "main")
     assert pipe.truncated_answers == cut_main > 0  # counted in the workers, reported in the main process
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_truncation_report_counts_distinct_records_over_epochs(
+    model_dir, records, tmp_path, workers
+) -> None:
+    """3 epochs over 8 records, data.max_length below the 3 longest: those 3 lose their answer's end, each
+    counted once, not once per epoch (and once across DataLoader workers)."""
+    subset = records[:8]
+    _, roomy = make(model_dir, "data.max_length=512")
+    lengths = sorted(len(roomy.encode(r, train=True)) for r in subset)
+    limit = lengths[-4]
+    longer = sum(n > limit for n in lengths)
+    assert longer == 3
+    cfg, pipe = make(
+        model_dir, f"data.max_length={limit}", "train.max_steps=3", f"data.num_workers={workers}"
+    )
+    trainer = Trainer(pipe, cfg, subset, tmp_path, quiet=True)
+    assert trainer.micro_per_epoch == cfg.train.grad_accum  # one optimizer step per epoch: 3 steps, 3 epochs
+    trainer.fit()
+    assert pipe.truncated_answers == longer

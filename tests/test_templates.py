@@ -14,7 +14,9 @@ from vlmtune.data.templates import (
     VQG_TEMPLATES,
     format_box,
     generation_prompt,
+    image_first,
     parse_box,
+    pick_caption,
     record_to_turns,
     render_instruction,
     render_vicuna,
@@ -164,3 +166,50 @@ def test_box_format_roundtrip():
     assert format_box([0, 0, 64, 32], 64, 64) == "[0.00,0.00,1.00,0.50]"
     assert parse_box("the box is [0.05, 0.08,0.33,0.36].") == [0.05, 0.08, 0.33, 0.36]
     assert parse_box("no box") is None
+
+
+CAP5 = {"id": "coco-1", "task": "caption", "image": "/x.png",
+        "captions": ["a red square", "red block on white", "a square of red colour", "red tile", "a plain red image"]}  # fmt: skip
+
+
+def test_a_caption_record_trains_every_caption_one_per_epoch_in_a_seeded_order():
+    """Each caption once per round of 5 epochs, in an order fixed by (seed, round, record id): the same in a
+    resumed run or another process (values pinned), another for another seed."""
+    picks = [record_to_turns(CAP5, seed=0, epoch=e)[1][1] for e in range(10)]
+    assert sorted(picks[:5]) == sorted(CAP5["captions"]) and sorted(picks[5:]) == sorted(CAP5["captions"])
+    assert [CAP5["captions"].index(p) for p in picks] == [2, 1, 4, 0, 3, 2, 0, 1, 4, 3]
+    assert [pick_caption(CAP5, 1, e) for e in range(5)] != picks[:5]
+    assert pick_caption({"id": "c", "caption": "one"}, 0, 7) == "one"
+
+
+def test_vicuna_v1_puts_the_image_first_in_its_turn_as_llava_training_does():
+    """LLaVA's preprocess_multimodal: ``"<image>\\n" + value.replace("<image>", "").strip()``."""
+    turns = [("human", "What color is this?\n<image>"), ("gpt", "red"), ("human", "Sure?"), ("gpt", "yes")]
+    assert vicuna_prompt(turns, system="S") == (
+        "S USER: <image>\nWhat color is this? ASSISTANT: red</s>USER: Sure? ASSISTANT: yes</s>"
+    )
+    assert vicuna_prompt([("human", "A <image> then <image> B")], system="S") == (
+        "S USER: <image>\n<image>\nA  then  B ASSISTANT:"
+    )
+    assert image_first("<image>\nQ") == "<image>\nQ" and image_first("Q") == "Q"
+
+
+def test_the_vicuna_pipeline_feeds_the_image_before_the_question(model_dir, tmp_path):
+    import itertools
+
+    from PIL import Image
+
+    from vlmtune.core.config import load_config
+    from vlmtune.models import build_pipeline
+
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "red.png")
+    record = {"id": "r", "task": "conversation", "image": str(tmp_path / "red.png"), "conversations": [
+        {"from": "human", "value": "What color is this?\n<image>"}, {"from": "gpt", "value": "red"}]}  # fmt: skip
+    pipe = build_pipeline(load_config("llava-dora", [f"model.name_or_path={model_dir}"]))
+    ids = pipe.collate([record], train=True)["input_ids"][0].tolist()
+    pieces = [
+        "<image>" if is_image else pipe.tokenizer.decode(list(group))
+        for is_image, group in itertools.groupby(ids, key=lambda i: i == pipe.image_token_id)
+    ]
+    assert pieces[1] == "<image>" and pieces[2].startswith("\nWhat color is this? ASSISTANT: red")
+    assert pieces[0].endswith("USER: ")

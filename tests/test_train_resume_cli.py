@@ -139,3 +139,39 @@ def test_resume_keeps_the_data_paths_as_typed_and_reads_them_from_another_direct
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4, 5]
     data = yaml.safe_load((run / "config.yaml").read_text())["data"]
     assert (data["train"], data["image_root"]) == ("data/train.jsonl", "data")
+
+
+def test_resume_refuses_training_data_that_changed_unless_told(model_dir, tmp_path, capsys):
+    """The run records its training data's fingerprint (count + sha256 of the records); --resume on changed data
+    (one record fewer, then one answer changed) stops with one line naming --data-changed-ok, before training;
+    with it, a warning and the run goes on."""
+    import json
+
+    data = write_vqa_records(tmp_path / "data", 4)
+    run = tmp_path / "run"
+    common = [f"model.name_or_path={model_dir}", f"data.train={data}", f"data.image_root={data.parent}"]
+    assert train(*common, *RUN_ARGS, "train.save_every=3", "--output-dir", str(run)) == 0
+    recorded = json.loads((run / "train_data.json").read_text())
+    assert recorded["records"] == 4 and len(recorded["sha256"]) == 64
+    assert train("--resume", str(run), "train.max_steps=4") == 0  # the same data: resumes
+    capsys.readouterr()
+
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join(lines[:3]) + "\n")
+    assert train("--resume", str(run), "train.max_steps=5") == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        len(err.splitlines()) == 1
+        and "the training data changed since the run was trained (4 records then, 3 now)" in err
+    )
+    assert "--data-changed-ok" in err and [r["step"] for r in read_metrics(run)][-1] == 4
+
+    changed = json.loads(lines[3])
+    data.write_text("\n".join([*lines[:3], json.dumps({**changed, "answers": ["blue"] * 10})]) + "\n")
+    assert train("--resume", str(run), "train.max_steps=5") == 2
+    assert "(4 records, other contents)" in capsys.readouterr().err
+    assert (
+        cli.main(["train", "llava-lora", "--resume", str(run), "train.max_steps=5", "--data-changed-ok"]) == 0
+    )
+    assert "warning: --resume: the training data changed" in capsys.readouterr().out
+    assert [r["step"] for r in read_metrics(run)][-1] == 5

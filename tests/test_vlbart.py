@@ -128,7 +128,10 @@ def test_vqa_answer_sampled_by_score() -> None:
     counts = Counter(train_target(rec, rng) for _ in range(4000))
     assert counts["red"] / 4000 == pytest.approx(0.75, abs=0.03)  # 1 / (1 + 1/3)
     cap = {"task": "caption", "captions": ["a", "b"]}
-    assert set(train_target(cap, rng) for _ in range(50)) == {"a", "b"}
+    # one caption per epoch (data.templates.pick_caption, shared with the LLaVA-style and BLIP-2 paths): each
+    # caption once in every round of len(captions) epochs
+    assert {train_target(cap, rng, epoch=e) for e in range(2)} == {"a", "b"}
+    assert {train_target(cap, rng, epoch=e) for e in range(2, 4)} == {"a", "b"}
     assert train_target({"task": "vqa", "answer": "yes"}, rng) == "yes"
     assert prompt_text({"id": "gqa-1", "task": "vqa", "question": "Q?"}) == "gqa: Q?"
     assert prompt_text({"id": "x", "task": "caption"}) == "caption:"

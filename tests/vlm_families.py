@@ -66,6 +66,15 @@ VICUNA = (
     + _content("")
     + "</s>{%- endif -%}{%- endfor -%}{%- if add_generation_prompt -%}ASSISTANT:{%- endif -%}"
 )
+# llava-1.5-hf / llava-v1.6-vicuna-hf style (transformers' LLaVA-NeXT conversion script, ``chat_vicuna``): images
+# first, each text part followed by a space, and no end-of-turn marker after an assistant answer.
+VICUNA_HF = (
+    "{%- for message in messages -%}{%- if message['role'] == 'system' -%}{{ message['content'][0]['text'] }}"
+    "{%- else -%}{{ message['role'].upper() + ': ' }}{%- endif -%}"
+    "{%- for part in message['content'] | selectattr('type', 'equalto', 'image') -%}{{ '<image>\\n' }}{%- endfor -%}"
+    "{%- for part in message['content'] | selectattr('type', 'equalto', 'text') -%}{{ part['text'] + ' ' }}{%- endfor -%}"
+    "{%- endfor -%}{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"
+)
 GEMMA = (
     "{{ bos_token }}{%- for message in messages -%}<start_of_turn>"
     "{{ ('model' if message['role'] == 'assistant' else message['role']) + '\\n' }}"
@@ -601,6 +610,10 @@ def build_instructblip(tok):
 FAMILIES: dict[str, Family] = {
     "llava": Family("llava", ["<image>"], {"image_token": "<image>"}, VICUNA, build_llava),
     "llava_next": Family("llava_next", ["<image>"], {"image_token": "<image>"}, VICUNA, build_llava_next),
+    "llava_hf": Family("llava", ["<image>"], {"image_token": "<image>"}, VICUNA_HF, build_llava),
+    "llava_next_hf": Family(
+        "llava_next", ["<image>"], {"image_token": "<image>"}, VICUNA_HF, build_llava_next
+    ),
     "qwen2_vl": Family(
         "qwen2_vl",
         [

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vlmtune.data.datasets_files import url_image
 from vlmtune.data.errors import DataError
 from vlmtune.data.templates import IMAGE_TOKEN
 
@@ -57,14 +58,15 @@ def rename_columns(row: dict, columns: dict[str, str]) -> dict:
 
 
 def _part_path(part: dict, where: str) -> str | None:
-    """The path an image part carries (``image`` / ``path``, or ``image_url.url``), None for a bare one."""
+    """The path an image part carries (``image`` / ``path``, or ``image_url.url``; a ``data:`` URL decoded
+    into the cache, :func:`~vlmtune.data.datasets_files.url_image`), None for a bare one."""
     url = part.get("image_url")
     source = part.get("image") or part.get("path") or (url.get("url") if isinstance(url, dict) else url)
     if source in (None, ""):
         return None
     if not isinstance(source, str):
         raise DataError(f"{where} has image {source!r:.60}; give a path string (or a bare image part)")
-    return source
+    return url_image(source, where)
 
 
 def _content_text(content: Any, where: str, key: str, image_parts: list[ImagePart]) -> str:
@@ -137,6 +139,21 @@ def _part_images(record: dict, image_parts: list[ImagePart], where: str) -> list
     return [path for _, path in with_path]
 
 
+def drop_empty_images(row: dict, where: str = "") -> dict:
+    """``row`` without an ``images: []`` / ``images: None`` / ``image: None``: a text-only record (the
+    LLaMA-Factory / TRL convention), in JSONL, JSON and datasets alike; ``data:`` URLs among its image
+    strings decoded into the cache (:func:`~vlmtune.data.datasets_files.url_image`)."""
+    for key in ("image", "images"):
+        if key in row and (row[key] is None or (key == "images" and row[key] == [])):
+            del row[key]
+        elif isinstance(row.get(key), str):
+            row[key] = url_image(row[key], f"{where}: {key}")
+        elif key == "images" and isinstance(row.get(key), list):
+            row[key] = [url_image(v, f"{where}: images[{i}]") if isinstance(v, str) else v
+                        for i, v in enumerate(row[key])]  # fmt: skip
+    return row
+
+
 def is_conversation(row: Any) -> bool:
     """A row in one of the conversation formats (after :func:`rename_columns`)."""
     return isinstance(row, dict) and ("messages" in row or "conversations" in row)
@@ -150,7 +167,7 @@ def to_internal(
     non-objects pass through unchanged for :func:`vlmtune.data.records.validate_record` to reject."""
     if not isinstance(row, dict):
         return row, False
-    row = rename_columns(row, columns or {})
+    row = drop_empty_images(rename_columns(row, columns or {}), where)
     if not is_conversation(row) or row.get("task", "conversation") != "conversation":
         return row, False
     record = {k: v for k, v in row.items() if k not in ("messages", "system")}

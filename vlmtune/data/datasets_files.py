@@ -7,7 +7,9 @@ form every record holds:
 - a path string (or ``{"path": p}`` without bytes): kept (relative paths resolve like a JSON file's);
 - bytes (or ``{"bytes": b, ...}``): written once to ``$VLMTUNE_CACHE/dataset-images/<sha256>.<ext>``
   (content-addressed: the same bytes give the same file, nothing is overwritten);
-- a PIL image (a row built in Python): saved as PNG the same way.
+- a PIL image (a row built in Python): saved as PNG the same way;
+- a ``data:image/...;base64,`` URL (OpenAI-style ``image_url``, in any format's rows): decoded and stored the
+  same way (:func:`url_image`); an http(s) URL is refused with one line (nothing is downloaded).
 
 The rows then go through :func:`vlmtune.data.conversation_formats.to_internal` like JSON rows, with the
 ``data.columns`` mapping applied first.
@@ -15,6 +17,8 @@ The rows then go through :func:`vlmtune.data.conversation_formats.to_internal` l
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import io
 import os
@@ -52,10 +56,35 @@ def store_bytes(data: bytes, name: str | None = None) -> str:
     return str(path)
 
 
+def url_image(source: str, where: str) -> str:
+    """``source`` as a path: a ``data:image/<type>;base64,<data>`` URL decoded into :func:`image_store`;
+    an http(s) URL refused with one line; any other string is a path already. Errors never print the
+    data, only its header and size."""
+    if source[:8].lower().startswith(("http://", "https://")):
+        raise DataError(
+            f"{where}: image {source[:80]!r} is an http(s) URL; vlmtune reads local files and downloads nothing: "
+            "save the image and give its path"
+        )
+    if not source[:5].lower() == "data:":
+        return source
+    header, _, payload = source.partition(",")
+    shown = f"{header[:40]}, {len(payload):,} characters"
+    if not (header[5:].lower().startswith("image/") and header.lower().endswith(";base64") and payload):
+        raise DataError(
+            f"{where}: image is a data: URL ({shown}) that is not base64 image data; give "
+            "data:image/<type>;base64,<data> or a path"
+        )
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise DataError(f"{where}: image data: URL ({shown}) is not valid base64") from None
+    return store_bytes(data)
+
+
 def image_path(value: Any, where: str) -> str:
-    """One image value of a row (path, ``{"bytes", "path"}``, bytes, PIL image) -> a path string."""
+    """One image value of a row (path, data: URL, ``{"bytes", "path"}``, bytes, PIL image) -> a path string."""
     if isinstance(value, str):
-        return value
+        return url_image(value, where)
     if isinstance(value, bytes | bytearray):
         return store_bytes(bytes(value))
     if isinstance(value, dict):

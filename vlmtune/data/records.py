@@ -414,6 +414,16 @@ def load_split(
     )
 
 
+def cap_records(records: list[dict], max_samples: int, what: str, key: str) -> tuple[list[dict], str]:
+    """The first ``max_samples`` records (0: all) and the line that says so when it cuts ('' otherwise), e.g.
+    ``eval: 500 of 520 records (data.max_eval_samples=500; data.max_eval_samples=0 for all)``."""
+    if max_samples <= 0 or len(records) <= max_samples:
+        return records, ""
+    return records[:max_samples], (
+        f"{what}: {max_samples:,} of {len(records):,} records ({key}={max_samples}; {key}=0 for all)"
+    )
+
+
 class RecordDataset(Dataset):
     """A map-style dataset over validated records; ``transform(record)`` (optional) runs per item."""
 

@@ -11,7 +11,7 @@ starts with ``"<image>\\n"`` (one per image) when the record has an image:
 - vqa (``vqa_style="llava"``, default): ``"{question}\\nAnswer the question using a single word or phrase."``
   (LLaVA-1.5); ``vqa_style="instructblip"``: a VQA template. Target: ``answer``, else the most common
   of ``answers``.
-- caption: a caption template -> ``captions[0]`` (or ``caption``).
+- caption: a caption template -> one of ``captions`` per record per epoch (:func:`pick_caption`), or ``caption``.
 - vqg: a VQG template filled with ``answer`` -> ``question``.
 - grounding: ``"Please provide the bounding box coordinate of the region this sentence describes: {label}."``
   (LLaVA-1.5 RefCOCO prompt) -> ``"[x1,y1,x2,y2]"`` of ``boxes[0]``, normalised by the image size
@@ -34,6 +34,7 @@ and the ``</s>`` end marker are part of the supervised text, so a generation pro
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 from collections import Counter
 
@@ -101,6 +102,19 @@ def template_index(record_id: str, seed: int, n: int) -> int:
     """Deterministic index in ``[0, n)`` from ``sha256(f"{seed}:{record_id}")`` (not Python's hash())."""
     digest = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % n
+
+
+def pick_caption(record: dict, seed: int = 0, epoch: int = 0) -> str:
+    """The caption to train on in ``epoch``: ``captions`` (COCO: 5 per image) in a seeded order per record
+    and round of ``len(captions)`` epochs, so each caption trains once per round, and the same ones in a
+    resumed run: the order is ``Random(f"caption/{seed}/{round}/{record id}")``, stable across processes
+    (``caption`` when the record has a single one)."""
+    captions = record.get("captions") or [record["caption"]]
+    rounds, k = divmod(epoch, len(captions))
+    order = random.Random(f"caption/{seed}/{rounds}/{record.get('id', '')}").sample(
+        range(len(captions)), len(captions)
+    )
+    return captions[order[k]]
 
 
 def vqa_target(record: dict) -> str:
@@ -194,24 +208,29 @@ def _grounding_turn(record: dict) -> tuple[str, str]:
     return GROUNDING_PROMPT.format(label=box["label"]), format_box(box["bbox"], meta["width"], meta["height"])
 
 
-def record_to_turns(record: dict, seed: int = 0, vqa_style: str = "llava") -> list[Turn]:
-    """A record as alternating ``("human", text)`` / ``("gpt", text)`` turns (see module docstring)."""
+def record_to_turns(
+    record: dict, seed: int = 0, vqa_style: str = "llava", epoch: int = 0, template_per_epoch: bool = False
+) -> list[Turn]:
+    """A record as alternating ``("human", text)`` / ``("gpt", text)`` turns (see module docstring).
+    ``epoch`` picks a caption record's caption (:func:`pick_caption`); with ``template_per_epoch`` (BLIP-2 /
+    InstructBLIP) it also picks the instruction template: by the id ``f"{id}#epoch{epoch}"`` when epoch > 0."""
     task = record.get("task")
+    keyed = {**record, "id": f"{record['id']}#epoch{epoch}"} if template_per_epoch and epoch else record
     if task == "conversation":
         return _conversation_turns(record)
     if task == "vqa":
         if vqa_style == "llava":
             prompt = f"{record['question']}\n{VQA_PROMPT}"
         elif vqa_style == "instructblip":
-            prompt = render_instruction(record, seed)
+            prompt = render_instruction(keyed, seed)
         else:
             raise DataError(f"unknown vqa_style '{vqa_style}'; use llava or instructblip")
         answer = vqa_target(record)
     elif task == "caption":
-        prompt = render_instruction(record, seed)
-        answer = record["captions"][0] if "captions" in record else record["caption"]
+        prompt = render_instruction(keyed, seed)
+        answer = pick_caption(record, seed, epoch)
     elif task == "vqg":
-        prompt, answer = render_instruction(record, seed), record["question"]
+        prompt, answer = render_instruction(keyed, seed), record["question"]
     elif task == "grounding":
         prompt, answer = _grounding_turn(record)
     elif task == "mcq":
@@ -228,10 +247,19 @@ def record_to_turns(record: dict, seed: int = 0, vqa_style: str = "llava") -> li
 
 
 # ---------------------------------------------------------------- vicuna_v1
+def image_first(text: str) -> str:
+    """LLaVA's ``preprocess_multimodal`` (llava/train/train.py): a turn with ``<image>`` has it moved to its
+    start, ``"<image>\\n" + text.replace("<image>", "").strip()``; with several images (LLaVA has one), one
+    ``"<image>\\n"`` each, in order. Text without a placeholder is unchanged."""
+    n = text.count(IMAGE_TOKEN)
+    return (IMAGE_TOKEN + "\n") * n + text.replace(IMAGE_TOKEN, "").strip() if n else text
+
+
 def render_vicuna(turns: list[Turn], system: str = SYSTEM_PROMPT, eos: str = SEP2) -> list[tuple[str, bool]]:
     """Turns -> ``[(text, is_assistant)]`` segments; ``"".join`` equals LLaVA's ``get_prompt()``.
 
-    A trailing human turn yields a generation prompt ending in ``"ASSISTANT:"``.
+    A trailing human turn yields a generation prompt ending in ``"ASSISTANT:"``. Image placeholders go
+    first in their turn, as LLaVA's training does (:func:`image_first`).
     """
     segments: list[tuple[str, bool]] = []
     prefix = system + SEP
@@ -240,7 +268,7 @@ def render_vicuna(turns: list[Turn], system: str = SYSTEM_PROMPT, eos: str = SEP
         if role != expected:
             raise DataError(f"turn {i} is '{role}', expected '{expected}' (turns alternate human/gpt)")
         if role == "human":
-            segments.append((f"{prefix}{ROLES['human']}: {text}{SEP}{ROLES['gpt']}:", False))
+            segments.append((f"{prefix}{ROLES['human']}: {image_first(text)}{SEP}{ROLES['gpt']}:", False))
             prefix = ""
         else:
             segments.append((f" {text}{eos}", True))

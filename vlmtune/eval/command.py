@@ -199,10 +199,12 @@ def read_eval_data(spec: str, image_root: str | None) -> list[dict]:
     return records
 
 
-def load_data(args, cfg, run_dir: Path | None = None) -> list[dict]:
-    """The records to evaluate: ``--questions``, ``--data``, else the run's ``data.eval`` (resolved by
-    :func:`vlmtune.recipes.run_folder.run_config`; one line when it cannot be read from here)."""
-    from vlmtune.data.records import load_records
+def load_data(args, cfg, run_dir: Path | None = None) -> tuple[list[dict], int]:
+    """The records to evaluate and how many the data holds: ``--questions``, ``--data``, else the run's
+    ``data.eval`` (resolved by :func:`vlmtune.recipes.run_folder.run_config`; one line when it cannot be read
+    from here), all of them unless ``--max-samples`` (a run's ``data.max_eval_samples`` capped the evaluation
+    during training only: a later evaluation is the user's choice)."""
+    from vlmtune.data.records import cap_records, load_records
     from vlmtune.recipes.run_folder import unreachable_eval_data
 
     if args.questions:
@@ -219,19 +221,26 @@ def load_data(args, cfg, run_dir: Path | None = None) -> list[dict]:
         from vlmtune.data.errors import ErrorLog
         from vlmtune.data.records import load_split
 
-        # exactly the records `vlmtune train` evaluated on
-        records = load_split(cfg, cfg.data.eval, "test", cfg.data.max_eval_samples, ErrorLog())
+        records = load_split(cfg, cfg.data.eval, "test", 0, ErrorLog())
+        cap = cfg.data.max_eval_samples
+        if cap and len(records) > cap and not args.max_samples:
+            print(
+                f"eval: all {len(records):,} records of the run's data.eval (its data.max_eval_samples={cap} "
+                f"capped the evaluation during training; --max-samples {cap} for those records)"
+            )
     elif run_dir is not None and unreachable_eval_data(run_dir):
         raise EvalError(unreachable_eval_data(run_dir))
     elif args.benchmark == "shapes-vqa":
         records = load_records("shapes:vqa", split="test")
     else:
         raise EvalError(f"no data: give --data FILE (vlmtune JSONL from data_prep/) for {args.benchmark}")
-    if args.max_samples > 0:
-        records = records[: args.max_samples]
+    total = len(records)
+    records, cut = cap_records(records, args.max_samples, "eval", "--max-samples")
+    if cut:
+        print(cut)
     if not records:
         raise EvalError("the evaluation data has no records")
-    return records
+    return records, total
 
 
 # ---------------------------------------------------------------- output
@@ -349,18 +358,19 @@ def main(args: argparse.Namespace) -> int:
     options.update(scoring_options(benchmark, args.scoring))
 
     if args.predictions:
-        records = load_data(args, None)
+        records, total = load_data(args, None)
         out = Path(args.out) if args.out else default_out(Path("runs") / "eval", benchmark.name)
         source = {"predictions": str(Path(args.predictions).resolve()), "data": data_description(args, None)}
         metrics = score_predictions(
             benchmark.name, read_predictions(args.predictions), records, out, options, source=args.predictions,
-            provenance=source,
+            provenance=source, records_total=total,
         )  # fmt: skip
     else:
         from vlmtune.recipes.preflight import check_eval_data
 
         run_dir = locate(args.model).run_dir if is_run(args.model) else None
-        records = load_data(args, run_config(run_dir) if run_dir else None, run_dir)  # before the model loads
+        cfg = run_config(run_dir) if run_dir else None
+        records, total = load_data(args, cfg, run_dir)  # before the model loads
         pipeline, cfg, run_dir = load_model(args.model, args.force, base=args.base)
         check_eval_data(records, benchmark.name, progress=not args.quiet)  # before the first generation
         import torch
@@ -374,7 +384,7 @@ def main(args: argparse.Namespace) -> int:
         source = {**model_source(args.model, pipeline, run_dir), "data": data_description(args, cfg)}
         metrics = run_benchmark(
             pipeline, benchmark.name, records, out, batch_size, max_new, num_beams, not args.quiet, options,
-            provenance=source,
+            provenance=source, records_total=total,
         )  # fmt: skip
     print(format_metrics(metrics))
     files = ["metrics.json", "predictions.jsonl"] + (

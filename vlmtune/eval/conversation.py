@@ -94,7 +94,7 @@ def answer_loss(pipeline, records: list[dict], batch_size: int = 16) -> dict:
     was_training = model.training
     device = next((p.device for p in model.parameters()), None)
     shifted = not getattr(model.config, "is_encoder_decoder", False)  # decoder-only: t predicts t + 1
-    truncated = getattr(pipeline, "truncated_answers", None)  # the training report's count stays its own
+    truncated = set(getattr(pipeline, "truncated_ids", ()))  # the training report's count stays its own
     total, tokens = 0.0, 0
     model.eval()
     try:
@@ -109,8 +109,8 @@ def answer_loss(pipeline, records: list[dict], batch_size: int = 16) -> dict:
                     tokens += n
     finally:
         model.train(was_training)
-        if truncated is not None:
-            pipeline.truncated_answers = truncated
+        if hasattr(pipeline, "truncated_ids"):
+            pipeline.truncated_ids = truncated
     if not tokens:
         return {"loss_tokens": 0}
     loss = total / tokens

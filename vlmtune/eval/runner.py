@@ -53,15 +53,19 @@ def _finish(
     score_options: dict | None,
     extra: dict | None = None,
     provenance: dict | None = None,
+    records_total: int | None = None,
 ) -> dict:
-    """Score ``rows`` (if they have references), add ``extra`` (model metrics) and ``provenance`` (under
-    :data:`SOURCE_KEY`: what was evaluated on what), write the output folder."""
+    """Score ``rows`` (if they have references), add ``extra`` (model metrics), ``records_total`` (the
+    records of the data before a cap: ``data.max_eval_samples`` / ``--max-samples``) and ``provenance``
+    (under :data:`SOURCE_KEY`: what was evaluated on what), write the output folder."""
     metrics: dict = {"benchmark": benchmark.name}
     if _has_references(benchmark, rows):
         metrics.update(benchmark.score(rows, **(score_options or {})))
     else:
         metrics.update(count=len(rows), scored=False, note="no references: predictions (and submission) only")
     metrics.update(extra or {})
+    if records_total is not None:
+        metrics["records_total"] = records_total
     if provenance:
         metrics[SOURCE_KEY] = provenance
     if out_dir is not None:
@@ -164,10 +168,12 @@ def run_benchmark(
     progress: bool = True,
     score_options: dict | None = None,
     provenance: dict | None = None,
+    records_total: int | None = None,
 ) -> dict:
     """Generate, parse and score ``records`` on ``benchmark_name``; write the output folder if ``out_dir``.
 
-    Returns the metrics dict (``benchmark``, ``count``, ``accuracy`` or the benchmark's metrics).
+    Returns the metrics dict (``benchmark``, ``count``, ``accuracy`` or the benchmark's metrics;
+    ``records_total`` when given: the data's records before a cap).
     """
     benchmark = get_benchmark(benchmark_name)
     if not records:
@@ -182,7 +188,7 @@ def run_benchmark(
     )
     rows = [{**_row(benchmark, r, t), "prompt": r["prompt"]} for r, t in zip(prepared, texts)]
     extra = benchmark.model_metrics(pipeline, records, batch_size) if benchmark.model_metrics else None
-    return _finish(benchmark, rows, out_dir, score_options, extra, provenance)
+    return _finish(benchmark, rows, out_dir, score_options, extra, provenance, records_total)
 
 
 # ---------------------------------------------------------------- scoring existing predictions
@@ -250,6 +256,7 @@ def score_predictions(
     score_options: dict | None = None,
     source: str = "predictions",
     provenance: dict | None = None,
+    records_total: int | None = None,
 ) -> dict:
     """Score ``predictions`` (``{id|question_id|image_id, prediction|answer|text|caption}``) against
     ``records``, parsing each answer with the benchmark's parser exactly as for generated text.
@@ -272,4 +279,6 @@ def score_predictions(
             f"{source}: no prediction for {len(missing)} of {len(records)} records (first: {missing[0]!r})"
         )
     rows = [_row(benchmark, prepare(benchmark, r), by_record[r["id"]][1]) for r in records]
-    return _finish(benchmark, rows, out_dir, score_options, provenance=provenance)
+    return _finish(
+        benchmark, rows, out_dir, score_options, provenance=provenance, records_total=records_total
+    )

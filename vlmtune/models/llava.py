@@ -60,17 +60,19 @@ def load_image(path: str):
     return _load(path)
 
 
-def record_segments(record: dict, template_seed: int = 0) -> list[tuple[str, bool]]:
-    """A record rendered with the vicuna_v1 template: ``[(text, is_assistant), ...]``."""
+def record_segments(record: dict, template_seed: int = 0, epoch: int = 0) -> list[tuple[str, bool]]:
+    """A record rendered with the vicuna_v1 template: ``[(text, is_assistant), ...]`` (``epoch``: which of a
+    caption record's captions is the answer)."""
     from vlmtune.data.templates import record_to_turns, render_vicuna
 
-    return render_vicuna(record_to_turns(record, template_seed))
+    return render_vicuna(record_to_turns(record, template_seed, epoch=epoch))
 
 
 class LlavaPipeline:
     """LLaVA model + tokenizer + image processor behind the :class:`~vlmtune.models.base.Pipeline` API."""
 
     name = "llava"
+    epoch = 0  # the trainer's current epoch (set_epoch): which caption of a caption record trains
 
     def __init__(self, cfg: RunConfig, folder: str | None = None) -> None:
         from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
@@ -105,7 +107,7 @@ class LlavaPipeline:
         self.num_image_tokens = num_image_tokens(self.model.config)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
-        self.truncated_answers = 0  # training sequences whose answer tokens data.max_length cut
+        self.truncated_ids: set[str] = set()  # training records whose answer tokens data.max_length cut
         self._set_up_speed(cfg)
 
     def _set_up_speed(self, cfg: RunConfig) -> None:
@@ -122,6 +124,10 @@ class LlavaPipeline:
             )
 
     # ------------------------------------------------------------------ data
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the trainer before each epoch's batches: the caption each caption record trains on."""
+        self.epoch = epoch
+
     def segments(self, record: dict, train: bool = True) -> list[tuple[str, bool]]:
         """Rendered turns; at eval time a benchmark's ``prompt`` (if given) is the user turn."""
         if not train and record.get("prompt"):
@@ -131,7 +137,7 @@ class LlavaPipeline:
                 "task": "conversation",
                 "conversations": [{"from": "human", "value": images + record["prompt"]}],
             }
-        segs = record_segments(record, self.cfg.data.template_seed)
+        segs = record_segments(record, self.cfg.data.template_seed, self.epoch)
         return segs if train else prompt_segments(segs)
 
     def encode(self, record: dict, train: bool = True):
@@ -151,18 +157,24 @@ class LlavaPipeline:
             self._note_truncation(record, supervised_tokens(enc) - supervised_tokens(cut), len(enc))
         return cut
 
+    @property
+    def truncated_answers(self) -> int:
+        """How many distinct training records lost answer tokens to ``data.max_length`` (each counted once,
+        however many epochs encode it)."""
+        return len(self.truncated_ids)
+
     def _note_truncation(self, record: dict, lost: int, length: int) -> None:
-        """Count training sequences whose answer tokens ``data.max_length`` cut; say so once."""
+        """Note a training record whose answer tokens ``data.max_length`` cut; say so once."""
         if lost <= 0:
             return
-        if self.truncated_answers == 0:
+        if not self.truncated_ids:
             print(
                 f"warning: record '{record.get('id')}' is {length} tokens; data.max_length="
                 f"{self.cfg.data.max_length} cuts {lost} of its answer tokens from the loss. Raise "
-                "data.max_length (the number of such sequences is reported after training)",
+                "data.max_length (the number of such records is reported after training)",
                 flush=True,
             )
-        self.truncated_answers += 1
+        self.truncated_ids.add(str(record.get("id")))
 
     def sample_length(self, record: dict) -> int:
         """Tokens of ``record`` (truncated to ``data.max_length``), negative for a text-only record:

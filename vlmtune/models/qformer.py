@@ -138,7 +138,7 @@ class QFormerPipeline(FamilyPipeline):
         self.num_query_tokens = int(self.model.config.num_query_tokens)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
-        self.truncated_answers = 0
+        self.truncated_ids: set[str] = set()
         self.feature_cache = None
         self.epoch = 0  # the training epoch whose instruction templates collate() draws (set_epoch)
 
@@ -163,8 +163,13 @@ class QFormerPipeline(FamilyPipeline):
 
         if not train and record.get("prompt"):
             return record["prompt"], None
-        keyed = record if self.epoch == 0 else {**record, "id": f"{record['id']}#epoch{self.epoch}"}
-        turns = record_to_turns(keyed, self.cfg.data.template_seed, vqa_style="instructblip")
+        turns = record_to_turns(
+            record,
+            self.cfg.data.template_seed,
+            vqa_style="instructblip",
+            epoch=self.epoch,
+            template_per_epoch=True,
+        )
         last = max((i for i, (role, _) in enumerate(turns) if role == "gpt"), default=len(turns))
         texts = [text.replace(IMAGE_PLACEHOLDER, "").strip() for _, text in turns[:last]]
         prompt = "\n".join(t for t in texts if t)

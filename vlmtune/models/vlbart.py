@@ -125,12 +125,15 @@ def vqa_answer_scores(answers: list[str]) -> dict[str, float]:
     return {a: min(1.0, c / 3.0) for a, c in Counter(answers).items()}
 
 
-def train_target(record: dict, rng: random.Random) -> str:
-    """The answer text to train on: VQA samples an answer with probability ∝ its score, captions
-    a random reference, NLVR2 ``true``/``false``, otherwise ``answer``."""
+def train_target(record: dict, rng: random.Random, seed: int = 0, epoch: int = 0) -> str:
+    """The answer text to train on: VQA samples an answer with probability ∝ its score, captions one
+    reference per record per epoch (:func:`~vlmtune.data.templates.pick_caption`), NLVR2
+    ``true``/``false``, otherwise ``answer``."""
+    from vlmtune.data.templates import pick_caption
+
     task = record.get("task")
     if task == "caption" and record.get("captions"):
-        return rng.choice(record["captions"])
+        return pick_caption(record, seed, epoch)
     if record.get("answers"):
         scores = vqa_answer_scores([str(a) for a in record["answers"]])
         return rng.choices(list(scores), weights=list(scores.values()))[0]
@@ -169,6 +172,11 @@ class VLBartPipeline:
     def __post_init__(self) -> None:
         self.towers = TOWERS
         self.rng = random.Random(self.seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the trainer before each epoch's batches: the caption each caption record trains on."""
+        self.epoch = epoch
 
     def epoch_batches(self, records: list[dict], epoch: int) -> list[list[int]]:
         """One epoch of single-task batches, round-robin over tasks (VL-Adapter multi-task)."""
@@ -226,7 +234,7 @@ class VLBartPipeline:
         }
         if train:
             lab = self.tokenizer(
-                [train_target(r, self.rng) for r in records],
+                [train_target(r, self.rng, self.seed, self.epoch) for r in records],
                 padding=True,
                 truncation=True,
                 max_length=self.max_length,

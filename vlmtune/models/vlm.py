@@ -16,8 +16,9 @@ checkpoint takes :class:`FamilyPipeline`:
 - towers and default targets come from :mod:`vlmtune.models.families` (``model.towers`` overrides);
 - ``save_merged`` writes the source class and ``model_type`` with its processor and chat template.
 
-PaliGemma has no chat template: its processor's prefix/suffix format is used (prefix = the user turns,
-suffix = the last answer, which the processor labels).
+PaliGemma has no chat template: its processor's prefix/suffix format is used (prefix = the question,
+suffix = the answer, which the processor labels); records with several turns, several images or none are
+refused with one line.
 """
 
 from __future__ import annotations
@@ -139,6 +140,33 @@ def chat_segments(processor, messages: list[dict], train: bool = True) -> list[t
     return segments + ([(tail, False)] if tail else [])
 
 
+def message_text(message: dict) -> str:
+    """The text parts of a chat message, joined."""
+    return "".join(part.get("text", "") for part in message["content"] if part.get("type") == "text")
+
+
+def close_answers(segments: list[tuple[str, bool]], answers: list[str], eos: str) -> list[tuple[str, bool]]:
+    """End every assistant segment whose template emits no end-of-turn marker with ``eos``.
+
+    A segment ``" green "`` (llava-1.5-hf's ``chat_vicuna``: answer + separator, no ``</s>``) becomes
+    ``(" green" + eos, True)`` and ``(" ", False)``: the model learns to stop, as LLaVA's own ``"A1</s>"``
+    teaches, and the separator that precedes the next role stays prompt. ``answers[k]`` is the text of the
+    k-th assistant message; a segment with anything but whitespace after it already has its marker.
+    """
+    out: list[tuple[str, bool]] = []
+    answer_texts = iter(answers)
+    for text, is_assistant in segments:
+        answer = next(answer_texts).strip() if is_assistant else ""
+        body = text.rstrip()
+        if not (is_assistant and eos and answer and body.endswith(answer)):
+            out.append((text, is_assistant))
+            continue
+        out.append((body + eos, True))
+        if len(body) < len(text):
+            out.append((text[len(body) :], False))
+    return out
+
+
 # ---------------------------------------------------------------- batches
 @dataclass
 class Example:
@@ -206,7 +234,7 @@ class FamilyPipeline(LlavaPipeline):
         self.image_token_id = int(getattr(self.model.config, "image_token_id", None) or -1)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
-        self.truncated_answers = 0
+        self.truncated_ids: set[str] = set()
         self._set_up_speed(cfg)  # build_llava_style refused what this family cannot pack or cache
         if self.family.model_type != "paligemma" and not self.processor.chat_template:
             raise ConfigError(
@@ -221,13 +249,15 @@ class FamilyPipeline(LlavaPipeline):
         if not train and record.get("prompt"):
             images = "".join(f"{IMAGE_PLACEHOLDER}\n" for _ in record_images(record))
             return [("human", images + record["prompt"])]
-        return record_to_turns(record, self.cfg.data.template_seed)
+        return record_to_turns(record, self.cfg.data.template_seed, epoch=self.epoch)
 
     def segments(self, record: dict, train: bool = True) -> list[tuple[str, bool]]:
         messages = turns_to_messages(self._turns(record, train))
         if not train and messages[-1]["role"] != "assistant":
             messages = [*messages, {"role": "assistant", "content": []}]
-        return chat_segments(self.processor, messages, train)
+        segments = chat_segments(self.processor, messages, train)
+        answers = [message_text(m) for m in messages if m["role"] == "assistant"]
+        return close_answers(segments, answers, self.tokenizer.eos_token) if train else segments
 
     def _add_special(self, text: str) -> bool:
         """Let the tokenizer add its special tokens unless the chat template already starts with BOS."""
@@ -259,23 +289,37 @@ class FamilyPipeline(LlavaPipeline):
         n = len(self._truncate(record, self._example(record, True), train=False))
         return n if record_images(record) else -n
 
-    def _encode_prefix_suffix(self, record: dict, images: list, train: bool) -> Example:
-        """PaliGemma: prefix = the user turns (placeholders dropped: the processor puts the image tokens and
-        BOS first), suffix = the last answer; the processor labels the suffix (``token_type_ids == 1``).
-        One image per prompt: a multi-image record is refused with one line."""
-        if len(images) > 1:
+    def check_record(self, record: dict, train: bool = True) -> None:
+        """A one-line :class:`DataError` for a record this family cannot take, without processing it
+        (the preflight asks before training; ``train=False``: a benchmark-prepared eval record).
+        PaliGemma: one image and one question per prompt: a multi-image, text-only or multi-turn record (one
+        prefix and one suffix cannot hold several answers) is refused, naming it."""
+        if self.family.model_type != "paligemma":
+            return
+        n = len(record_images(record))
+        if n != 1:
             raise DataError(
-                f"record '{record['id']}' has {len(images)} images, but PaliGemma takes one image per prompt; "
-                "give it single-image records"
+                f"record '{record['id']}' has {f'{n} images' if n else 'no image'}, but PaliGemma takes one "
+                "image per prompt; give it single-image records"
             )
+        users = sum(ROLES[role] == "user" for role, _ in self._turns(record, train))
+        if users > 1:
+            raise DataError(
+                f"record '{record['id']}' has {users} turns, but PaliGemma's prefix/suffix format holds one "
+                "question and one answer; split it into single-turn records"
+            )
+
+    def _encode_prefix_suffix(self, record: dict, images: list, train: bool) -> Example:
+        """PaliGemma: prefix = the question (placeholders dropped: the processor puts the image tokens and
+        BOS first), suffix = the answer; the processor labels the suffix (``token_type_ids == 1``).
+        Records it cannot take are refused by :meth:`check_record`."""
+        self.check_record(record, train)
         turns = self._turns(record, train)
         answers = [t for role, t in turns if ROLES[role] == "assistant"]
-        prefix = "\n".join(
-            t.replace(IMAGE_PLACEHOLDER, "").strip() for role, t in turns if ROLES[role] == "user"
-        )
+        (prefix,) = [t.replace(IMAGE_PLACEHOLDER, "").strip() for role, t in turns if ROLES[role] == "user"]
         if not train:
             return Example(self._process(prefix, images), None)
-        out = self.processor(text=[prefix], images=images or None, suffix=[answers[-1]], return_tensors="pt")
+        out = self.processor(text=[prefix], images=images, suffix=[answers[-1]], return_tensors="pt")
         labels = out.pop("labels")[0].tolist()
         return Example({k: v for k, v in out.items() if isinstance(v, torch.Tensor)}, labels)
 
@@ -294,7 +338,9 @@ class FamilyPipeline(LlavaPipeline):
                 spans.append((pos, pos + len(t)))
             pos += len(t)
         plain = self.tokenizer(text, add_special_tokens=self._add_special(text), return_offsets_mapping=True)
-        supervised = [any(a <= s < b for a, b in spans) and e > s for s, e in plain["offset_mapping"]]
+        # a token is supervised when it lies inside an answer: the token that starts with the space before the
+        # next role ("▁USER") is not part of the answer
+        supervised = [any(a <= s < e <= b for a, b in spans) for s, e in plain["offset_mapping"]]
         first = supervised.index(True) if any(supervised) else len(supervised)
         tail = len(supervised) - first
         placeholder = getattr(self.processor, "image_token", IMAGE_PLACEHOLDER)
@@ -391,11 +437,14 @@ class FamilyPipeline(LlavaPipeline):
 
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 16, num_beams: int = 1) -> list[str]:
         """Batched greedy/beam generation on left-padded prompts with every extra input; stops at the
-        checkpoint's own end-of-turn tokens (``generation_config.eos_token_id``) or the tokenizer's eos."""
+        checkpoint's own end-of-turn tokens (``generation_config.eos_token_id``) and the tokenizer's eos."""
         from vlmtune.generation import generate_text
 
         inputs = model_inputs(batch)
         stop = self.model.generation_config.eos_token_id
+        stop = [*(stop if isinstance(stop, list) else [stop] if stop is not None else [])]
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in stop:
+            stop.append(self.tokenizer.eos_token_id)  # the end of answers that close_answers ended with eos
         return generate_text(self.model, self.tokenizer, inputs, max_new_tokens, num_beams, eos_token_id=stop)
 
     # ------------------------------------------------------------------ export

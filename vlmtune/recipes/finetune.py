@@ -72,16 +72,21 @@ def finetune(
     build: Build,
     resume_from: Path | None = None,
     quiet: bool = False,
+    data_changed_ok: bool = False,
 ) -> dict:
     """``vlmtune train``: preflight -> base eval -> attach -> fit -> save adapter -> tuned eval -> ``eval.json``.
 
     Returns the summary written to ``eval.json``. With several processes only the main one evaluates
-    and writes."""
+    and writes. ``resume_from``: the training data must be the run's (:func:`check_same_data`) unless
+    ``data_changed_ok``."""
     from vlmtune.adapters.peft_io import not_in_peft_line
     from vlmtune.core.config import applied_model_defaults, to_dict
     from vlmtune.core.io import atomic_write_json
     from vlmtune.recipes.preflight import preflight, preflight_model
     from vlmtune.recipes.run_folder import (
+        TRAIN_DATA_FILE,
+        check_same_data,
+        data_fingerprint,
         keep_typed_data_paths,
         write_base_identity,
         write_data_paths,
@@ -102,22 +107,30 @@ def finetune(
         )
     checked = preflight(cfg, run_dir, say, progress=not quiet and main_proc)  # before the base is loaded
     train_records, eval_records = checked.train, checked.eval
+    fingerprint = data_fingerprint(train_records)
+    if resume_from is not None:  # before the base is loaded
+        check_same_data(run_dir, fingerprint, data_changed_ok, say)
     config = to_dict(
         cfg
     )  # as given: building fills in `targets: [default]`, which --resume compares unfilled
-    summary: dict = {"recipe": cfg.recipe, "benchmark": cfg.eval.benchmark, "eval_records": len(eval_records)}
+    summary: dict = {"recipe": cfg.recipe, "benchmark": cfg.eval.benchmark, "eval_records": len(eval_records),
+                     "eval_records_total": checked.eval_total}  # fmt: skip
 
     base_info: dict = {}  # the base's identity, also recorded in the adapter folder
 
     def before_attach(pipeline: Pipeline) -> None:
         preflight_model(pipeline, cfg, checked, say)
+        summary["eval_records"] = len(eval_records)  # less the records skipped for this model
         if main_proc:  # all checked: the first writes into the run folder
             write_config(run_dir, keep_typed_data_paths(run_dir, config))  # resumed: as the run typed them
             write_data_paths(run_dir, cfg)  # eval and merge find the data from any directory
+            atomic_write_json(fingerprint, run_dir / TRAIN_DATA_FILE)  # what --resume checks
             checked.write(run_dir)
             base_info.update(write_base_identity(run_dir, cfg.model.name_or_path, pipeline.model))
         if main_proc and eval_records and cfg.train.eval_at_start:
-            base = evaluate(pipeline, eval_records, cfg.eval, run_dir / "eval" / "base", progress=not quiet)
+            base = evaluate(
+                pipeline, eval_records, cfg.eval, run_dir / "eval" / "base", not quiet, checked.eval_total
+            )
             summary["base"] = base
             say(f"base  model {cfg.eval.benchmark}: {describe(base)}")
 
@@ -138,7 +151,9 @@ def finetune(
     if eval_records and cfg.train.eval_at_end and trainer.sharded:
         say(f"FSDP run: no evaluation in the training processes; run `vlmtune eval {run_dir}`")
     elif eval_records and cfg.train.eval_at_end:
-        tuned = evaluate(pipeline, eval_records, cfg.eval, run_dir / "eval" / "tuned", progress=not quiet)
+        tuned = evaluate(
+            pipeline, eval_records, cfg.eval, run_dir / "eval" / "tuned", not quiet, checked.eval_total
+        )
         summary["tuned"] = tuned
         value = headline(tuned)[1]
         line = f"tuned model {cfg.eval.benchmark}: {describe(tuned)}"

@@ -71,6 +71,7 @@ class Checked:
     eval: list[dict]
     errors: ErrorLog
     images: int = 0
+    eval_total: int = 0  # data.eval's records before data.max_eval_samples
 
     def write(self, run_dir: Path) -> None:
         """``data_errors.json`` when records were skipped (``data.on_error=skip``)."""
@@ -256,7 +257,11 @@ def preflight(cfg: RunConfig, run_dir: Path, say: Callable[[str], None], progres
         from vlmtune.data.multiturn import pack_turns
 
         train = pack_turns(train, cfg.data.turns_per_image, cfg.data.template_seed, cfg.train.seed)
-    evals = read_split(cfg, cfg.data.eval, "test", cfg.data.max_eval_samples, errors) if cfg.data.eval else []
+    from vlmtune.data.records import cap_records
+
+    evals = read_split(cfg, cfg.data.eval, "test", 0, errors) if cfg.data.eval else []
+    eval_total = len(evals)
+    evals, cut = cap_records(evals, cfg.data.max_eval_samples, "eval", "data.max_eval_samples")
     choose_benchmark(cfg, evals, say)
     train_problems, eval_problems = Problems(), Problems()
     images = check_images(train, train_problems, progress, "preflight: train images")
@@ -272,13 +277,16 @@ def preflight(cfg: RunConfig, run_dir: Path, say: Callable[[str], None], progres
     if not train:
         raise DataError(f"data.train={cfg.data.train}: no usable record left ({errors.summary()})")
     say(
-        f"preflight: run folder {run_dir} | train {len(train):,} records, eval {len(evals):,} | "
+        f"preflight: run folder {run_dir} | train {len(train):,} records, eval {len(evals):,}"
+        f"{f' of {eval_total:,}' if len(evals) < eval_total else ''} | "
         f"{images:,} images opened ({time.perf_counter() - t0:.1f}s) | {steps_plan(cfg, train)} | "
         f"trains: {what_trains(cfg)}"
     )
+    if cut:
+        say(cut)
     if errors.count:
         say(f"data: {errors.summary()}")
-    return Checked(train, evals, errors, images)
+    return Checked(train, evals, errors, images, eval_total)
 
 
 # ---------------------------------------------------------------- with the model
@@ -298,40 +306,76 @@ def check_adapter_specs(pipeline: Pipeline, cfg: RunConfig) -> None:
     check_specs(pipeline.model, pipeline.towers, cfg.adapters.specs())
 
 
-def unsupervised_records(pipeline: Pipeline, records: list[dict]) -> list[str] | None:
-    """Ids of the records whose training labels are all ignored after ``data.max_length`` (None when the
-    pipeline has no per-record ``encode`` with labels)."""
+def encode_problems(pipeline: Pipeline, records: list[dict], max_length: int) -> Problems | None:
+    """Every training record encoded once: the ones the model cannot take (a :class:`DataError` of its
+    encoding, e.g. PaliGemma's multi-turn or text-only records) and those whose labels are all ignored after
+    ``data.max_length``, by kind (None when the pipeline has no per-record ``encode`` with labels)."""
     from vlmtune.data.collate import IGNORE_INDEX
 
     encode = getattr(pipeline, "encode", None)
     if encode is None:
         return None
-    out = []
-    noted = getattr(pipeline, "truncated_answers", None)
+    problems = Problems()
+    noted = set(getattr(pipeline, "truncated_ids", ()))
     for record in records:
-        labels = getattr(encode(record, train=True), "labels", None)
+        try:
+            labels = getattr(encode(record, train=True), "labels", None)
+        except DataError as e:
+            problems.add(UNUSABLE, str(record["id"]), str(e).splitlines()[0])
+            continue
         if labels is None:
             return None
         if all(int(x) == IGNORE_INDEX for x in labels):
-            out.append(record["id"])
-    if noted is not None:
-        pipeline.truncated_answers = noted  # the trainer counts cut answers itself
-    return out
+            problems.add(
+                f"{NO_SUPERVISION} within data.max_length={max_length} (prompt too long)", record["id"]
+            )
+    if hasattr(pipeline, "truncated_ids"):
+        pipeline.truncated_ids = noted  # the trainer counts cut answers itself
+    return problems
+
+
+NO_SUPERVISION = "no supervised token"
+UNUSABLE = "not usable by this model"
+
+
+def eval_record_problems(pipeline: Pipeline, records: list[dict], benchmark_name: str) -> Problems:
+    """The eval records the model cannot take (its ``check_record``, on the benchmark's prepared record, as
+    the evaluator will collate it), without processing them."""
+    from vlmtune.eval.benchmarks import get_benchmark, prepare
+
+    problems = Problems()
+    check = getattr(pipeline, "check_record", None)
+    if check is None:
+        return problems
+    benchmark = get_benchmark(benchmark_name)
+    for record in records:
+        try:
+            check(prepare(benchmark, record), train=False)
+        except DataError as e:
+            problems.add(UNUSABLE, str(record["id"]), str(e).splitlines()[0])
+    return problems
 
 
 def preflight_model(pipeline: Pipeline, cfg: RunConfig, checked: Checked, say: Callable[[str], None]) -> None:
     """The checks that need the loaded model (see the module docstring); drops records under ``skip``."""
     check_adapter_specs(pipeline, cfg)
-    empty = unsupervised_records(pipeline, checked.train)
-    if not empty:
+    problems = encode_problems(pipeline, checked.train, cfg.data.max_length) or Problems()
+    evals = eval_record_problems(pipeline, checked.eval, cfg.eval.benchmark)
+    if not problems.found and not evals.found:
         return
-    kind = f"no supervised token within data.max_length={cfg.data.max_length} (prompt too long)"
-    if len(empty) == len(checked.train):
-        raise DataError(
-            f"data.train: all {len(empty):,} records have {kind}; raise data.max_length "
-            f"(first: {', '.join(empty[:SHOWN_IDS])})"
-        )
-    problems = Problems({kind: [(rid, "") for rid in empty]})
-    hint = "raise data.max_length or shorten these prompts, or set data.on_error=skip to train without them"
-    checked.train[:] = settle(cfg, [("data.train", problems, checked.train)], checked.errors, hint)[0]
+    if len(problems.found) == 1:
+        ((kind, empty),) = problems.found.items()
+        if kind.startswith(NO_SUPERVISION) and len(empty) == len(checked.train):
+            raise DataError(
+                f"data.train: all {len(empty):,} records have {kind}; raise data.max_length "
+                f"(first: {', '.join(rid for rid, _ in empty[:SHOWN_IDS])})"
+            )
+    hint = (
+        "fix these records (raise data.max_length or shorten prompts that are too long), or set "
+        "data.on_error=skip to go on without them"
+    )
+    checks = [("data.train", problems, checked.train), ("data.eval", evals, checked.eval)]
+    checked.train[:], checked.eval[:] = settle(cfg, checks, checked.errors, hint)
+    if not checked.train:
+        raise DataError(f"data.train={cfg.data.train}: no usable record left ({checked.errors.summary()})")
     say(f"data: {checked.errors.summary()}")

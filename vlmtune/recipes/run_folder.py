@@ -35,6 +35,7 @@ BASE_FILE = "base_model.json"
 MANIFEST_FILE = "adapter_files.json"
 DATA_FILE = "data_paths.json"
 DATA_KEYS = ("train", "eval", "image_root")  # the data.* keys that name files or folders
+TRAIN_DATA_FILE = "train_data.json"  # {"records", "sha256"} of the training records, checked on --resume
 
 
 # ---------------------------------------------------------------- what a run folder records
@@ -130,6 +131,45 @@ def write_data_paths(run_dir: Path, cfg: RunConfig) -> dict:
     recorded = {"cwd": str(cwd), **paths}
     atomic_write_json(recorded, run_dir / DATA_FILE)
     return recorded
+
+
+def data_fingerprint(records: list[dict]) -> dict:
+    """``{"records": N, "sha256": hex}`` of the training records as the trainer reads them: ids and contents,
+    images by file name (a data folder moved elsewhere is the same data). One pass of ``json.dumps``."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for record in records:
+        named = {
+            k: [Path(p).name for p in v] if k == "images" else Path(v).name if k == "image" else v
+            for k, v in record.items()
+        }
+        digest.update(json.dumps(named, sort_keys=True, default=str).encode() + b"\n")
+    return {"records": len(records), "sha256": digest.hexdigest()}
+
+
+def check_same_data(run_dir: Path, fingerprint: dict, accept: bool, say: Callable[[str], None]) -> None:
+    """``--resume``: the training data must be the one the run recorded (:data:`TRAIN_DATA_FILE`); other data
+    is a one-line :class:`ConfigError` naming the override, or a warning with it (``accept``). Runs that
+    recorded none (older vlmtune) are not checked."""
+    path = run_dir / TRAIN_DATA_FILE
+    if not path.is_file():
+        return
+    recorded = json.loads(path.read_text())
+    if recorded == fingerprint:
+        return
+    then, now = recorded.get("records"), fingerprint["records"]
+    what = f"{then:,} records then, {now:,} now" if then != now else f"{now:,} records, other contents"
+    if accept:
+        say(
+            f"warning: --resume: the training data changed since {run_dir} was trained ({what}); continuing on it"
+        )
+        return
+    raise ConfigError(
+        f"--resume {run_dir}: the training data changed since the run was trained ({what}); the checkpoint's "
+        "data position would point into other data: pass --data-changed-ok to continue on it anyway, or start a "
+        "new run"
+    )
 
 
 def reachable(key: str, value: str) -> bool:

@@ -23,6 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="RUN",
         help="continue from the newest checkpoint of RUN (a run folder or checkpoint; default: latest run)",
     )
+    parser.add_argument(
+        "--data-changed-ok",
+        action="store_true",
+        help="--resume even though the training data differs from the run's (count or contents)",
+    )
     parser.add_argument("--output-dir", default=None, help="run folder (default: train.output_dir)")
     parser.add_argument(
         "--quiet",
@@ -177,13 +182,19 @@ def say_redirected(named: Path, chosen: Path) -> None:
         )
 
 
-def run(cfg: RunConfig, run_dir: Path, resume_from: Path | None = None, quiet: bool = False) -> dict:
+def run(
+    cfg: RunConfig,
+    run_dir: Path,
+    resume_from: Path | None = None,
+    quiet: bool = False,
+    data_changed_ok: bool = False,
+) -> dict:
     """Train ``cfg`` into ``run_dir`` (:func:`vlmtune.recipes.finetune` on the preset-aware builder); returns
     the eval summary written to ``eval.json``."""
     from vlmtune.presets import build_pipeline
     from vlmtune.recipes import finetune
 
-    return finetune(cfg, run_dir, build_pipeline, resume_from, quiet)
+    return finetune(cfg, run_dir, build_pipeline, resume_from, quiet, data_changed_ok)
 
 
 def relaunch(args: argparse.Namespace, num_processes: int) -> int:
@@ -196,6 +207,7 @@ def relaunch(args: argparse.Namespace, num_processes: int) -> int:
     argv += ["--resume", args.resume] if args.resume else []
     argv += ["--output-dir", args.output_dir] if args.output_dir else []
     argv += ["--quiet"] if args.quiet else []
+    argv += ["--data-changed-ok"] if getattr(args, "data_changed_ok", False) else []
     launcher = [
         sys.executable,
         "-m",
@@ -215,7 +227,7 @@ def main(args: argparse.Namespace) -> int:
     from vlmtune.models.qlora import check_4bit
     from vlmtune.train import distributed as ddp
     from vlmtune.train.fsdp import check_config as check_fsdp
-    from vlmtune.train.run import next_run_dir, remove_if_empty
+    from vlmtune.train.run import first_missing, next_run_dir, remove_if_empty, remove_if_unstarted
     from vlmtune.train.trainer import TrainingError
 
     cfg = load_config(args.recipe, args.overrides)
@@ -255,15 +267,16 @@ def main(args: argparse.Namespace) -> int:
         raise choice
     run_dir, resume_from = choice
     fresh = not run_dir.exists()
+    created = first_missing(run_dir)  # the folders this run makes (its parents too, when new)
     try:
         with claim(run_dir) if ddp.is_main() else nullcontext():  # one run per folder
-            run(cfg, run_dir, resume_from, quiet=args.quiet)
+            run(cfg, run_dir, resume_from, quiet=args.quiet, data_changed_ok=args.data_changed_ok)
     except TrainingError as e:
         print(f"vlmtune train: error: {e}", flush=True)
         return 1
     except user_error_types_:
         if fresh and ddp.is_main():
-            remove_if_empty(run_dir)  # stopped before writing anything: leave no empty run folder behind
+            remove_if_unstarted(run_dir, created)  # stopped before the first checkpoint: leave no run folder
         raise
     except KeyboardInterrupt:  # cli prints "interrupted" (exit 130); say what is left and how to go on
         if ddp.is_main():

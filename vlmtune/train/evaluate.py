@@ -8,10 +8,16 @@ from vlmtune.core.config import EvalConfig
 
 
 def evaluate(
-    pipeline, records: list[dict], cfg: EvalConfig, out_dir: str | Path | None = None, progress: bool = True
+    pipeline,
+    records: list[dict],
+    cfg: EvalConfig,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    records_total: int | None = None,
 ) -> dict:
-    """Metrics dict of ``cfg.benchmark`` on ``records`` (e.g. ``{"benchmark", "accuracy", "count"}``);
-    writes predictions and metrics under ``out_dir`` when given."""
+    """Metrics dict of ``cfg.benchmark`` on ``records`` (e.g. ``{"benchmark", "accuracy", "count"}``, and
+    ``records_total``: the eval data's records before ``data.max_eval_samples``, when given); writes
+    predictions and metrics under ``out_dir`` when given."""
     from vlmtune.eval.runner import run_benchmark
 
     return run_benchmark(
@@ -23,6 +29,7 @@ def evaluate(
         max_new_tokens=cfg.max_new_tokens,
         num_beams=cfg.num_beams,
         progress=progress,
+        records_total=records_total,
     )
 
 

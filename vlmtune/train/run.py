@@ -43,6 +43,31 @@ def remove_if_empty(run_dir: Path) -> None:
         run_dir.rmdir()
 
 
+def first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet: what creating it makes."""
+    return next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
+
+
+def remove_if_unstarted(run_dir: Path, created: Path | None = None) -> None:
+    """Remove ``run_dir``, which this command created, when training stopped before its first checkpoint or
+    adapter (a user error in the preflight, the base evaluation or the first steps): only what the start of
+    the run wrote is there (config.yaml, data_paths.json, base_model.json, logs), nothing to resume from.
+    ``created`` (:func:`first_missing` before the run): the empty parent folders up to it go too."""
+    import shutil
+
+    if not run_dir.is_dir() or any((run_dir / name).exists() for name in ("checkpoints", "adapter")):
+        return
+    shutil.rmtree(run_dir)
+    if created is None or created == run_dir or created not in run_dir.parents:
+        return
+    for parent in run_dir.parents:
+        if not parent.is_dir() or any(parent.iterdir()):
+            return
+        parent.rmdir()
+        if parent == created:
+            return
+
+
 def latest_run_dir(template: str, recipe: str) -> Path | None:
     """The newest existing ``template`` folder (``runs/x``, ``runs/x-2``, ...), for ``--resume``."""
     base = Path(template.format(recipe=recipe or "run"))

@@ -94,23 +94,23 @@ def _identity(batch):
 
 class CollateInWorker:
     """``pipeline.collate(records, train=True)`` inside a DataLoader worker (``data.num_workers > 0``):
-    image decoding and preprocessing overlap the step. A worker's truncation counter is a copy, so
-    the batch carries its count back (:meth:`received` adds it to the pipeline's)."""
+    image decoding and preprocessing overlap the step. A worker's set of truncated records is a copy, so
+    the batch carries the ids it added back (:meth:`received` adds them to the pipeline's)."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
 
     def __call__(self, records: list[dict]) -> dict[str, Any]:
-        before = getattr(self.pipeline, "truncated_answers", 0)
+        before = set(getattr(self.pipeline, "truncated_ids", ()))
         batch = self.pipeline.collate(records, train=True)
-        batch["truncated_answers"] = getattr(self.pipeline, "truncated_answers", 0) - before
+        batch["truncated_ids"] = sorted(set(getattr(self.pipeline, "truncated_ids", ())) - before)
         return batch
 
     @staticmethod
     def received(pipeline: Pipeline, batch: dict[str, Any]) -> dict[str, Any]:
-        cut = batch.pop("truncated_answers", 0)
+        cut = batch.pop("truncated_ids", ())
         if cut:
-            pipeline.truncated_answers = getattr(pipeline, "truncated_answers", 0) + cut
+            pipeline.truncated_ids.update(cut)
         return batch
 
 
@@ -427,7 +427,7 @@ class Trainer:
         truncated = getattr(self.pipeline, "truncated_answers", 0)
         if truncated and self.rank == 0:  # a data problem: reported even with --quiet
             print(
-                f"warning: {truncated} training sequence(s) lost answer tokens to data.max_length="
+                f"warning: {truncated} training record(s) lost answer tokens to data.max_length="
                 f"{self.cfg.data.max_length}; raise it to train on whole answers",
                 flush=True,
             )
