@@ -29,7 +29,9 @@ def _rows(path):
 
 def test_eval_run_folder_reports_the_training_accuracy(run_dir, tmp_path, capsys):
     tuned = json.loads((run_dir / "eval.json").read_text())["tuned"]
-    assert cli.main(["eval", "vqav2", "--model", str(run_dir), "--out", str(tmp_path), "--quiet"]) == 0
+    # the run's training-time cap (data.max_eval_samples=40) is not applied by a later eval: ask for it
+    argv = ["eval", "vqav2", "--model", str(run_dir), "--max-samples", "40", "--out", str(tmp_path), "--quiet"]
+    assert cli.main(argv) == 0
     out = capsys.readouterr().out
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["count"] == tuned["count"] == 40
