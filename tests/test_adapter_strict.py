@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from toy_models import perturb_trainable
 
 from vlmtune.adapters import AdapterError, AdapterSpec, attach, load_adapter, save_adapter
 
@@ -89,10 +90,7 @@ def test_save_without_specs_writes_a_config_that_loads_back(tmp_path, specs) -> 
     torch.manual_seed(0)
     model = lm()
     attach(model, TOWERS, specs)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.1)
+    perturb_trainable(model, 0.1)
     model.eval()
     folder = save_adapter(model, tmp_path / "a")
     meta = json.loads((folder / "vlmtune_adapter.json").read_text())

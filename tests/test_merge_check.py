@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from toy_models import perturb_trainable
 
 from vlmtune.adapters import attach, save_adapter
 from vlmtune.adapters.attach import adapter_layers
@@ -25,11 +26,7 @@ def trained_adapter(model_dir, tmp_path_factory) -> Path:
     cfg = load_config("llava-dora", [f"model.name_or_path={model_dir}", "adapters.language.r=4"])
     pipe = build_pipeline(cfg)
     attach(pipe.model, pipe.towers, cfg.adapters.specs())
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in pipe.model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
+    perturb_trainable(pipe.model, 0.05)
     folder = tmp_path_factory.mktemp("merge_check") / "adapter"
     return save_adapter(pipe.model, folder, cfg.adapters.specs(), str(model_dir))
 

@@ -13,6 +13,7 @@ import json
 
 import pytest
 import torch
+from toy_models import perturb_trainable
 from transformers import AutoModelForImageTextToText
 
 from vlmtune.adapters import attach, save_adapter
@@ -34,11 +35,7 @@ def adapted_head(folder, tmp_path):
     )  # fmt: skip
     pipe = build_pipeline(cfg)
     attach(pipe.model, pipe.towers, cfg.adapters.specs())
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in pipe.model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.3)
+    perturb_trainable(pipe.model, 0.3)
     adapter = save_adapter(pipe.model, tmp_path / "adapter", cfg.adapters.specs(), str(folder))
     return pipe.model.eval(), adapter
 

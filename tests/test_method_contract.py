@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from toy_models import LLAVA_TOWERS, inputs, tiny_llava
+from toy_models import LLAVA_TOWERS, inputs, perturb_trainable, tiny_llava
 
 from vlmtune.adapters import (
     AdapterError,
@@ -69,11 +69,7 @@ def attached(method: str) -> tuple[torch.nn.Module, dict[str, AdapterSpec]]:
     model = tiny_llava()
     specs = {tower: spec}
     attach(model, LLAVA_TOWERS, specs)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.2 * torch.randn(p.shape, generator=g))
+    perturb_trainable(model, 0.2, seed=1)
     return model, specs
 
 

@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from toy_models import LLAVA_TOWERS, inputs, tiny_llava
+from toy_models import LLAVA_TOWERS, inputs, perturb_trainable, tiny_llava
 
 from vlmtune.adapters import AdapterError, AdapterSpec, adapter_layers, attach, save_adapter
 from vlmtune.adapters.peft_io import not_in_peft_line, not_in_peft_summary
@@ -31,11 +31,7 @@ MIXED = {
 def saved(tmp_path, specs):
     model = tiny_llava()
     attach(model, LLAVA_TOWERS, specs)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    perturb_trainable(model, 0.3)
     return model.eval(), save_adapter(model, tmp_path / "a", specs)
 
 

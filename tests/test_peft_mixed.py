@@ -22,6 +22,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from toy_models import perturb_trainable
 from vlm_families import build_family
 
 from vlmtune.adapters import AdapterError, DoraLinear, LoraLinear, adapter_layers, load_adapter
@@ -170,11 +171,7 @@ def test_trained_norm_layers_are_modules_to_save_that_peft_restores(tmp_path):
         "projector": AdapterSpec(method="full"),
     }
     attach(model, LLAVA_TOWERS, specs)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    perturb_trainable(model, 0.1)
     expected = model.eval()(**inputs()).logits
     save_adapter(model, tmp_path / "a", specs)
     cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
@@ -241,11 +238,7 @@ def test_a_peft_written_folder_with_modules_to_save_by_short_name_loads_in_vlmtu
         r=2, target_modules=["q_proj"], modules_to_save=["multi_modal_projector"], use_dora=True
     )
     ref = peft.get_peft_model(tiny_llava(), cfg)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in ref.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    perturb_trainable(ref, 0.1)
     ref.eval()
     with torch.no_grad():
         expected = ref(**inputs()).logits

@@ -14,7 +14,7 @@ import math
 
 import pytest
 import torch
-from toy_models import LLAVA_TOWERS, inputs, tiny_llava
+from toy_models import LLAVA_TOWERS, inputs, perturb_trainable, tiny_llava
 
 from vlmtune.adapters import AdapterSpec, adapter_layers, attach, load_adapter, save_adapter
 
@@ -45,11 +45,7 @@ def trained_llava(language: AdapterSpec, vision: AdapterSpec):
     model = tiny_llava()
     specs = {"language": language, "vision": vision}
     attach(model, LLAVA_TOWERS, specs)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    perturb_trainable(model, 0.3)
     return model.eval(), specs
 
 

@@ -76,6 +76,17 @@ LLAVA_TOWERS = {
 IMAGE_TOKEN, N_PATCHES = 5, 16
 
 
+def perturb_trainable(model: nn.Module, scale: float, seed: int = 0) -> nn.Module:
+    """Add ``scale * N(0, 1)`` noise (seeded) to every trainable tensor, in place: adapters that start as
+    an identity (LoRA's B = 0) then change the output, as after training."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn(p.shape, generator=g).to(p.dtype))
+    return model
+
+
 def tiny_llava(text_layers: int = 1) -> LlavaForConditionalGeneration:
     """Seeded random tiny LLaVA (``text_layers`` Llama layers), in eval mode."""
     torch.manual_seed(0)
