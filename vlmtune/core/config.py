@@ -36,6 +36,9 @@ class ModelConfig:
     vision_encoder: str = "RN101"  # vlbart: open_clip architecture name
     feature_cache: str = ""  # vlbart: CLIP feature cache folder ("" = off, auto = $VLMTUNE_CACHE/features)
     num_classes: int = 0  # vit: 0 = from the dataset
+    classes: list[str] = field(
+        default_factory=list
+    )  # vit: head order; [] = data.train's (eval/merge: the run's)
     load_in_4bit: bool = False  # QLoRA (CUDA + bitsandbytes only)
     gradient_checkpointing: bool = False
     # llava pipeline: tower name -> module-path prefixes, overriding the family's (model.towers.vision=[...])
