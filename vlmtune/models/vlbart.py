@@ -33,6 +33,7 @@ from vlmtune.models.visual_features import FeatureExtractor, VisionEncoderError,
 
 VIS_EXTRA_IDS = 100  # <vis_extra_id_k> tokens at the end of the vocabulary (object-order embedding)
 TASK_PREFIXES = {"vqa": "vqa:", "gqa": "gqa:", "nlvr": "nlvr:", "caption": "caption:"}
+TRAINED_TASKS = ("vqa", "nlvr", "caption")  # record tasks with a VL-BART prompt and target (gqa: vqa records)
 TOWERS = {"language": ["bart.model", "bart.lm_head"], "projector": ["visual_embedding"]}
 META_FILE = "vlbart.json"
 
@@ -145,6 +146,19 @@ def train_target(record: dict, rng: random.Random, seed: int = 0, epoch: int = 0
     return str(answer)
 
 
+def check_task(record: dict) -> None:
+    """A one-line :class:`DataError` for a record whose task VL-BART has no prompt/target for (``mcq``,
+    ``conversation``, ``grounding``, ...): the preflight refuses it before the base is evaluated."""
+    from vlmtune.data.errors import DataError
+
+    task = record.get("task", "vqa")
+    if task not in TRAINED_TASKS:
+        raise DataError(
+            f"record '{record.get('id')}' is a {task} record, but VL-BART trains and answers only "
+            f"{', '.join(TRAINED_TASKS)} records; use a llava or blip2 recipe for {task} records, or leave them out"
+        )
+
+
 def record_images(record: dict) -> list:
     """Image references of a record: ``images`` (NLVR2: two) or ``[image]``."""
     images = record.get("images") or ([record["image"]] if record.get("image") is not None else [])
@@ -173,6 +187,10 @@ class VLBartPipeline:
         self.towers = TOWERS
         self.rng = random.Random(self.seed)
         self.epoch = 0
+
+    def check_record(self, record: dict, train: bool = True) -> None:
+        """Refuse (one line) a record of a task VL-BART has no prompt for (:func:`check_task`)."""
+        check_task(record)
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the trainer before each epoch's batches: the caption each caption record trains on."""
