@@ -80,3 +80,69 @@ def test_shapes_vl_refuses_eval_records_it_does_not_score(tiny_folder, tmp_path,
     assert cli.main([*argv, "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "record 'm0' is a mcq record; shapes-vl scores vqa, caption, nlvr records" in err
+
+
+@pytest.fixture(scope="module")
+def no_dropout_folder(tiny_folder, tmp_path_factory) -> Path:
+    """The tiny VL-BART without dropout: equal targets give equal per-step losses, in any process."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("vlbart") / "no-dropout"
+    shutil.copytree(tiny_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "dropout": 0.0}))
+    return folder
+
+
+def mixed_answers(tmp_path: Path) -> Path:
+    """4 vqa records whose 10 human answers disagree (red x4, pink x3, dark red x3): the trained answer is drawn."""
+    answers = ["red"] * 4 + ["pink"] * 3 + ["dark red"] * 3
+    return write_records(tmp_path / "d" / "train.jsonl", [vqa(f"q{i}", answers) for i in range(4)])
+
+
+def per_step_losses(run: Path) -> list[float]:
+    from vlmtune.train.run import read_metrics
+
+    return [round(r["loss"], 5) for r in read_metrics(run) if "loss" in r]
+
+
+def rng_run(folder: Path, tmp_path: Path, run: Path, steps: int, *more: str) -> list[str]:
+    data = mixed_answers(tmp_path)
+    return [f"model.name_or_path={folder}", f"data.train={data}", f"data.eval={data}", f"train.max_steps={steps}",
+            "data.task_batch_sizes.vqa=2", "train.log_every=1", "train.save_every=2", "train.schedule=constant",
+            "train.warmup_ratio=0", "train.eval_at_start=false", "train.eval_at_end=false",
+            "--output-dir", str(run), "--quiet", *more]  # fmt: skip
+
+
+def test_vqa_answers_drawn_per_record_and_epoch_so_a_resumed_run_trains_the_same(
+    no_dropout_folder, tmp_path
+) -> None:
+    """Round-5 report: the answer sampler was one Random(seed) per process, not checkpointed: a resumed run
+    (and each of 2 processes) drew other answers than the uninterrupted run."""
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    assert cli.main(["train", "vlbart-dora", *rng_run(no_dropout_folder, tmp_path, full, 6)]) == 0
+    assert cli.main(["train", "vlbart-dora", *rng_run(no_dropout_folder, tmp_path, resumed, 2)]) == 0
+    assert cli.main(["train", "vlbart-dora", "--resume", str(resumed), "train.max_steps=6", "--quiet"]) == 0
+    losses = per_step_losses(full)
+    assert len(losses) == 6 and per_step_losses(resumed) == losses
+
+
+def trained_targets(pipe, records: list[dict]) -> list[str]:
+    """The target texts ``pipe.collate`` trains ``records`` on (labels decoded, padding dropped)."""
+    labels = pipe.collate(records)["labels"]
+    labels = labels.masked_fill(labels == -100, pipe.tokenizer.pad_token_id)
+    return [t.strip() for t in pipe.tokenizer.batch_decode(labels, skip_special_tokens=True)]
+
+
+def test_a_process_collating_its_share_trains_the_answers_one_process_does(tiny_folder) -> None:
+    """What each of 2 processes collates (its own records, after none of the others') is trained on the
+    answers one process trains them on."""
+    from vlmtune.models.vlbart import VLBartPipeline, load_vlbart
+
+    answers = ["red"] * 4 + ["pink"] * 3 + ["dark red"] * 3
+    records = [{**vqa(f"q{i}", answers), "image": Image.new("RGB", (16, 16))} for i in range(12)]
+    one, rank1 = VLBartPipeline(*load_vlbart(tiny_folder)), VLBartPipeline(*load_vlbart(tiny_folder))
+    one.set_epoch(3), rank1.set_epoch(3)
+    targets = trained_targets(one, records[:6]) + trained_targets(one, records[6:])
+    assert trained_targets(rank1, records[6:]) == targets[6:]
+    assert set(targets) == {"red", "pink", "dark red"}  # really drawn, not the most common answer

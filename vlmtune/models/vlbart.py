@@ -16,7 +16,6 @@ the parameters that VL-Adapter/DoRA count in "# Params (%)" (see :func:`paper_pa
 from __future__ import annotations
 
 import json
-import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,17 +125,19 @@ def vqa_answer_scores(answers: list[str]) -> dict[str, float]:
     return {a: min(1.0, c / 3.0) for a, c in Counter(answers).items()}
 
 
-def train_target(record: dict, rng: random.Random, seed: int = 0, epoch: int = 0) -> str:
-    """The answer text to train on: VQA samples an answer with probability ∝ its score, captions one
-    reference per record per epoch (:func:`~vlmtune.data.templates.pick_caption`), NLVR2
-    ``true``/``false``, otherwise ``answer``."""
-    from vlmtune.data.templates import pick_caption
+def train_target(record: dict, seed: int = 0, epoch: int = 0) -> str:
+    """The answer text to train on: VQA samples an answer with probability ∝ its score, drawn per
+    (seed, epoch, record) (:func:`~vlmtune.data.templates.record_random`: the same in every process and on
+    resume), captions one reference per record per epoch (:func:`~vlmtune.data.templates.pick_caption`),
+    NLVR2 ``true``/``false``, otherwise ``answer``."""
+    from vlmtune.data.templates import pick_caption, record_random
 
     task = record.get("task")
     if task == "caption" and record.get("captions"):
         return pick_caption(record, seed, epoch)
     if record.get("answers"):
         scores = vqa_answer_scores([str(a) for a in record["answers"]])
+        rng = record_random("answer", seed, epoch, record)
         return rng.choices(list(scores), weights=list(scores.values()))[0]
     answer = record.get("answer", record.get("label"))
     if isinstance(answer, bool):
@@ -185,7 +186,6 @@ class VLBartPipeline:
 
     def __post_init__(self) -> None:
         self.towers = TOWERS
-        self.rng = random.Random(self.seed)
         self.epoch = 0
 
     def check_record(self, record: dict, train: bool = True) -> None:
@@ -193,7 +193,7 @@ class VLBartPipeline:
         check_task(record)
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by the trainer before each epoch's batches: the caption each caption record trains on."""
+        """Called by the trainer before each epoch's batches: the caption / VQA answer each record trains on."""
         self.epoch = epoch
 
     def epoch_batches(self, records: list[dict], epoch: int) -> list[list[int]]:
@@ -252,7 +252,7 @@ class VLBartPipeline:
         }
         if train:
             lab = self.tokenizer(
-                [train_target(r, self.rng, self.seed, self.epoch) for r in records],
+                [train_target(r, self.seed, self.epoch) for r in records],
                 padding=True,
                 truncation=True,
                 max_length=self.max_length,
