@@ -133,6 +133,7 @@ def test_vqa_answer_sampled_by_score() -> None:
     assert {train_target(cap, epoch=e) for e in range(2)} == {"a", "b"}
     assert {train_target(cap, epoch=e) for e in range(2, 4)} == {"a", "b"}
     assert train_target({"task": "vqa", "answer": "yes"}) == "yes"
+    assert train_target({"id": "c", "task": "caption", "caption": "one"}) == "one"  # a single `caption`
     assert prompt_text({"id": "gqa-1", "task": "vqa", "question": "Q?"}) == "gqa: Q?"
     assert prompt_text({"id": "x", "task": "caption"}) == "caption:"
 

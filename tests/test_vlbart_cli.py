@@ -146,3 +146,24 @@ def test_a_process_collating_its_share_trains_the_answers_one_process_does(tiny_
     targets = trained_targets(one, records[:6]) + trained_targets(one, records[6:])
     assert trained_targets(rank1, records[6:]) == targets[6:]
     assert set(targets) == {"red", "pink", "dark red"}  # really drawn, not the most common answer
+
+
+def test_questions_and_answers_cut_by_max_length_are_said_and_counted(tiny_folder, tmp_path, capsys) -> None:
+    """Round-5 report: data.max_length cut questions ('vqa: in this image,') and answers (without </s>)
+    silently; now the first of each is named and the records are counted after training."""
+    long_question = "In this image, which has a shape drawn on a white background, what colour is the shape?"
+    records = [
+        {"id": "long-q", "task": "vqa", "question": long_question, "answers": ["red"]},
+        {"id": "long-c", "task": "caption", "captions": ["a red circle " * 10]},
+        vqa("short", ["red"]),
+    ]
+    data = write_records(tmp_path / "d" / "train.jsonl", records)
+    run = tmp_path / "run"
+    assert train(tiny_folder, run, f"data.train={data}", f"data.eval={data}", "data.max_length=12",
+                 "train.eval_at_start=false", "train.eval_at_end=false", "train.max_steps=2") == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "warning: record 'long-q': its question is" in out and "data.max_length=12 cuts" in out
+    assert "warning: record 'long-c': its answer is" in out and "(and its </s>) from the loss" in out
+    assert "warning: 1 training record(s) had their question cut to data.max_length=12" in out
+    assert "warning: 1 training record(s) lost answer tokens to data.max_length=12" in out
+    assert "'short'" not in out

@@ -133,7 +133,7 @@ def train_target(record: dict, seed: int = 0, epoch: int = 0) -> str:
     from vlmtune.data.templates import pick_caption, record_random
 
     task = record.get("task")
-    if task == "caption" and record.get("captions"):
+    if task == "caption" and (record.get("captions") or record.get("caption")):  # one caption or several
         return pick_caption(record, seed, epoch)
     if record.get("answers"):
         scores = vqa_answer_scores([str(a) for a in record["answers"]])
@@ -186,6 +186,8 @@ class VLBartPipeline:
 
     def __post_init__(self) -> None:
         self.towers = TOWERS
+        self.truncated_ids: set[str] = set()  # training records whose answer data.max_length cut
+        self.truncated_question_ids: set[str] = set()  # ... whose question it cut
         self.epoch = 0
 
     def check_record(self, record: dict, train: bool = True) -> None:
@@ -225,13 +227,7 @@ class VLBartPipeline:
     def collate(self, records: list[dict], train: bool = True) -> dict:
         """records -> {input_ids (B, L), attention_mask, feats (B, I, N, C), image_mask (B, I),
         labels (B, T) with -100 on padding (train only), ids, tasks}."""
-        enc = self.tokenizer(
-            [prompt_text(r) for r in records],
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
+        enc = self._tokenize([prompt_text(r) for r in records], records, "question" if train else "")
         per_record = [record_images(r) for r in records]
         flat = self.extractor([im for ims in per_record for im in ims])  # (sum I_b, N, C)
         n_img = max(len(ims) for ims in per_record)
@@ -251,15 +247,49 @@ class VLBartPipeline:
             "tasks": [r.get("task") for r in records],
         }
         if train:
-            lab = self.tokenizer(
-                [train_target(r, self.seed, self.epoch) for r in records],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
+            lab = self._tokenize([train_target(r, self.seed, self.epoch) for r in records], records, "answer")
             batch["labels"] = lab["input_ids"].masked_fill(lab["attention_mask"] == 0, -100)
         return batch
+
+    def _tokenize(self, texts: list[str], records: list[dict], part: str) -> dict[str, torch.Tensor]:
+        """``texts`` as padded ``input_ids`` / ``attention_mask`` (B, <= data.max_length) keeping the first
+        ``data.max_length`` tokens; a training record cut there is noted (``part``: question / answer)."""
+        if part:
+            for record, ids in zip(records, self.tokenizer(texts)["input_ids"], strict=True):
+                if len(ids) > self.max_length:
+                    self._note_cut(record, part, len(ids))
+        return self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+
+    def _note_cut(self, record: dict, part: str, length: int) -> None:
+        """Note a training record whose question or answer (with its ``</s>``) ``data.max_length`` cuts; say
+        so at the first of each. The trainer reports how many after training (:attr:`truncated_ids`: lost
+        answer tokens, as the LLaVA-style pipelines count them; :attr:`truncated_question_ids`)."""
+        noted = self.truncated_ids if part == "answer" else self.truncated_question_ids
+        if not noted:
+            lost = (
+                "of its answer tokens (and its </s>) from the loss"
+                if part == "answer"
+                else "of its question tokens"
+            )
+            print(
+                f"warning: record '{record.get('id')}': its {part} is {length} tokens; data.max_length="
+                f"{self.max_length} cuts {length - self.max_length} {lost}. Raise data.max_length (the number "
+                "of such records is reported after training)",
+                flush=True,
+            )
+        noted.add(str(record.get("id")))
+
+    @property
+    def truncated_answers(self) -> int:
+        """Distinct training records whose answer ``data.max_length`` cut (each counted once)."""
+        return len(self.truncated_ids)
+
+    @property
+    def truncated_questions(self) -> int:
+        """Distinct training records whose question ``data.max_length`` cut (each counted once)."""
+        return len(self.truncated_question_ids)
 
     def _tensors(self, batch: dict) -> dict:
         keys = ("input_ids", "attention_mask", "feats", "image_mask", "labels")
