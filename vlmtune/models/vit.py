@@ -80,6 +80,12 @@ class ViTClassifier(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.head(self.vit(pixel_values))
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """``model.gradient_checkpointing=true``: timm's activation checkpointing of the ViT blocks (each
+        block's activations recomputed in backward; non-reentrant, timm's default), under transformers' name
+        for the switch that :func:`vlmtune.train.trainer.enable_checkpointing` turns on."""
+        self.vit.set_grad_checkpointing(True)
+
 
 # ---------------------------------------------------------------- loading
 def digits_tiny_preset() -> ViTPreset:

@@ -26,12 +26,13 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
 
+from vlmtune.core.config import MULTITASK_TASKS
 from vlmtune.core.io import atomic_write_json, atomic_write_safetensors
 from vlmtune.models.base import register_pipeline
 from vlmtune.models.visual_features import FeatureExtractor, VisionEncoderError, build_grid_encoder
 
 VIS_EXTRA_IDS = 100  # <vis_extra_id_k> tokens at the end of the vocabulary (object-order embedding)
-TASK_PREFIXES = {"vqa": "vqa:", "gqa": "gqa:", "nlvr": "nlvr:", "caption": "caption:"}
+TASK_PREFIXES = {task: f"{task}:" for task in MULTITASK_TASKS}
 TRAINED_TASKS = ("vqa", "nlvr", "caption")  # record tasks with a VL-BART prompt and target (gqa: vqa records)
 TOWERS = {"language": ["bart.model", "bart.lm_head"], "projector": ["visual_embedding"]}
 META_FILE = "vlbart.json"
@@ -73,6 +74,18 @@ class VLBart(nn.Module):
     @property
     def config(self) -> BartConfig:
         return self.bart.config
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """``model.gradient_checkpointing=true``: BART's own activation checkpointing of its encoder and
+        decoder layers (:func:`vlmtune.train.trainer.enable_checkpointing` passes ``use_reentrant=False``);
+        transformers' newer name for the switch when it has it."""
+        switch = getattr(self.bart, "activation_checkpointing_enable", None)
+        if switch is not None:
+            switch(activation_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        else:
+            self.bart.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=gradient_checkpointing_kwargs
+            )
 
     def encoder_inputs(
         self,
