@@ -413,6 +413,15 @@ def make_plan(cfg: RunConfig, gpus: int, gpu_mem: int) -> Plan:
             "models (llava recipes: LLaVA and Qwen2.5-VL configs)"
         )
     config = load_model_config(cfg.model.name_or_path)
+    from vlmtune.models.families import QFORMER_TYPES
+
+    if (
+        config.model_type in QFORMER_TYPES
+    ):  # built by another class, with a qformer tower instead of a projector
+        raise ConfigError(
+            f"model.name_or_path={cfg.model.name_or_path} is a {config.model_type} (Q-Former) model; plan covers "
+            "the llava-pipeline families (train it with the blip2 / instructblip recipes)"
+        )
     dtype = plan_dtype(cfg)
     with torch.device("meta"):
         counts = count(with_adapters(config, cfg, dtype))
