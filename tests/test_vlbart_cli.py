@@ -167,3 +167,21 @@ def test_questions_and_answers_cut_by_max_length_are_said_and_counted(tiny_folde
     assert "warning: 1 training record(s) had their question cut to data.max_length=12" in out
     assert "warning: 1 training record(s) lost answer tokens to data.max_length=12" in out
     assert "'short'" not in out
+
+
+@pytest.mark.slow  # launches two torchrun processes
+def test_two_processes_train_the_answers_one_process_does(no_dropout_folder, tmp_path) -> None:
+    """The tester's 01_vlbart_rng.sh: ``--num-processes 2`` gives the per-step losses of one process."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert cli.main(["train", "vlbart-dora", *rng_run(no_dropout_folder, tmp_path, one, 4)]) == 0
+    argv = ["train", "vlbart-dora", *rng_run(no_dropout_folder, tmp_path, two, 4), "--num-processes", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-m", "vlmtune", *argv], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    losses = per_step_losses(one)
+    assert len(losses) == 4 and per_step_losses(two) == pytest.approx(losses, abs=1e-4)
