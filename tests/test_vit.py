@@ -244,3 +244,19 @@ def test_eval_and_merge_use_the_runs_classes_and_refuse_data_with_other_classes(
     (tmp_path / "if").rename(tmp_path / "moved")  # data.train unreachable: merge uses the run's classes
     assert cli.main(["merge", str(run), str(tmp_path / "merged")]) == 0
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["classes"] == fruit
+
+
+def test_a_relative_imagefolder_path_is_recorded_absolute(tmp_path) -> None:
+    """data_paths.json records ``imagefolder:if@train`` typed in /w as ``imagefolder:/w/if@train`` (it kept
+    the relative spec, unreachable from any other directory)."""
+    from vlmtune.recipes.run_folder import absolute_data_path, reachable
+
+    write_fruit_folder(tmp_path / "if")
+    assert (
+        absolute_data_path("train", "imagefolder:if@train", tmp_path)
+        == f"imagefolder:{tmp_path / 'if'}@train"
+    )
+    assert absolute_data_path("eval", "imagefolder:if", tmp_path) == f"imagefolder:{tmp_path / 'if'}"
+    assert reachable("train", f"imagefolder:{tmp_path / 'if'}@train")
+    assert not reachable("train", f"imagefolder:{tmp_path / 'gone'}@train")
+    assert absolute_data_path("train", "digits:target@train", tmp_path) == "digits:target@train"

@@ -120,7 +120,13 @@ def absolute_data_path(key: str, value: str, cwd: Path) -> str:
     (``train.jsonl,more.jsonl`` -> ``/w/train.jsonl,/w/more.jsonl``); generated specs (``shapes:vqa``) as is."""
     from vlmtune.core.data_spec import parse_spec
 
-    if not value.strip() or (key != "image_root" and parse_spec(value).generated):
+    if not value.strip():
+        return value
+    spec = parse_spec(value) if key != "image_root" else None
+    if spec is not None and spec.kind == "imagefolder":  # a folder of the user's: imagefolder:/w/if@train
+        folder = os.path.abspath(os.path.join(cwd, os.path.expanduser(spec.items[0])))
+        return f"imagefolder:{folder}" + (f"@{spec.split}" if spec.split else "")
+    if spec is not None and spec.generated:
         return value
     parts = [value] if key == "image_root" else [p.strip() for p in value.split(",") if p.strip()]
     return ",".join(os.path.abspath(os.path.join(cwd, os.path.expanduser(p))) for p in parts)
