@@ -202,3 +202,41 @@ def test_qwen_vl_vision_tower_note_says_in_words_what_is_not_estimated(family_fo
         "only (add the tower's for a trainable tower)"
     ], out
     assert "Error" not in out
+
+
+@pytest.mark.parametrize(
+    "family, image_tokens",
+    [
+        ("idefics3", (32 // 8) ** 2 // 2**2),
+        ("smolvlm", (32 // 8) ** 2 // 2**2),
+        ("mllama", 1),
+        ("internvl", None),
+    ],
+)
+def test_families_without_llavas_module_names_plan_like_their_training_builds_them(
+    family, image_tokens, family_folder, capsys
+):
+    """Round-5 report: ``plan`` tracebacked on Idefics3 / SmolVLM (no ``model.language_model``), Mllama (no
+    ``model.visual``) and InternVL (list image_size). The towers are found where the pipelines find them; the
+    counts are the trained model's, the language model's every decoder layer is measured."""
+    from vlmtune.adapters import attach
+    from vlmtune.models import build_pipeline
+    from vlmtune.plan import language_model
+
+    folder = family_folder(family)
+    overrides = [f"model.name_or_path={folder}", "model.dtype=float32", "train.batch_size=2"]
+    assert cli.main(["plan", "llava-lora", *overrides, "--gpus", "2"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    cfg = load_config("llava-lora", overrides)
+    plan = make_plan(cfg, gpus=2, gpu_mem=GiB)
+    pipe = build_pipeline(cfg)
+    attach(pipe.model, pipe.towers, cfg.adapters.specs())
+    params = list(pipe.model.parameters())
+    assert plan.counts.total_numel == sum(p.numel() for p in params)
+    assert plan.counts.trainable_numel == sum(p.numel() for p in params if p.requires_grad) > 0
+    expected = image_tokens or pipe.model.config.image_seq_length
+    assert plan.image_tokens == expected
+    layers = pipe.model.config.text_config.num_hidden_layers
+    # Mllama mixes self- and cross-attention layer classes: no layer units (train.fsdp's), measured as a whole
+    assert len(plan.acts.unit_saved) == (0 if family == "mllama" else layers) and plan.acts.saved > 0
+    assert language_model(pipe.model) is pipe.model.get_submodule(pipe.towers["language"][0])

@@ -96,9 +96,13 @@ def test_info_prints_the_qformer_tower_plan(family_folder, capsys):
 
 def test_model_type_dispatch_and_wrong_checkpoint_is_one_line(family_folder):
     _, pipe = pipeline(
-        family_folder("blip_2"), "llava-dora", attach_adapters=False
+        family_folder("blip_2"), "llava-dora", "adapters.projector.method=frozen", attach_adapters=False
     )  # pipeline llava -> by model_type
     assert isinstance(pipe, QFormerPipeline)
+    with pytest.raises(
+        ConfigError, match="no 'projector' tower .* use the blip2-dora, blip2-lora, blip2-pin"
+    ):
+        pipeline(family_folder("blip_2"), "llava-dora", attach_adapters=False)  # the llava recipes train one
     with pytest.raises(ConfigError) as err:
         build_pipeline(
             load_config(

@@ -175,3 +175,20 @@ def test_resume_refuses_training_data_that_changed_unless_told(model_dir, tmp_pa
     )
     assert "warning: --resume: the training data changed" in capsys.readouterr().out
     assert [r["step"] for r in read_metrics(run)][-1] == 5
+
+
+def test_resume_on_a_folder_that_is_not_a_run_is_refused_and_writes_nothing(tmp_path, capsys):
+    """Round-5 report: ``--resume`` on a user's folder (no config.yaml) trained there and replaced its
+    eval.json/metrics.jsonl; a file was called a missing run folder."""
+    user = tmp_path / "userdir"
+    user.mkdir()
+    files = {"eval.json": '{"my": "precious results"}\n', "metrics.jsonl": '{"step": 1, "loss": 42}\n'}
+    for name, text in files.items():
+        (user / name).write_text(text)
+    assert train("--resume", str(user), "train.max_steps=1") == 2
+    err = capsys.readouterr().err
+    assert f"{user} is not a run folder (no config.yaml)" in err and "Traceback" not in err
+    assert {p.name: p.read_text() for p in user.iterdir()} == files  # nothing written, nothing replaced
+    assert train("--resume", str(user / "eval.json")) == 2
+    err = capsys.readouterr().err
+    assert "eval.json is a file, not a run folder" in err and "does not exist" not in err

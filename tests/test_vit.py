@@ -210,3 +210,53 @@ def test_eval_classify_reads_a_digits_spec_and_scores_a_run_like_training_did(tm
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert metrics["count"] == len(read_classification("digits:target@test")) == trained["eval_records"]
     assert metrics["accuracy"] == pytest.approx(trained["tuned"]["accuracy"])  # the same model, the same data
+
+
+def write_fruit_folder(root) -> str:
+    """``imagefolder:ROOT@train`` with classes apple / banana / cherry (two 8x8 images each)."""
+    for value, name in enumerate(("apple", "banana", "cherry")):
+        (root / "train" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (value * 120, i * 50, 0)).save(root / "train" / name / f"{i}.png")
+    return f"imagefolder:{root}@train"
+
+
+def test_eval_and_merge_use_the_runs_classes_and_refuse_data_with_other_classes(tmp_path, capsys) -> None:
+    """Round-5 report: classes were re-read from data.train at eval/merge time, so a renamed class folder
+    relabelled every prediction (banana -> zebra) and an added one gave a misleading fingerprint error."""
+    from vlmtune import cli
+    from vlmtune.adapters.peft_io import read_base_info
+
+    torch.set_num_threads(1)
+    spec, run = write_fruit_folder(tmp_path / "if"), tmp_path / "run"
+    overrides = ["model.name_or_path=digits-tiny-scratch", f"data.train={spec}", f"data.eval={spec}",
+                 "train.max_steps=2", "train.batch_size=6", "train.eval_at_start=false"]  # fmt: skip
+    assert cli.main(["train", "vit-head", *overrides, "--output-dir", str(run), "--quiet"]) == 0
+    fruit = ["apple", "banana", "cherry"]
+    assert json.loads((run / "base_model.json").read_text())["classes"] == fruit
+    assert read_base_info(run / "adapter")["classes"] == fruit  # an adapter folder copied out carries them
+    (tmp_path / "if" / "train" / "banana").rename(tmp_path / "if" / "train" / "zebra")
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "--out", str(tmp_path / "e"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "missing ['banana'], new ['zebra']" in err and "Traceback" not in err
+    assert not (tmp_path / "e" / "predictions.jsonl").exists()
+    (tmp_path / "if").rename(tmp_path / "moved")  # data.train unreachable: merge uses the run's classes
+    assert cli.main(["merge", str(run), str(tmp_path / "merged")]) == 0
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["classes"] == fruit
+
+
+def test_a_relative_imagefolder_path_is_recorded_absolute(tmp_path) -> None:
+    """data_paths.json records ``imagefolder:if@train`` typed in /w as ``imagefolder:/w/if@train`` (it kept
+    the relative spec, unreachable from any other directory)."""
+    from vlmtune.recipes.run_folder import absolute_data_path, reachable
+
+    write_fruit_folder(tmp_path / "if")
+    assert (
+        absolute_data_path("train", "imagefolder:if@train", tmp_path)
+        == f"imagefolder:{tmp_path / 'if'}@train"
+    )
+    assert absolute_data_path("eval", "imagefolder:if", tmp_path) == f"imagefolder:{tmp_path / 'if'}"
+    assert reachable("train", f"imagefolder:{tmp_path / 'if'}@train")
+    assert not reachable("train", f"imagefolder:{tmp_path / 'gone'}@train")
+    assert absolute_data_path("train", "digits:target@train", tmp_path) == "digits:target@train"

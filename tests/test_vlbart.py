@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 
 import pytest
@@ -123,16 +122,18 @@ def test_nlvr2_two_image_batches(pipe) -> None:
 
 def test_vqa_answer_sampled_by_score() -> None:
     assert vqa_answer_scores(["red"] * 9 + ["blue"]) == {"red": 1.0, "blue": pytest.approx(1 / 3)}
-    rng = random.Random(0)
     rec = {"task": "vqa", "answers": ["red"] * 9 + ["blue"]}
-    counts = Counter(train_target(rec, rng) for _ in range(4000))
+    counts = Counter(train_target({**rec, "id": f"q{i}"}) for i in range(4000))  # one draw per record
     assert counts["red"] / 4000 == pytest.approx(0.75, abs=0.03)  # 1 / (1 + 1/3)
+    over_epochs = Counter(train_target({**rec, "id": "q"}, epoch=e) for e in range(4000))
+    assert over_epochs["red"] / 4000 == pytest.approx(0.75, abs=0.03)
     cap = {"task": "caption", "captions": ["a", "b"]}
     # one caption per epoch (data.templates.pick_caption, shared with the LLaVA-style and BLIP-2 paths): each
     # caption once in every round of len(captions) epochs
-    assert {train_target(cap, rng, epoch=e) for e in range(2)} == {"a", "b"}
-    assert {train_target(cap, rng, epoch=e) for e in range(2, 4)} == {"a", "b"}
-    assert train_target({"task": "vqa", "answer": "yes"}, rng) == "yes"
+    assert {train_target(cap, epoch=e) for e in range(2)} == {"a", "b"}
+    assert {train_target(cap, epoch=e) for e in range(2, 4)} == {"a", "b"}
+    assert train_target({"task": "vqa", "answer": "yes"}) == "yes"
+    assert train_target({"id": "c", "task": "caption", "caption": "one"}) == "one"  # a single `caption`
     assert prompt_text({"id": "gqa-1", "task": "vqa", "question": "Q?"}) == "gqa: Q?"
     assert prompt_text({"id": "x", "task": "caption"}) == "caption:"
 
@@ -172,7 +173,7 @@ def test_explained_vqa_targets_answer_first_and_drop_human_answers() -> None:
     cap = {"id": "c", "task": "caption", "captions": ["a red circle"]}
     out = explained_vqa([q, cap])
     assert out[0]["answer"] == "red. The circle is red." and "answers" not in out[0]
-    assert train_target(out[0], random.Random(0)) == "red. The circle is red."
+    assert train_target(out[0]) == "red. The circle is red."
     assert out[1] is cap and q["answers"] == ["red"] * 10  # inputs untouched
 
 

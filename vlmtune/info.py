@@ -59,6 +59,9 @@ def describe_model_folder(folder: Path) -> str:
         ) from None
     model_type = config.get("model_type", "?")
     classes = ", ".join(config.get("architectures") or ["?"])
+    own = own_pipeline_folder(folder)
+    if own is not None:  # a VL-BART or merged ViT folder: not a transformers VLM family
+        return own
     lines = [f"model folder {folder}: {classes} (model_type '{model_type}')"]
     try:
         family = family_for(model_type)
@@ -68,8 +71,32 @@ def describe_model_folder(folder: Path) -> str:
         for tower, prefixes in family.towers.items():
             targets = ", ".join(family.targets.get(tower, [])) or "-"
             lines.append(f"  {tower:<10} prefixes {', '.join(prefixes)}; default targets {targets}")
-    lines.append(f"adapters a recipe would attach: vlmtune info llava-dora model.name_or_path={folder}")
+    recipe = {"blip-2": "blip2-dora", "instructblip": "instructblip-dora"}.get(model_type, "llava-dora")
+    lines.append(f"adapters a recipe would attach: vlmtune info {recipe} model.name_or_path={folder}")
     return "\n".join(lines)
+
+
+def own_pipeline_folder(folder: Path) -> str | None:
+    """What a VL-BART folder (``vlbart.json``) or a merged ViT classifier (``config.json`` with ``classes``) is,
+    with the recipes that train it; None for other folders."""
+    from vlmtune.models.vit import saved_classes
+    from vlmtune.models.vlbart import META_FILE
+
+    if (folder / META_FILE).is_file():
+        return (
+            f"model folder {folder}: a VL-BART model (BART + visual embedding, model.pipeline=vlbart)\n"
+            f"recipes that train it: vlbart-dora, vlbart-lora, vlbart-ft (vlmtune info vlbart-dora "
+            f"model.name_or_path={folder})"
+        )
+    classes = saved_classes(folder)
+    if classes is not None:
+        shown = ", ".join(classes[:10]) + (f" (+{len(classes) - 10} more)" if len(classes) > 10 else "")
+        return (
+            f"model folder {folder}: a ViT classifier (timm ViT + head, model.pipeline=vit), {len(classes)} "
+            f"classes: {shown}\nrecipes that train it: vit-lora, vit-dora, vit-head, vit-full, ... (vlmtune info "
+            f"vit-lora model.name_or_path={folder})"
+        )
+    return None
 
 
 def _numel(shape) -> int:

@@ -120,6 +120,7 @@ def build_empty(config, dtype: torch.dtype, attention: str = "sdpa") -> nn.Modul
             model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
     except ValueError as e:
         raise ConfigError(f"not an image-text-to-text model ({config.model_type}): {e}") from None
+    model.tie_weights()  # as loading does (InternVL: lm_head is the input embedding), not a second matrix
     return model
 
 
@@ -136,13 +137,27 @@ def with_adapters(config, cfg: RunConfig, dtype: torch.dtype, attention: str = "
     return model
 
 
+def tower_module(model: nn.Module, tower: str) -> nn.Module:
+    """The module of ``tower`` where the pipelines find it, from the family's module paths
+    (:mod:`vlmtune.models.families`; ``model.text_model`` for Idefics3 / SmolVLM, ``model.vision_model`` for
+    Mllama): the module holding all of them (Qwen-VL's ``model.visual`` for ``model.visual.patch_embed`` and
+    ``model.visual.blocks``), else the first (the language model, not the root that also holds ``lm_head``)."""
+    import os
+
+    from vlmtune.models.families import FAMILIES
+
+    family = FAMILIES.get(model.config.model_type, FAMILIES["llava"])
+    paths = family.towers[tower]
+    common = os.path.commonprefix([p.split(".") for p in paths])
+    return model.get_submodule(".".join(common) if common else paths[0])
+
+
 def language_model(model: nn.Module) -> nn.Module:
-    return model.model.language_model
+    return tower_module(model, "language")
 
 
 def vision_model(model: nn.Module) -> nn.Module:
-    inner = model.model
-    return inner.vision_tower if hasattr(inner, "vision_tower") else inner.visual
+    return tower_module(model, "vision")
 
 
 # ---------------------------------------------------------------- counts
@@ -298,10 +313,21 @@ def vision_not_estimated(why: str) -> str:
 
 
 def image_tokens(config) -> int:
-    """Image tokens per image: LLaVA's patch count; Qwen2.5-VL: 1024 (a 896x896 image)."""
+    """Image tokens per image in the language model's sequence: LLaVA's patch count; the config's own
+    ``image_seq_length`` (InternVL: per tile); Idefics3 / SmolVLM: patches / scale_factor² per tile; Mllama: 1
+    (the image reaches the language model through cross-attention); Qwen2.5-VL: 1024 (a 896x896 image)."""
     from vlmtune.models.llava import num_image_tokens
 
-    return num_image_tokens(config) if hasattr(config, "vision_feature_select_strategy") else 1024
+    vision = getattr(config, "vision_config", None)
+    if config.model_type == "mllama":
+        return 1
+    if hasattr(config, "vision_feature_select_strategy") and isinstance(vision.image_size, int):
+        return num_image_tokens(config)
+    if getattr(config, "image_seq_length", None):
+        return int(config.image_seq_length)
+    if getattr(config, "scale_factor", None):
+        return (vision.image_size // vision.patch_size) ** 2 // config.scale_factor**2
+    return 1024
 
 
 # ---------------------------------------------------------------- the table
@@ -387,6 +413,15 @@ def make_plan(cfg: RunConfig, gpus: int, gpu_mem: int) -> Plan:
             "models (llava recipes: LLaVA and Qwen2.5-VL configs)"
         )
     config = load_model_config(cfg.model.name_or_path)
+    from vlmtune.models.families import QFORMER_TYPES
+
+    if (
+        config.model_type in QFORMER_TYPES
+    ):  # built by another class, with a qformer tower instead of a projector
+        raise ConfigError(
+            f"model.name_or_path={cfg.model.name_or_path} is a {config.model_type} (Q-Former) model; plan covers "
+            "the llava-pipeline families (train it with the blip2 / instructblip recipes)"
+        )
     dtype = plan_dtype(cfg)
     with torch.device("meta"):
         counts = count(with_adapters(config, cfg, dtype))

@@ -26,6 +26,14 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 PACKAGED_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
+MULTITASK_TASKS = (
+    "vqa",
+    "gqa",
+    "nlvr",
+    "caption",
+)  # VL-BART's task prefixes: the keys of data.task_batch_sizes
+
+
 @dataclass
 class ModelConfig:
     pipeline: str = "llava"  # llava | blip2 | vlbart | vit
@@ -36,6 +44,9 @@ class ModelConfig:
     vision_encoder: str = "RN101"  # vlbart: open_clip architecture name
     feature_cache: str = ""  # vlbart: CLIP feature cache folder ("" = off, auto = $VLMTUNE_CACHE/features)
     num_classes: int = 0  # vit: 0 = from the dataset
+    classes: list[str] = field(
+        default_factory=list
+    )  # vit: head order; [] = data.train's (eval/merge: the run's)
     load_in_4bit: bool = False  # QLoRA (CUDA + bitsandbytes only)
     gradient_checkpointing: bool = False
     # llava pipeline: tower name -> module-path prefixes, overriding the family's (model.towers.vision=[...])
@@ -411,6 +422,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     for task, size in cfg.data.task_batch_sizes.items():
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
             raise ConfigError(f"config key 'data.task_batch_sizes.{task}' must be an int > 0, got {size!r}")
+    _validate_task_batch_sizes(cfg)
     for tower, spec in cfg.adapters.specs().items():
         if spec.method not in ("frozen", "full") and spec.r <= 0:
             raise ConfigError(f"config key 'adapters.{tower}.r' must be > 0, got {spec.r}")
@@ -451,8 +463,33 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+def _validate_task_batch_sizes(cfg: RunConfig) -> None:
+    """``data.task_batch_sizes`` sizes VL-BART's per-task batches: a key that is none of its tasks (a typo
+    such as ``vqq``) or the key on another pipeline would be ignored silently, so both are refused."""
+    sizes = cfg.data.task_batch_sizes
+    if sizes and cfg.model.pipeline != "vlbart":
+        raise ConfigError(
+            f"config key 'data.task_batch_sizes' is used by model.pipeline=vlbart only, got "
+            f"'{cfg.model.pipeline}'; drop it (train.batch_size sizes the batches)"
+        )
+    unknown = [str(task) for task in sizes if task not in MULTITASK_TASKS]
+    if unknown:
+        raise ConfigError(
+            f"config key 'data.task_batch_sizes.{unknown[0]}': no such task; the tasks are "
+            f"{', '.join(MULTITASK_TASKS)}"
+        )
+
+
 def _validate_speed(cfg: RunConfig) -> None:
     """``data.packing`` / ``data.cache_vision_features`` / ``data.num_workers`` (README "Speed")."""
+    if cfg.data.group_by_length and cfg.model.pipeline in ("vit", "vlbart"):  # no token lengths to group by
+        why = (
+            "VL-BART batches by task: data.task_batch_sizes" if cfg.model.pipeline == "vlbart" else "no text"
+        )
+        raise ConfigError(
+            f"config key 'data.group_by_length' is not supported by model.pipeline={cfg.model.pipeline} "
+            f"({why}); set data.group_by_length=false"
+        )
     for key in ("packing", "cache_vision_features"):
         if getattr(cfg.data, key) and cfg.model.pipeline != "llava":
             raise ConfigError(

@@ -104,6 +104,12 @@ def template_index(record_id: str, seed: int, n: int) -> int:
     return int.from_bytes(digest[:8], "big") % n
 
 
+def record_random(purpose: str, seed: int, rounds: int, record: dict) -> random.Random:
+    """``Random(f"{purpose}/{seed}/{rounds}/{record id}")``: a draw for one record in one epoch (or round of
+    epochs) that depends on nothing else, so every process and a resumed run draw the same."""
+    return random.Random(f"{purpose}/{seed}/{rounds}/{record.get('id', '')}")
+
+
 def pick_caption(record: dict, seed: int = 0, epoch: int = 0) -> str:
     """The caption to train on in ``epoch``: ``captions`` (COCO: 5 per image) in a seeded order per record
     and round of ``len(captions)`` epochs, so each caption trains once per round, and the same ones in a
@@ -111,9 +117,7 @@ def pick_caption(record: dict, seed: int = 0, epoch: int = 0) -> str:
     (``caption`` when the record has a single one)."""
     captions = record.get("captions") or [record["caption"]]
     rounds, k = divmod(epoch, len(captions))
-    order = random.Random(f"caption/{seed}/{rounds}/{record.get('id', '')}").sample(
-        range(len(captions)), len(captions)
-    )
+    order = record_random("caption", seed, rounds, record).sample(range(len(captions)), len(captions))
     return captions[order[k]]
 
 

@@ -61,8 +61,15 @@ def _vl_parse(text: str, record: dict) -> str:
     return parse_true_false(text) if record.get("task") == "nlvr" else first_line(text)
 
 
+SHAPES_VL_TASKS = ("vqa", "caption", "nlvr")  # what score_shapes_vl scores
+
+
 def _vl_refs(record: dict) -> dict:
     task = record.get("task")
+    if task not in SHAPES_VL_TASKS:  # scored by nothing: refused, not a silent "no metric"
+        raise EvalError(
+            f"record '{record.get('id')}' is a {task} record; shapes-vl scores {', '.join(SHAPES_VL_TASKS)} records"
+        )
     refs = (
         _caption_refs(record)
         if task == "caption"

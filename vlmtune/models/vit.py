@@ -80,6 +80,12 @@ class ViTClassifier(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.head(self.vit(pixel_values))
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """``model.gradient_checkpointing=true``: timm's activation checkpointing of the ViT blocks (each
+        block's activations recomputed in backward; non-reentrant, timm's default), under transformers' name
+        for the switch that :func:`vlmtune.train.trainer.enable_checkpointing` turns on."""
+        self.vit.set_grad_checkpointing(True)
+
 
 # ---------------------------------------------------------------- loading
 def digits_tiny_preset() -> ViTPreset:
@@ -263,13 +269,34 @@ def training_classes(cfg: RunConfig) -> list[str]:
     return classes
 
 
+def named_classes(cfg: RunConfig) -> list[str]:
+    """``model.classes`` (a run's recorded head order, set by eval/merge), checked against the classes of
+    ``data.train`` when there is one: other class folders would relabel every prediction, so they are refused."""
+    classes = [str(c) for c in cfg.model.classes]
+    if not cfg.data.train:
+        return classes
+    found = training_classes(cfg)
+    if found != classes:
+        lost, new = [c for c in classes if c not in found], [c for c in found if c not in classes]
+        what = f"missing {lost}, new {new}" if lost or new else f"in another order: {found}"
+        raise DataError(
+            f"data.train {cfg.data.train}: its classes differ from the ones this run was trained on "
+            f"({what}; the run's: {classes}); put its class folders back as they were when the run trained"
+        )
+    return classes
+
+
 def build_vit_pipeline(cfg: RunConfig, folder: str | None = None) -> ViTPipeline:
     """``model.pipeline: vit``: the backbone from ``folder`` (default ``model.name_or_path``), classes
-    from ``model.num_classes`` or the training data. A merged classifier folder (``vlmtune merge``)
-    keeps its trained head when its classes are the data's, or when there is no ``data.train``."""
+    from ``model.classes`` (a run's, :func:`named_classes`), ``model.num_classes`` or the training data.
+    A merged classifier folder (``vlmtune merge``) keeps its trained head when its classes are the data's,
+    or when there is no ``data.train``."""
     path = folder or cfg.model.name_or_path
     saved = saved_classes(path) if Path(path).is_dir() else None
-    classes = saved if saved is not None and not cfg.data.train else training_classes(cfg)
+    if cfg.model.classes:
+        classes = named_classes(cfg)
+    else:
+        classes = saved if saved is not None and not cfg.data.train else training_classes(cfg)
     if saved is not None:  # a merged classifier: backbone and head from its one weights file
         vit, preset, head = load_vit_folder(Path(path))
     else:

@@ -16,7 +16,6 @@ the parameters that VL-Adapter/DoRA count in "# Params (%)" (see :func:`paper_pa
 from __future__ import annotations
 
 import json
-import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +26,14 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
 
+from vlmtune.core.config import MULTITASK_TASKS
 from vlmtune.core.io import atomic_write_json, atomic_write_safetensors
 from vlmtune.models.base import register_pipeline
 from vlmtune.models.visual_features import FeatureExtractor, VisionEncoderError, build_grid_encoder
 
 VIS_EXTRA_IDS = 100  # <vis_extra_id_k> tokens at the end of the vocabulary (object-order embedding)
-TASK_PREFIXES = {"vqa": "vqa:", "gqa": "gqa:", "nlvr": "nlvr:", "caption": "caption:"}
+TASK_PREFIXES = {task: f"{task}:" for task in MULTITASK_TASKS}
+TRAINED_TASKS = ("vqa", "nlvr", "caption")  # record tasks with a VL-BART prompt and target (gqa: vqa records)
 TOWERS = {"language": ["bart.model", "bart.lm_head"], "projector": ["visual_embedding"]}
 META_FILE = "vlbart.json"
 
@@ -73,6 +74,18 @@ class VLBart(nn.Module):
     @property
     def config(self) -> BartConfig:
         return self.bart.config
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """``model.gradient_checkpointing=true``: BART's own activation checkpointing of its encoder and
+        decoder layers (:func:`vlmtune.train.trainer.enable_checkpointing` passes ``use_reentrant=False``);
+        transformers' newer name for the switch when it has it."""
+        switch = getattr(self.bart, "activation_checkpointing_enable", None)
+        if switch is not None:
+            switch(activation_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        else:
+            self.bart.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=gradient_checkpointing_kwargs
+            )
 
     def encoder_inputs(
         self,
@@ -125,17 +138,19 @@ def vqa_answer_scores(answers: list[str]) -> dict[str, float]:
     return {a: min(1.0, c / 3.0) for a, c in Counter(answers).items()}
 
 
-def train_target(record: dict, rng: random.Random, seed: int = 0, epoch: int = 0) -> str:
-    """The answer text to train on: VQA samples an answer with probability ∝ its score, captions one
-    reference per record per epoch (:func:`~vlmtune.data.templates.pick_caption`), NLVR2
-    ``true``/``false``, otherwise ``answer``."""
-    from vlmtune.data.templates import pick_caption
+def train_target(record: dict, seed: int = 0, epoch: int = 0) -> str:
+    """The answer text to train on: VQA samples an answer with probability ∝ its score, drawn per
+    (seed, epoch, record) (:func:`~vlmtune.data.templates.record_random`: the same in every process and on
+    resume), captions one reference per record per epoch (:func:`~vlmtune.data.templates.pick_caption`),
+    NLVR2 ``true``/``false``, otherwise ``answer``."""
+    from vlmtune.data.templates import pick_caption, record_random
 
     task = record.get("task")
-    if task == "caption" and record.get("captions"):
+    if task == "caption" and (record.get("captions") or record.get("caption")):  # one caption or several
         return pick_caption(record, seed, epoch)
     if record.get("answers"):
         scores = vqa_answer_scores([str(a) for a in record["answers"]])
+        rng = record_random("answer", seed, epoch, record)
         return rng.choices(list(scores), weights=list(scores.values()))[0]
     answer = record.get("answer", record.get("label"))
     if isinstance(answer, bool):
@@ -143,6 +158,19 @@ def train_target(record: dict, rng: random.Random, seed: int = 0, epoch: int = 0
     if answer is None:
         raise ValueError(f"record {record.get('id')}: no answer, answers or captions to train on")
     return str(answer)
+
+
+def check_task(record: dict) -> None:
+    """A one-line :class:`DataError` for a record whose task VL-BART has no prompt/target for (``mcq``,
+    ``conversation``, ``grounding``, ...): the preflight refuses it before the base is evaluated."""
+    from vlmtune.data.errors import DataError
+
+    task = record.get("task", "vqa")
+    if task not in TRAINED_TASKS:
+        raise DataError(
+            f"record '{record.get('id')}' is a {task} record, but VL-BART trains and answers only "
+            f"{', '.join(TRAINED_TASKS)} records; use a llava or blip2 recipe for {task} records, or leave them out"
+        )
 
 
 def record_images(record: dict) -> list:
@@ -171,11 +199,16 @@ class VLBartPipeline:
 
     def __post_init__(self) -> None:
         self.towers = TOWERS
-        self.rng = random.Random(self.seed)
+        self.truncated_ids: set[str] = set()  # training records whose answer data.max_length cut
+        self.truncated_question_ids: set[str] = set()  # ... whose question it cut
         self.epoch = 0
 
+    def check_record(self, record: dict, train: bool = True) -> None:
+        """Refuse (one line) a record of a task VL-BART has no prompt for (:func:`check_task`)."""
+        check_task(record)
+
     def set_epoch(self, epoch: int) -> None:
-        """Called by the trainer before each epoch's batches: the caption each caption record trains on."""
+        """Called by the trainer before each epoch's batches: the caption / VQA answer each record trains on."""
         self.epoch = epoch
 
     def epoch_batches(self, records: list[dict], epoch: int) -> list[list[int]]:
@@ -207,13 +240,7 @@ class VLBartPipeline:
     def collate(self, records: list[dict], train: bool = True) -> dict:
         """records -> {input_ids (B, L), attention_mask, feats (B, I, N, C), image_mask (B, I),
         labels (B, T) with -100 on padding (train only), ids, tasks}."""
-        enc = self.tokenizer(
-            [prompt_text(r) for r in records],
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
+        enc = self._tokenize([prompt_text(r) for r in records], records, "question" if train else "")
         per_record = [record_images(r) for r in records]
         flat = self.extractor([im for ims in per_record for im in ims])  # (sum I_b, N, C)
         n_img = max(len(ims) for ims in per_record)
@@ -233,15 +260,49 @@ class VLBartPipeline:
             "tasks": [r.get("task") for r in records],
         }
         if train:
-            lab = self.tokenizer(
-                [train_target(r, self.rng, self.seed, self.epoch) for r in records],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
+            lab = self._tokenize([train_target(r, self.seed, self.epoch) for r in records], records, "answer")
             batch["labels"] = lab["input_ids"].masked_fill(lab["attention_mask"] == 0, -100)
         return batch
+
+    def _tokenize(self, texts: list[str], records: list[dict], part: str) -> dict[str, torch.Tensor]:
+        """``texts`` as padded ``input_ids`` / ``attention_mask`` (B, <= data.max_length) keeping the first
+        ``data.max_length`` tokens; a training record cut there is noted (``part``: question / answer)."""
+        if part:
+            for record, ids in zip(records, self.tokenizer(texts)["input_ids"], strict=True):
+                if len(ids) > self.max_length:
+                    self._note_cut(record, part, len(ids))
+        return self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+
+    def _note_cut(self, record: dict, part: str, length: int) -> None:
+        """Note a training record whose question or answer (with its ``</s>``) ``data.max_length`` cuts; say
+        so at the first of each. The trainer reports how many after training (:attr:`truncated_ids`: lost
+        answer tokens, as the LLaVA-style pipelines count them; :attr:`truncated_question_ids`)."""
+        noted = self.truncated_ids if part == "answer" else self.truncated_question_ids
+        if not noted:
+            lost = (
+                "of its answer tokens (and its </s>) from the loss"
+                if part == "answer"
+                else "of its question tokens"
+            )
+            print(
+                f"warning: record '{record.get('id')}': its {part} is {length} tokens; data.max_length="
+                f"{self.max_length} cuts {length - self.max_length} {lost}. Raise data.max_length (the number "
+                "of such records is reported after training)",
+                flush=True,
+            )
+        noted.add(str(record.get("id")))
+
+    @property
+    def truncated_answers(self) -> int:
+        """Distinct training records whose answer ``data.max_length`` cut (each counted once)."""
+        return len(self.truncated_ids)
+
+    @property
+    def truncated_questions(self) -> int:
+        """Distinct training records whose question ``data.max_length`` cut (each counted once)."""
+        return len(self.truncated_question_ids)
 
     def _tensors(self, batch: dict) -> dict:
         keys = ("input_ids", "attention_mask", "feats", "image_mask", "labels")

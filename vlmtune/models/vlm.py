@@ -461,6 +461,21 @@ class FamilyPipeline(LlavaPipeline):
         return out
 
 
+QFORMER_RECIPES = {"blip-2": "blip2-dora, blip2-lora, blip2-pin", "instructblip": "instructblip-dora"}
+
+
+def check_qformer_adapters(cfg: RunConfig, model_type: str) -> None:
+    """A llava recipe on a BLIP-2 / InstructBLIP folder: the pipeline dispatches to the Q-Former one, but a
+    ``projector`` tower (the llava recipes train it) does not exist there: one line naming the recipes to use,
+    before any weight is read."""
+    if cfg.adapters.projector.method != "frozen":
+        raise ConfigError(
+            f"model.name_or_path={cfg.model.name_or_path} is a {model_type} (Q-Former) model, which has no "
+            f"'projector' tower for adapters.projector.method={cfg.adapters.projector.method}; use the "
+            f"{QFORMER_RECIPES[model_type]} recipes (towers: vision, qformer, language)"
+        )
+
+
 def build_llava_style(cfg: RunConfig, folder: str | None = None):
     """``model.pipeline: llava``: the vicuna_v1 :class:`LlavaPipeline` for LLaVA-1.5 checkpoints without a
     chat template (the shapes presets), :class:`FamilyPipeline` for everything else. The family, and what it
@@ -469,6 +484,7 @@ def build_llava_style(cfg: RunConfig, folder: str | None = None):
     model_type = read_model_type(path, name, cfg.model.trust_remote_code)
     checked_family(name, model_type)
     if model_type in QFORMER_TYPES:  # BLIP-2 / InstructBLIP: the Q-Former pipeline (models/qformer.py)
+        check_qformer_adapters(cfg, model_type)
         return PIPELINES["blip2"](cfg, path)
     try:
         processor = load_processor(path, name, cfg.model.trust_remote_code)
@@ -506,6 +522,7 @@ def describe_plan(cfg: RunConfig, folder: str | None = None) -> str:
     family = checked_family(cfg.model.name_or_path, model_type)
     config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
     if model_type in QFORMER_TYPES:  # language targets of its language model
+        check_qformer_adapters(cfg, model_type)
         family = qformer_family(model_type, config.text_config.model_type)
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)

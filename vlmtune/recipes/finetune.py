@@ -126,7 +126,8 @@ def finetune(
             write_data_paths(run_dir, cfg)  # eval and merge find the data from any directory
             atomic_write_json(fingerprint, run_dir / TRAIN_DATA_FILE)  # what --resume checks
             checked.write(run_dir)
-            base_info.update(write_base_identity(run_dir, cfg.model.name_or_path, pipeline.model))
+            classes = getattr(pipeline, "classes", None)  # a classifier's head order: eval/merge use it
+            base_info.update(write_base_identity(run_dir, cfg.model.name_or_path, pipeline.model, classes))
         if main_proc and eval_records and cfg.train.eval_at_start:
             base = evaluate(
                 pipeline, eval_records, cfg.eval, run_dir / "eval" / "base", not quiet, checked.eval_total

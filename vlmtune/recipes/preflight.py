@@ -338,6 +338,19 @@ NO_SUPERVISION = "no supervised token"
 UNUSABLE = "not usable by this model"
 
 
+def train_record_problems(pipeline: Pipeline, records: list[dict]) -> Problems:
+    """The training records a pipeline without a per-record ``encode`` (VL-BART) cannot take: its
+    ``check_record``, without processing them."""
+    problems = Problems()
+    check = getattr(pipeline, "check_record", None)
+    for record in records if check is not None else []:
+        try:
+            check(record, train=True)
+        except DataError as e:
+            problems.add(UNUSABLE, str(record["id"]), str(e).splitlines()[0])
+    return problems
+
+
 def eval_record_problems(pipeline: Pipeline, records: list[dict], benchmark_name: str) -> Problems:
     """The eval records the model cannot take (its ``check_record``, on the benchmark's prepared record, as
     the evaluator will collate it), without processing them."""
@@ -359,7 +372,8 @@ def eval_record_problems(pipeline: Pipeline, records: list[dict], benchmark_name
 def preflight_model(pipeline: Pipeline, cfg: RunConfig, checked: Checked, say: Callable[[str], None]) -> None:
     """The checks that need the loaded model (see the module docstring); drops records under ``skip``."""
     check_adapter_specs(pipeline, cfg)
-    problems = encode_problems(pipeline, checked.train, cfg.data.max_length) or Problems()
+    problems = encode_problems(pipeline, checked.train, cfg.data.max_length)
+    problems = train_record_problems(pipeline, checked.train) if problems is None else problems
     evals = eval_record_problems(pipeline, checked.eval, cfg.eval.benchmark)
     if not problems.found and not evals.found:
         return

@@ -39,20 +39,24 @@ TRAIN_DATA_FILE = "train_data.json"  # {"records", "sha256"} of the training rec
 
 
 # ---------------------------------------------------------------- what a run folder records
-def base_identity(name_or_path: str, model: nn.Module) -> dict:
-    """``{name_or_path, config_sha256, weights_fingerprint}`` of a base model (before adapters attach)."""
+def base_identity(name_or_path: str, model: nn.Module, classes: list[str] | None = None) -> dict:
+    """``{name_or_path, config_sha256, weights_fingerprint}`` of a base model (before adapters attach), and
+    ``classes``: a classifier's class names in head order (ViT), which eval and merge use (:func:`run_classes`)."""
     from vlmtune.core.fingerprint import config_hash, weights_fingerprint
 
-    return {"name_or_path": name_or_path, "config_sha256": config_hash(model),
-            "weights_fingerprint": weights_fingerprint(model)}  # fmt: skip
+    identity = {"name_or_path": name_or_path, "config_sha256": config_hash(model),
+                "weights_fingerprint": weights_fingerprint(model)}  # fmt: skip
+    return identity | ({"classes": list(classes)} if classes else {})
 
 
-def write_base_identity(run_dir: Path, name_or_path: str, model: nn.Module) -> dict:
+def write_base_identity(
+    run_dir: Path, name_or_path: str, model: nn.Module, classes: list[str] | None = None
+) -> dict:
     """Write :data:`BASE_FILE` into the run folder; returns the identity, which :func:`~vlmtune.recipes.finetune`
     also passes to ``save_adapter(..., base_info=...)`` so that an adapter folder copied out of its run carries it."""
     from vlmtune.core.io import atomic_write_json
 
-    identity = base_identity(name_or_path, model)
+    identity = base_identity(name_or_path, model, classes)
     atomic_write_json(identity, run_dir / BASE_FILE)
     return identity
 
@@ -116,7 +120,13 @@ def absolute_data_path(key: str, value: str, cwd: Path) -> str:
     (``train.jsonl,more.jsonl`` -> ``/w/train.jsonl,/w/more.jsonl``); generated specs (``shapes:vqa``) as is."""
     from vlmtune.core.data_spec import parse_spec
 
-    if not value.strip() or (key != "image_root" and parse_spec(value).generated):
+    if not value.strip():
+        return value
+    spec = parse_spec(value) if key != "image_root" else None
+    if spec is not None and spec.kind == "imagefolder":  # a folder of the user's: imagefolder:/w/if@train
+        folder = os.path.abspath(os.path.join(cwd, os.path.expanduser(spec.items[0])))
+        return f"imagefolder:{folder}" + (f"@{spec.split}" if spec.split else "")
+    if spec is not None and spec.generated:
         return value
     parts = [value] if key == "image_root" else [p.strip() for p in value.split(",") if p.strip()]
     return ",".join(os.path.abspath(os.path.join(cwd, os.path.expanduser(p))) for p in parts)
@@ -179,6 +189,8 @@ def reachable(key: str, value: str) -> bool:
     if key == "image_root":
         return Path(value).expanduser().is_dir()
     spec = parse_spec(value)
+    if spec.kind == "imagefolder":  # a folder of the user's, not generated data
+        return Path(spec.items[0]).expanduser().is_dir()
     return spec.generated or all(Path(item).expanduser().exists() for item in spec.items if item)
 
 
@@ -273,6 +285,17 @@ def recorded_base(adapter: Path) -> str | None:
     return read_peft_config(adapter).get("base_model_name_or_path")
 
 
+def run_classes(found: RunSource) -> list[str]:
+    """The class names (head order) a ViT run was trained with: :data:`BASE_FILE` ``classes``, else the
+    adapter folder's recorded base; ``[]`` for other runs and for runs of older vlmtune."""
+    from vlmtune.adapters.peft_io import read_base_info
+
+    identity = found.run_dir / BASE_FILE if found.run_dir is not None else None
+    recorded = json.loads(identity.read_text()) if identity is not None and identity.is_file() else None
+    recorded = recorded or read_base_info(found.adapter) or {}
+    return [str(c) for c in recorded.get("classes") or []]
+
+
 # ---------------------------------------------------------------- loading
 def load_run(
     source: str | Path,
@@ -305,6 +328,9 @@ def load_run(
     )
     if not cfg.model.name_or_path:
         raise ConfigError(f"{found.adapter}: base model unknown; pass --base")
+    cfg.model.classes = (
+        run_classes(found) or cfg.model.classes
+    )  # a ViT head's classes: the run's, not the data's
     try:
         pipeline = build(cfg)
     except ConfigError as e:

@@ -107,6 +107,10 @@ def find_run(arg: str, cfg: RunConfig) -> tuple[Path, Path | None]:
         run = Path(arg)
     if (run / "done").is_file() and run.parent.name == "checkpoints":
         return run.parent.parent, run
+    if run.is_file():
+        raise ConfigError(
+            f"--resume: {run} is a file, not a run folder; name the run folder (or a checkpoint)"
+        )
     if not run.is_dir():
         raise ConfigError(f"--resume: run folder {run} does not exist")
     return run, None
@@ -114,13 +118,16 @@ def find_run(arg: str, cfg: RunConfig) -> tuple[Path, Path | None]:
 
 def resumed_config(run: Path, cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
     """The config ``--resume`` trains with: the run's own ``config.yaml`` (read from any directory by
-    :func:`~vlmtune.recipes.run_folder.run_config`) with only the keys typed now on top; ``cfg`` (the
-    recipe + overrides) for a run folder without one. Typed keys that change what is trained, or
-    another recipe, are refused (:func:`check_same_config`)."""
+    :func:`~vlmtune.recipes.run_folder.run_config`) with only the keys typed now on top. A folder without
+    one is not a run (a user's own folder): refused before anything is written there. Typed keys that change
+    what is trained, or another recipe, are refused (:func:`check_same_config`)."""
     from vlmtune.recipes.run_folder import run_config
 
     if not (run / "config.yaml").is_file():
-        return cfg
+        raise ConfigError(
+            f"--resume: {run} is not a run folder (no config.yaml); name a run folder that vlmtune train made, "
+            "or drop --resume to start a new run"
+        )
     resumed = run_config(run, overrides)
     recipe, resumed.recipe = resumed.recipe, cfg.recipe  # the recipe typed now, compared with the run's
     check_same_config(run, resumed, typed_keys(overrides))

@@ -100,17 +100,21 @@ class CollateInWorker:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
 
+    NOTED = ("truncated_ids", "truncated_question_ids")  # the pipeline's sets of cut records (VL-BART: both)
+
     def __call__(self, records: list[dict]) -> dict[str, Any]:
-        before = set(getattr(self.pipeline, "truncated_ids", ()))
+        before = {name: set(getattr(self.pipeline, name, ())) for name in self.NOTED}
         batch = self.pipeline.collate(records, train=True)
-        batch["truncated_ids"] = sorted(set(getattr(self.pipeline, "truncated_ids", ())) - before)
+        for name in self.NOTED:
+            batch[name] = sorted(set(getattr(self.pipeline, name, ())) - before[name])
         return batch
 
     @staticmethod
     def received(pipeline: Pipeline, batch: dict[str, Any]) -> dict[str, Any]:
-        cut = batch.pop("truncated_ids", ())
-        if cut:
-            pipeline.truncated_ids.update(cut)
+        for name in CollateInWorker.NOTED:
+            cut = batch.pop(name, ())
+            if cut:
+                getattr(pipeline, name).update(cut)
         return batch
 
 
@@ -429,6 +433,13 @@ class Trainer:
             print(
                 f"warning: {truncated} training record(s) lost answer tokens to data.max_length="
                 f"{self.cfg.data.max_length}; raise it to train on whole answers",
+                flush=True,
+            )
+        questions = getattr(self.pipeline, "truncated_questions", 0)
+        if questions and self.rank == 0:
+            print(
+                f"warning: {questions} training record(s) had their question cut to data.max_length="
+                f"{self.cfg.data.max_length}; raise it to train on whole questions",
                 flush=True,
             )
         return {
