@@ -118,12 +118,16 @@ def find_run(arg: str, cfg: RunConfig) -> tuple[Path, Path | None]:
 
 def resumed_config(run: Path, cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
     """The config ``--resume`` trains with: the run's own ``config.yaml`` (read from any directory by
-    :func:`~vlmtune.recipes.run_folder.run_config`) with only the keys typed now on top. A folder without
-    one is not a run (a user's own folder): refused before anything is written there. Typed keys that change
-    what is trained, or another recipe, are refused (:func:`check_same_config`)."""
+    :func:`~vlmtune.recipes.run_folder.run_config`) with only the keys typed now on top; ``cfg`` (the
+    recipe + overrides) for a folder without one that holds a complete vlmtune checkpoint (e.g. one copied
+    out of a run). Any other folder is not a run (a user's own folder): refused before anything is written
+    there. Typed keys that change what is trained, or another recipe, are refused (:func:`check_same_config`)."""
     from vlmtune.recipes.run_folder import run_config
+    from vlmtune.train.checkpoint import checkpoint_dirs
 
     if not (run / "config.yaml").is_file():
+        if checkpoint_dirs(run):
+            return cfg
         raise ConfigError(
             f"--resume: {run} is not a run folder (no config.yaml); name a run folder that vlmtune train made, "
             "or drop --resume to start a new run"
