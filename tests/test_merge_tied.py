@@ -84,3 +84,16 @@ def test_a_failed_merge_check_leaves_no_model_files(family_folder, tmp_path, cap
     assert sorted(p.name for p in out.iterdir()) == ["merge_check.json"]
     assert json.loads((out / "merge_check.json").read_text())["ok"] is False
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".merged.merging.")]
+
+    # --overwrite onto an earlier good merge: a failed check leaves that folder exactly as it was
+    monkeypatch.setitem(merge.MERGE_BOUNDS, torch.float32, 1e-3)
+    good = tmp_path / "good"
+    assert main(["merge", str(adapter), str(good)]) == 0
+    before = {p.name: p.read_bytes() for p in good.iterdir() if p.is_file()}
+    monkeypatch.setitem(merge.MERGE_BOUNDS, torch.float32, 0.0)
+    capsys.readouterr()
+    assert main(["merge", str(adapter), str(good), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{good} was left as it was" in err, err
+    assert {p.name: p.read_bytes() for p in good.iterdir() if p.is_file()} == before
+    assert json.loads((good / "merge_check.json").read_text())["ok"] is True

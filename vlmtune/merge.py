@@ -132,20 +132,21 @@ def verify(pipeline, merged_folder: Path, batch: dict[str, Any], want: torch.Ten
     if left:
         raise AdapterError(
             f"{merged_folder}: {len(left)} adapter layer(s) were not folded into the weights "
-            f"({', '.join(left[:3])}); the merge is wrong, no model was written ({CHECK_NAME} records the check)"
+            f"({', '.join(left[:3])}); the merge is wrong"
         )
     if diff > bound:
         raise AdapterError(
             f"{merged_folder}: the merged model differs from the adapter model by {diff:.3g} (max relative "
-            f"logit difference on a probe, bound {bound:g} for {check['dtype']}); the merge is wrong, no model "
-            f"was written ({CHECK_NAME} records the check)"
+            f"logit difference on a probe, bound {bound:g} for {check['dtype']}); the merge is wrong"
         )
     return check
 
 
 def write_checked(pipeline, out: Path, batch: dict[str, Any], want: torch.Tensor) -> dict[str, Any]:
     """``pipeline.save_merged`` into a hidden sibling of ``out``, :func:`verify`, then move its entries into
-    ``out`` (replacing entries of the same name only). On a failed check only ``merge_check.json`` moves."""
+    ``out`` (replacing entries of the same name only). On a failed check no model file moves: a new or empty
+    ``out`` gets only ``merge_check.json``; one that already holds files (``--overwrite``) is left as it was,
+    so neither an earlier model nor its check is replaced by a failed merge."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.merging.", dir=out.parent))
     try:
@@ -153,8 +154,12 @@ def write_checked(pipeline, out: Path, batch: dict[str, Any], want: torch.Tensor
         try:
             check = verify(pipeline, staging, batch, want)
         except AdapterError as e:
-            _move_into(out, [staging / CHECK_NAME])
-            raise AdapterError(str(e).replace(str(staging), str(out))) from None
+            if out.is_dir() and any(out.iterdir()):
+                outcome = f"{out} was left as it was (its files are not this merge's)"
+            else:
+                _move_into(out, [staging / CHECK_NAME])
+                outcome = f"no model was written ({CHECK_NAME} records the check)"
+            raise AdapterError(f"{str(e).replace(str(staging), str(out))}, {outcome}") from None
         _move_into(out, sorted(staging.iterdir()))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
