@@ -176,6 +176,12 @@ def test_resume_refuses_training_data_that_changed_unless_told(model_dir, tmp_pa
     assert "warning: --resume: the training data changed" in capsys.readouterr().out
     assert [r["step"] for r in read_metrics(run)][-1] == 5
 
+    for broken in ('{"records": 4, "sha', "[]"):  # the record itself cut or edited: one line naming it
+        (run / "train_data.json").write_text(broken)
+        assert train("--resume", str(run), "train.max_steps=6") == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "train_data.json" in err and "Traceback" not in err, err
+
 
 def test_resume_on_a_folder_that_is_not_a_run_is_refused_and_writes_nothing(tmp_path, capsys):
     """Round-5 report: ``--resume`` on a user's folder (no config.yaml) trained there and replaced its

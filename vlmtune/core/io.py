@@ -125,6 +125,22 @@ def read_text(path: str | Path, error: type[Exception] | None = None) -> str:
         ) from None
 
 
+def read_json_object(path: str | Path, error: type[Exception] | None = None) -> dict:
+    """A JSON object from a file vlmtune wrote (a run folder's records): a truncated, edited or non-object
+    file is one line naming it and the line, raised as ``error`` (default
+    :class:`~vlmtune.core.errors.ConfigError`), never a traceback."""
+    from vlmtune.core.errors import ConfigError
+
+    error = error or ConfigError
+    try:
+        value = json.loads(read_text(path, error))
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: line {e.lineno}: not valid JSON ({e.msg}); truncated or edited? restore it") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}: expected a JSON object, got {type(value).__name__}; restore the file vlmtune wrote")
+    return value
+
+
 def read_safetensors(path: str | Path, error: type[Exception] | None = None) -> dict[str, torch.Tensor]:
     """All tensors of a ``.safetensors`` file; a truncated or corrupt file is one line naming it, raised as
     ``error`` (default :class:`~vlmtune.core.errors.AdapterError`), never safetensors' traceback."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vlmtune.core.errors import AdapterError, ConfigError
+from vlmtune.core.io import read_json_object
 
 if TYPE_CHECKING:
     from torch import nn
@@ -91,11 +92,11 @@ def check_adapter_files(adapter: Path, run_dir: Path | None) -> None:
 
     manifest = run_dir / MANIFEST_FILE if run_dir is not None else None
     if manifest is not None and manifest.is_file() and adapter == run_dir / "adapter":
-        expected = json.loads(manifest.read_text())
+        expected = read_json_object(manifest)
     else:
         expected = {WEIGHTS_NAME: None}
         meta = adapter / META_NAME
-        info = json.loads(meta.read_text()) if meta.is_file() else {}
+        info = read_json_object(meta) if meta.is_file() else {}
         if info.get("not_in_peft"):
             expected[EXTRAS_NAME] = (
                 None  # trained tensors PEFT cannot hold (biases, bare parameters) live there
@@ -165,7 +166,7 @@ def check_same_data(run_dir: Path, fingerprint: dict, accept: bool, say: Callabl
     path = run_dir / TRAIN_DATA_FILE
     if not path.is_file():
         return
-    recorded = json.loads(path.read_text())
+    recorded = read_json_object(path)
     if recorded == fingerprint:
         return
     then, now = recorded.get("records"), fingerprint["records"]
@@ -202,7 +203,7 @@ def run_data_paths(run_dir: Path) -> dict[str, tuple[str, str]]:
 
     typed = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("data") or {}
     data_file = run_dir / DATA_FILE
-    recorded = json.loads(data_file.read_text()) if data_file.is_file() else {}
+    recorded = read_json_object(data_file) if data_file.is_file() else {}
     found = {}
     for key in DATA_KEYS:
         value = str(typed.get(key) or "")
@@ -231,7 +232,7 @@ def unreachable_eval_data(run_dir: Path) -> str:
         return ""
     data_file = run_dir / DATA_FILE
     where = (
-        f"recorded as {json.loads(data_file.read_text()).get('data.eval')}"
+        f"recorded as {read_json_object(data_file).get('data.eval')}"
         if data_file.is_file()
         else "relative to the directory train ran in, which this run did not record"
     )
@@ -281,7 +282,7 @@ def recorded_base(adapter: Path) -> str | None:
 
     meta = adapter / META_NAME
     if meta.is_file():
-        return json.loads(meta.read_text()).get("base_model_name_or_path")
+        return read_json_object(meta).get("base_model_name_or_path")
     return read_peft_config(adapter).get("base_model_name_or_path")
 
 
@@ -291,7 +292,7 @@ def run_classes(found: RunSource) -> list[str]:
     from vlmtune.adapters.peft_io import read_base_info
 
     identity = found.run_dir / BASE_FILE if found.run_dir is not None else None
-    recorded = json.loads(identity.read_text()) if identity is not None and identity.is_file() else None
+    recorded = read_json_object(identity) if identity is not None and identity.is_file() else None
     recorded = recorded or read_base_info(found.adapter) or {}
     return [str(c) for c in recorded.get("classes") or []]
 
@@ -341,7 +342,7 @@ def load_run(
         ) from None
     identity = found.run_dir / BASE_FILE if found.run_dir is not None else None
     if identity is not None and identity.is_file():
-        recorded = json.loads(identity.read_text())
+        recorded = read_json_object(identity)
         check_same_base(recorded, cfg.model.name_or_path, pipeline.model, found.adapter, force)
     load_adapter(pipeline.model, found.adapter, pipeline.towers)
     return pipeline, run_cfg, found.run_dir
