@@ -241,6 +241,9 @@ def test_eval_and_merge_use_the_runs_classes_and_refuse_data_with_other_classes(
     err = capsys.readouterr().err
     assert "missing ['banana'], new ['zebra']" in err and "Traceback" not in err
     assert not (tmp_path / "e" / "predictions.jsonl").exists()
+    (tmp_path / "if" / "train").rename(tmp_path / "if" / "train-moved")  # the folder is there, its split gone
+    assert cli.main(["merge", str(run), str(tmp_path / "merged-split-gone")]) == 0
+    assert json.loads((tmp_path / "merged-split-gone" / "config.json").read_text())["classes"] == fruit
     (tmp_path / "if").rename(tmp_path / "moved")  # data.train unreachable: merge uses the run's classes
     assert cli.main(["merge", str(run), str(tmp_path / "merged")]) == 0
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["classes"] == fruit

@@ -271,11 +271,15 @@ def training_classes(cfg: RunConfig) -> list[str]:
 
 def named_classes(cfg: RunConfig) -> list[str]:
     """``model.classes`` (a run's recorded head order, set by eval/merge), checked against the classes of
-    ``data.train`` when there is one: other class folders would relabel every prediction, so they are refused."""
+    ``data.train`` when it can be read: other class folders would relabel every prediction, so they are
+    refused; training data that is gone (moved, deleted) is not needed."""
     classes = [str(c) for c in cfg.model.classes]
     if not cfg.data.train:
         return classes
-    found = training_classes(cfg)
+    try:
+        found = training_classes(cfg)
+    except DataError:  # the training data is gone or unreadable: the recorded classes are all eval/merge need
+        return classes
     if found != classes:
         lost, new = [c for c in classes if c not in found], [c for c in found if c not in classes]
         what = f"missing {lost}, new {new}" if lost or new else f"in another order: {found}"
