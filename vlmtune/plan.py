@@ -142,14 +142,12 @@ def tower_module(model: nn.Module, tower: str) -> nn.Module:
     (:mod:`vlmtune.models.families`; ``model.text_model`` for Idefics3 / SmolVLM, ``model.vision_model`` for
     Mllama): the module holding all of them (Qwen-VL's ``model.visual`` for ``model.visual.patch_embed`` and
     ``model.visual.blocks``), else the first (the language model, not the root that also holds ``lm_head``)."""
-    import os
-
+    from vlmtune.adapters.attach import common_module_path
     from vlmtune.models.families import FAMILIES
 
     family = FAMILIES.get(model.config.model_type, FAMILIES["llava"])
     paths = family.towers[tower]
-    common = os.path.commonprefix([p.split(".") for p in paths])
-    return model.get_submodule(".".join(common) if common else paths[0])
+    return model.get_submodule(common_module_path(paths) or paths[0])
 
 
 def language_model(model: nn.Module) -> nn.Module:
