@@ -92,3 +92,17 @@ def test_peft_folder_merges_onto_its_recorded_base(model_dir, tmp_path, capsys) 
     want = peft_model.merge_and_unload()
     for name, p in merged.state_dict().items():
         torch.testing.assert_close(p, want.state_dict()[name], msg=name)
+
+
+def test_merge_into_its_own_base_folder_is_refused(trained_adapter, model_dir, tmp_path, capsys) -> None:
+    """Round-6 report: `vlmtune merge RUN BASE --overwrite` replaced the base's weights with the merged ones."""
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(model_dir, base)
+    before = {p.name: p.read_bytes() for p in base.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["merge", str(trained_adapter), str(base), "--base", str(base), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is the base model folder this merge reads" in err, err
+    assert {p.name: p.read_bytes() for p in base.iterdir() if p.is_file()} == before

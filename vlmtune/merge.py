@@ -82,6 +82,16 @@ def check_output(out_dir: Path, overwrite: bool) -> None:
         )
 
 
+def check_not_base(out_dir: Path, base: str) -> None:
+    """The merged model never goes into the base folder it was built from (``--overwrite`` there would
+    replace the base weights every run on it needs)."""
+    folder = Path(base).expanduser()
+    if folder.is_dir() and out_dir.resolve() == folder.resolve():
+        raise ConfigError(
+            f"{out_dir} is the base model folder this merge reads; give another folder for the merged model"
+        )
+
+
 def probe_batch(pipeline, folder: Path) -> dict[str, Any]:
     """One record (a seeded 32x32 noise image written to ``folder`` + a question) collated for eval."""
     rng = np.random.default_rng(0)
@@ -181,6 +191,7 @@ def main(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()  # stderr is for the one-line error
     check_output(Path(args.out_dir), args.overwrite)  # before any model is loaded
     pipeline = merged_pipeline(args.source, args.recipe, args.base, args.force)
+    check_not_base(Path(args.out_dir), pipeline.name_or_path)
     with tempfile.TemporaryDirectory() as tmp:
         batch = probe_batch(pipeline, Path(tmp))
         want = probe_logits(pipeline, batch)
