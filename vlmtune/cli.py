@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_main", None):
         parser.print_help()
         return 0
+    # --quiet: errors only, so vlmtune's own warnings (e.g. records without ids) are held back too
+    logging.getLogger("vlmtune").setLevel(logging.ERROR if getattr(args, "quiet", False) else logging.NOTSET)
     try:
         return int(args._main(args) or 0)
     except user_error_types() as e:
