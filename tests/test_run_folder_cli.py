@@ -35,13 +35,14 @@ def cwd(folder: Path) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def run(model_dir, tmp_path_factory) -> Path:
-    """A 1-step llava-lora run trained in ``work/`` with relative ``data.train`` / ``data.eval`` /
-    ``data.image_root`` (as a user types them); the run folder lies elsewhere."""
+    """A 1-step llava-lora run trained in ``work/`` with relative ``model.name_or_path``, ``data.train`` /
+    ``data.eval`` / ``data.image_root`` (as a user types them); the run folder lies elsewhere."""
     root = tmp_path_factory.mktemp("portable")
     work = root / "work"
     write_vqa_records(work / "data", 4)
+    (work / "base").symlink_to(model_dir, target_is_directory=True)  # the base typed relative too
     out = root / "runs" / "run"
-    argv = ["train", "llava-lora", f"model.name_or_path={model_dir}", "data.train=data/train.jsonl",
+    argv = ["train", "llava-lora", "model.name_or_path=base", "data.train=data/train.jsonl",
             "data.eval=data/train.jsonl", "data.image_root=data", *RUN_ARGS, "--output-dir", str(out), "--quiet"]  # fmt: skip
     with cwd(work):
         assert cli.main(argv) == 0
@@ -52,6 +53,14 @@ def one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     return err
+
+
+def test_a_relative_base_folder_is_recorded_absolute(run):
+    """Round-6 report: ``model.name_or_path=../qwen2_vl`` was recorded as typed (config.yaml, base_model.json,
+    the adapter's base), so eval, merge, resume and peft failed from any other directory."""
+    base = str(run.parent.parent / "work" / "base")
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["name_or_path"] == base
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == base
 
 
 def test_the_run_records_its_data_paths_absolute_and_keeps_what_was_typed(run):
@@ -112,7 +121,7 @@ def test_eval_never_overwrites_and_records_the_model_and_data(run, model_dir, tm
     recorded = json.loads((copy / BASE_FILE).read_text())
     assert source["model"] == str(copy.resolve()) and source["data"] == data
     assert source["base"]["weights_fingerprint"] == recorded["weights_fingerprint"]
-    assert source["base"]["used"] == str(model_dir)
+    assert source["base"]["used"] == str(run.parent.parent / "work" / "base")  # typed relative, recorded absolute
     with cwd(tmp_path):  # a plain model folder: runs/eval/<BENCH>, then -2
         for _ in range(2):
             assert cli.main(["eval", "shapes-vqa", "--model", str(model_dir), "--data", data, "--quiet"]) == 0
@@ -225,3 +234,19 @@ def test_info_names_sizes_that_are_not_ranks_and_the_lora_variants(tmp_path):
         "  f: dora r=4 alpha=8 magnitude_only=[o_proj, down_proj]",
         "  g: dylora max_rank=6 alpha=8",
     ]
+
+
+def test_quiet_train_prints_nothing_also_for_records_without_ids(model_dir, tmp_path, capsys, caplog):
+    """Round-6 report: --quiet ("errors only") still printed the data reader's note on records without an id."""
+    vqa = write_vqa_records(tmp_path / "data", 4)
+    records = [json.loads(line) for line in vqa.read_text().splitlines()]
+    data = tmp_path / "data" / "llava.json"  # LLaVA conversations without "id": named by file and index
+    data.write_text(json.dumps([
+        {"image": r["image"], "conversations": [{"from": "human", "value": f"<image>\n{r['question']}"},
+                                                {"from": "gpt", "value": r["answer"]}]} for r in records]))  # fmt: skip
+    argv = ["train", "llava-lora", f"model.name_or_path={model_dir}", f"data.train={data}", f"data.eval={data}",
+            f"data.image_root={data.parent}", *RUN_ARGS, "--output-dir", str(tmp_path / "run")]  # fmt: skip
+    assert cli.main([*argv, "--quiet"]) == 0
+    assert capsys.readouterr().err == "" and "have no 'id'" not in caplog.text
+    assert cli.main([*argv[:-1], str(tmp_path / "run2")]) == 0  # without --quiet the note is said again
+    assert "have no 'id'" in caplog.text

@@ -133,6 +133,15 @@ def absolute_data_path(key: str, value: str, cwd: Path) -> str:
     return ",".join(os.path.abspath(os.path.join(cwd, os.path.expanduser(p))) for p in parts)
 
 
+def absolute_model_path(cfg: RunConfig) -> None:
+    """``model.name_or_path`` typed as a relative local folder (``../qwen2_vl``) -> its absolute path, in
+    place, so that ``config.yaml``, ``base_model.json`` and the adapter folder's base name the folder from any
+    directory (peft and eval/merge/resume elsewhere); hub ids and preset names stay as typed."""
+    typed = cfg.model.name_or_path
+    if typed and not os.path.isabs(os.path.expanduser(typed)) and Path(typed).expanduser().is_dir():
+        cfg.model.name_or_path = os.path.abspath(os.path.expanduser(typed))
+
+
 def write_data_paths(run_dir: Path, cfg: RunConfig) -> dict:
     """Write :data:`DATA_FILE`: ``{"cwd": where train ran, "data.train": absolute spec, ...}``."""
     from vlmtune.core.io import atomic_write_json

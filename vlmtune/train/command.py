@@ -236,6 +236,7 @@ def main(args: argparse.Namespace) -> int:
     from vlmtune.core.errors import USER_ERRORS as user_error_types_
     from vlmtune.core.io import claim
     from vlmtune.models.qlora import check_4bit
+    from vlmtune.recipes.run_folder import absolute_model_path
     from vlmtune.train import distributed as ddp
     from vlmtune.train.fsdp import check_config as check_fsdp
     from vlmtune.train.run import first_missing, next_run_dir, remove_if_empty, remove_if_unstarted
@@ -248,6 +249,8 @@ def main(args: argparse.Namespace) -> int:
         hf_logging.disable_progress_bar()  # stderr is for the one-line error
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
+    if not args.resume:
+        absolute_model_path(cfg)  # the run records its base from any directory
     resume_arg, typed = args.resume, None
     if args.resume:  # the run's own config, with only what is typed now on top
         run_folder, named = find_run(args.resume, cfg)
