@@ -95,14 +95,27 @@ def write_qwen25_vl_7b(folder: Path) -> Path:
     return folder
 
 
+def planned_and_built(recipe: str, overrides: list[str], gpus: int = 2):
+    """``(plan, pipeline with its adapters, parameters)``: the plan's parameter counts are asserted to be the
+    built model's (all and trainable)."""
+    from vlmtune.adapters import attach
+    from vlmtune.models import build_pipeline
+
+    cfg = load_config(recipe, overrides)
+    plan = make_plan(cfg, gpus=gpus, gpu_mem=GiB)
+    pipe = build_pipeline(cfg)
+    attach(pipe.model, pipe.towers, cfg.adapters.specs())
+    params = list(pipe.model.parameters())
+    assert plan.counts.total_numel == sum(p.numel() for p in params)
+    assert plan.counts.trainable_numel == sum(p.numel() for p in params if p.requires_grad) > 0
+    return plan, pipe, params
+
+
 def rows(plan) -> dict:
     return {r.strategy: r for r in plan.table}
 
 
 def test_tiny_folder_counts_match_the_real_model_and_activations_match_a_real_forward(model_dir, capsys):
-    from vlmtune.adapters import attach
-    from vlmtune.models import build_pipeline
-
     overrides = [f"model.name_or_path={model_dir}", "model.dtype=float32", "train.batch_size=4"]
     assert cli.main(["plan", "llava-dora", *overrides, "--gpus", "2", "--gpu-mem", "1GB"]) == 0
     out = capsys.readouterr().out
@@ -110,13 +123,7 @@ def test_tiny_folder_counts_match_the_real_model_and_activations_match_a_real_fo
         assert f"\n{strategy} " in out
     assert "QLoRA" in out and "DoRA on 4-bit weights is refused" in out
 
-    cfg = load_config("llava-dora", overrides)
-    plan = make_plan(cfg, gpus=2, gpu_mem=GiB)
-    pipe = build_pipeline(cfg)
-    attach(pipe.model, pipe.towers, cfg.adapters.specs())
-    params = list(pipe.model.parameters())
-    assert plan.counts.total_numel == sum(p.numel() for p in params)
-    assert plan.counts.trainable_numel == sum(p.numel() for p in params if p.requires_grad) > 0
+    plan, pipe, params = planned_and_built("llava-dora", overrides)
     assert plan.batch == 2  # each of 2 processes takes half of train.batch_size=4
 
     # the same language-model forward on real tensors saves the same bytes as under FakeTensorMode
@@ -219,21 +226,13 @@ def test_families_without_llavas_module_names_plan_like_their_training_builds_th
     """Round-5 report: ``plan`` tracebacked on Idefics3 / SmolVLM (no ``model.language_model``), Mllama (no
     ``model.visual``) and InternVL (list image_size). The towers are found where the pipelines find them; the
     counts are the trained model's, the language model's every decoder layer is measured."""
-    from vlmtune.adapters import attach
-    from vlmtune.models import build_pipeline
     from vlmtune.plan import language_model
 
     folder = family_folder(family)
     overrides = [f"model.name_or_path={folder}", "model.dtype=float32", "train.batch_size=2"]
     assert cli.main(["plan", "llava-lora", *overrides, "--gpus", "2"]) == 0
     assert "Traceback" not in capsys.readouterr().err
-    cfg = load_config("llava-lora", overrides)
-    plan = make_plan(cfg, gpus=2, gpu_mem=GiB)
-    pipe = build_pipeline(cfg)
-    attach(pipe.model, pipe.towers, cfg.adapters.specs())
-    params = list(pipe.model.parameters())
-    assert plan.counts.total_numel == sum(p.numel() for p in params)
-    assert plan.counts.trainable_numel == sum(p.numel() for p in params if p.requires_grad) > 0
+    plan, pipe, _ = planned_and_built("llava-lora", overrides)
     expected = image_tokens or pipe.model.config.image_seq_length
     assert plan.image_tokens == expected
     layers = pipe.model.config.text_config.num_hidden_layers
