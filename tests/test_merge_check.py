@@ -106,3 +106,17 @@ def test_merge_into_its_own_base_folder_is_refused(trained_adapter, model_dir, t
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is the base model folder this merge reads" in err, err
     assert {p.name: p.read_bytes() for p in base.iterdir() if p.is_file()} == before
+
+
+def test_overwrite_drops_an_earlier_merges_weight_files_and_keeps_other_files(trained_adapter, tmp_path) -> None:
+    """--overwrite onto an earlier, differently sharded merge: its shards and index would be read beside the
+    new weights; they go, the user's own files stay."""
+    out = tmp_path / "merged"
+    out.mkdir()
+    for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                 "model.safetensors.index.json", "NOTES.md"):  # fmt: skip
+        (out / name).write_text("earlier")
+    assert main(["merge", str(trained_adapter), str(out), "--overwrite"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert "model.safetensors" in names and "NOTES.md" in names, names
+    assert not [n for n in names if n.startswith("model-0000") or n.endswith(".index.json")], names

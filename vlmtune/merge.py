@@ -154,7 +154,8 @@ def verify(pipeline, merged_folder: Path, batch: dict[str, Any], want: torch.Ten
 
 def write_checked(pipeline, out: Path, batch: dict[str, Any], want: torch.Tensor) -> dict[str, Any]:
     """``pipeline.save_merged`` into a hidden sibling of ``out``, :func:`verify`, then move its entries into
-    ``out`` (replacing entries of the same name only). On a failed check no model file moves: a new or empty
+    ``out`` (replacing entries of the same name, and an earlier model's weight files it does not write, e.g.
+    the shards of a differently sharded merge; the user's other files stay). On a failed check no model file moves: a new or empty
     ``out`` gets only ``merge_check.json``; one that already holds files (``--overwrite``) is left as it was,
     so neither an earlier model nor its check is replaced by a failed merge."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -170,10 +171,26 @@ def write_checked(pipeline, out: Path, batch: dict[str, Any], want: torch.Tensor
                 _move_into(out, [staging / CHECK_NAME])
                 outcome = f"no model was written ({CHECK_NAME} records the check)"
             raise AdapterError(f"{str(e).replace(str(staging), str(out))}, {outcome}") from None
+        _drop_stale_weights(out, {p.name for p in staging.iterdir()})
         _move_into(out, sorted(staging.iterdir()))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return check
+
+
+# weight files of a model folder: an earlier merge's shards that the new one does not write would be read
+# beside (or instead of) its weights by from_pretrained
+WEIGHT_FILES = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json")
+
+
+def _drop_stale_weights(out: Path, written: set[str]) -> None:
+    """Remove the weight files in ``out`` (``--overwrite``) that the new merge does not write."""
+    if not out.is_dir():
+        return
+    for pattern in WEIGHT_FILES:
+        for stale in out.glob(pattern):
+            if stale.name not in written and stale.is_file():
+                stale.unlink()
 
 
 def _move_into(out: Path, entries: list[Path]) -> None:
