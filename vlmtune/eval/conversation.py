@@ -88,17 +88,16 @@ def answer_loss(pipeline, records: list[dict], batch_size: int = 16) -> dict:
     import torch
 
     from vlmtune.data.collate import IGNORE_INDEX
-    from vlmtune.models.base import move_batch
+    from vlmtune.models.base import move_batch, truncation_counts_kept
 
     model = pipeline.model
     was_training = model.training
     device = next((p.device for p in model.parameters()), None)
     shifted = not getattr(model.config, "is_encoder_decoder", False)  # decoder-only: t predicts t + 1
-    truncated = set(getattr(pipeline, "truncated_ids", ()))  # the training report's count stays its own
     total, tokens = 0.0, 0
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), truncation_counts_kept(pipeline):
             for start in range(0, len(records), batch_size):
                 batch = pipeline.collate(records[start : start + batch_size], train=True)
                 labels = batch["labels"][:, 1:] if shifted else batch["labels"]
@@ -109,8 +108,6 @@ def answer_loss(pipeline, records: list[dict], batch_size: int = 16) -> dict:
                     tokens += n
     finally:
         model.train(was_training)
-        if hasattr(pipeline, "truncated_ids"):
-            pipeline.truncated_ids = truncated
     if not tokens:
         return {"loss_tokens": 0}
     loss = total / tokens

@@ -7,7 +7,8 @@ calls ``collate(records, train=False)`` and ``generate``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -86,3 +87,19 @@ def build_pipeline(cfg: RunConfig, folder: str | Path | None = None) -> Pipeline
 def move_batch(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
     """Tensors to ``device``; everything else (ids, strings) passes through."""
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+# a pipeline's sets of training records whose answer (VL-BART: also question) data.max_length cut
+TRUNCATION_SETS = ("truncated_ids", "truncated_question_ids")
+
+
+@contextmanager
+def truncation_counts_kept(pipeline: Pipeline) -> Iterator[None]:
+    """Encoding outside training (the preflight, a validation loss) leaves the pipeline's
+    :data:`TRUNCATION_SETS` as they were: the trainer's report counts the training records only."""
+    kept = {name: set(getattr(pipeline, name)) for name in TRUNCATION_SETS if hasattr(pipeline, name)}
+    try:
+        yield
+    finally:
+        for name, ids in kept.items():
+            setattr(pipeline, name, ids)

@@ -311,26 +311,25 @@ def encode_problems(pipeline: Pipeline, records: list[dict], max_length: int) ->
     encoding, e.g. PaliGemma's multi-turn or text-only records) and those whose labels are all ignored after
     ``data.max_length``, by kind (None when the pipeline has no per-record ``encode`` with labels)."""
     from vlmtune.data.collate import IGNORE_INDEX
+    from vlmtune.models.base import truncation_counts_kept
 
     encode = getattr(pipeline, "encode", None)
     if encode is None:
         return None
     problems = Problems()
-    noted = set(getattr(pipeline, "truncated_ids", ()))
-    for record in records:
-        try:
-            labels = getattr(encode(record, train=True), "labels", None)
-        except DataError as e:
-            problems.add(UNUSABLE, str(record["id"]), str(e).splitlines()[0])
-            continue
-        if labels is None:
-            return None
-        if all(int(x) == IGNORE_INDEX for x in labels):
-            problems.add(
-                f"{NO_SUPERVISION} within data.max_length={max_length} (prompt too long)", record["id"]
-            )
-    if hasattr(pipeline, "truncated_ids"):
-        pipeline.truncated_ids = noted  # the trainer counts cut answers itself
+    with truncation_counts_kept(pipeline):  # the trainer counts cut answers itself
+        for record in records:
+            try:
+                labels = getattr(encode(record, train=True), "labels", None)
+            except DataError as e:
+                problems.add(UNUSABLE, str(record["id"]), str(e).splitlines()[0])
+                continue
+            if labels is None:
+                return None
+            if all(int(x) == IGNORE_INDEX for x in labels):
+                problems.add(
+                    f"{NO_SUPERVISION} within data.max_length={max_length} (prompt too long)", record["id"]
+                )
     return problems
 
 

@@ -31,7 +31,7 @@ from vlmtune.adapters.report import format_report, param_report
 from vlmtune.core.config import RunConfig
 from vlmtune.data.packing import num_samples
 from vlmtune.data.sampler import epoch_batch_count, grouped_batches
-from vlmtune.models.base import Pipeline, move_batch
+from vlmtune.models.base import TRUNCATION_SETS, Pipeline, move_batch
 from vlmtune.models.qlora import is_quantized
 from vlmtune.train import audit, fsdp
 from vlmtune.train import distributed as ddp
@@ -100,18 +100,16 @@ class CollateInWorker:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
 
-    NOTED = ("truncated_ids", "truncated_question_ids")  # the pipeline's sets of cut records (VL-BART: both)
-
     def __call__(self, records: list[dict]) -> dict[str, Any]:
-        before = {name: set(getattr(self.pipeline, name, ())) for name in self.NOTED}
+        before = {name: set(getattr(self.pipeline, name, ())) for name in TRUNCATION_SETS}
         batch = self.pipeline.collate(records, train=True)
-        for name in self.NOTED:
+        for name in TRUNCATION_SETS:
             batch[name] = sorted(set(getattr(self.pipeline, name, ())) - before[name])
         return batch
 
     @staticmethod
     def received(pipeline: Pipeline, batch: dict[str, Any]) -> dict[str, Any]:
-        for name in CollateInWorker.NOTED:
+        for name in TRUNCATION_SETS:
             cut = batch.pop(name, ())
             if cut:
                 getattr(pipeline, name).update(cut)
